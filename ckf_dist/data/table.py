@@ -1,0 +1,132 @@
+"""The internal tables every loader produces and every later stage reads.
+
+`RecData` is what a loader returns: raw ids, one row per interaction, plus item (and optional
+user) metadata. `SplitData` is the same after splitting and id remapping: dense integer ids
+``u`` / ``i`` (assigned by a seeded permutation, so an id's number never encodes order or
+answers) and a ``split`` column. This module owns the column schema; it knows nothing of CF
+models, prompts or the LLM.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+# Columns of RecData.interactions. `rating` and `label` are float with NaN where absent;
+# `review`/`summary` are "" where absent; `split` is "" unless the source fixes it.
+INTERACTION_COLUMNS = ["user", "item", "timestamp", "rating", "label", "review", "summary", "split"]
+ITEM_COLUMNS = ["item", "title", "description"]
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass
+class RecData:
+    """A loaded dataset with raw (string) ids."""
+
+    name: str
+    interactions: pd.DataFrame
+    """Columns INTERACTION_COLUMNS; user/item are str, timestamp int64."""
+    items: pd.DataFrame
+    """Columns ITEM_COLUMNS, one row per item id; title may be "" until derived."""
+    users: Optional[pd.DataFrame] = None
+    """Optional user metadata: a `user` column plus free attributes."""
+    skipped: dict[str, int] = field(default_factory=dict)
+    """Bad records skipped under data.on_bad_record=skip: reason -> count."""
+
+    @property
+    def has_rating(self) -> bool:
+        return bool(self.interactions["rating"].notna().any())
+
+    @property
+    def has_label(self) -> bool:
+        return bool(self.interactions["label"].notna().any())
+
+    @property
+    def has_text(self) -> bool:
+        return bool((self.interactions["review"].str.len() > 0).any())
+
+
+@dataclass
+class SplitData:
+    """Split, remapped interactions: the single input of CF training and sample building."""
+
+    name: str
+    inter: pd.DataFrame
+    """Columns: u, i (int64 dense ids), timestamp, rating, label, review, summary, split
+    (train|valid|test), pos (1.0 positive / 0.0 negative); sorted by (u, timestamp)."""
+    user_ids: list[str]
+    """Raw user id of each u."""
+    item_ids: list[str]
+    """Raw item id of each i."""
+    item_titles: list[str]
+    """Title of each i (pseudo-titles derived on the training split where the source has none)."""
+    item_text: list[str]
+    """Optional description of each i ("" when absent)."""
+    cold_threshold: int = 5
+    """Users with <= this many training interactions are cold."""
+    skipped: dict[str, int] = field(default_factory=dict)
+    """Bad records skipped while loading: reason -> count."""
+
+    @property
+    def num_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def has_rating(self) -> bool:
+        return bool(self.inter["rating"].notna().any())
+
+    @property
+    def has_label(self) -> bool:
+        return bool(self.inter["label"].notna().any())
+
+    @property
+    def has_text(self) -> bool:
+        return bool((self.inter["review"].str.len() > 0).any())
+
+    def part(self, split: str) -> pd.DataFrame:
+        return self.inter[self.inter["split"] == split]
+
+    def train_counts(self) -> np.ndarray:
+        """Training interactions per user, shape [num_users]."""
+        return np.bincount(self.part("train")["u"].to_numpy(), minlength=self.num_users)
+
+    def warm_mask(self) -> np.ndarray:
+        """True for warm users (more than cold_threshold training interactions), shape [num_users]."""
+        return self.train_counts() > self.cold_threshold
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / "interactions.parquet.tmp"
+        self.inter.to_parquet(tmp, index=False)
+        tmp.replace(folder / "interactions.parquet")
+        meta = {
+            "name": self.name,
+            "user_ids": self.user_ids,
+            "item_ids": self.item_ids,
+            "item_titles": self.item_titles,
+            "item_text": self.item_text,
+            "cold_threshold": self.cold_threshold,
+            "skipped": self.skipped,
+        }
+        tmp = folder / "meta.json.tmp"
+        tmp.write_text(json.dumps(meta))
+        tmp.replace(folder / "meta.json")
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "SplitData":
+        folder = Path(folder)
+        meta = json.loads((folder / "meta.json").read_text())
+        inter = pd.read_parquet(folder / "interactions.parquet")
+        for col in ("review", "summary"):
+            inter[col] = inter[col].fillna("")
+        return cls(inter=inter, **meta)
