@@ -1,2 +1,205 @@
-def main():
-    print("ckf")
+"""`ckf`: the command-line entry point.
+
+Verbs, grouped by stage:
+    ckf data prepare  --config FILE [key=value ...]   load, split, build samples, write shards
+    ckf data download movielens-100k|movielens-1m [--dest DIR]
+    ckf cf train      --config FILE [key=value ...]   CF backbone + baselines table
+    ckf model init-tiny --config FILE [key=value ...] the embedded tiny LLM
+    ckf train         --config FILE [key=value ...]   every stage, end to end
+    ckf eval          --run DIR                       evaluate a finished run
+    ckf recommend     --run DIR --user ID [--k N]     CF retrieval + LLM re-ranking
+    ckf report        RUN_DIR ...                     one markdown table over runs and seeds
+    ckf bench         kernels|e2e ...                 benchmarks
+    ckf config keys                                   every config key with its documentation
+
+Commands that build from a config take `--config FILE` then `key.sub=value` overrides;
+commands that read a finished run take `--run DIR`. Expected failures (bad config, bad data,
+missing files) print one line `error: ...` and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+from ckf_dist.config import Config, ConfigError, field_docs, load_config
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="YAML file in configs/ (default: built-in defaults)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, applied after the file")
+    p.add_argument("--force", action="store_true", help="rerun the stage even if its cached output is up to date")
+
+
+def _load(args) -> Config:
+    from ckf_dist.stages import write_run_config
+
+    cfg = load_config(args.config, args.overrides)
+    write_run_config(cfg)
+    return cfg
+
+
+def cmd_data_prepare(args) -> int:
+    from ckf_dist.stages import prepare_data
+
+    cfg = _load(args)
+    summary = prepare_data(cfg, force=args.force)
+    _print_data_summary(cfg, summary)
+    return 0
+
+
+def _print_data_summary(cfg: Config, s: dict) -> None:
+    print(f"dataset {s['dataset']}: {s['users']} users, {s['items']} items, "
+          f"interactions train/valid/test = {s['interactions']['train']}/{s['interactions']['valid']}/{s['interactions']['test']}, "
+          f"cold users {s['cold_users']}")
+    for split, per_task in s["samples"].items():
+        tasks = ", ".join(f"{t} {n}" for t, n in per_task.items())
+        print(f"  {split}: {sum(per_task.values())} samples in {s['shards'][split]} shards ({tasks})")
+    if s.get("skipped"):
+        print("  skipped records: " + ", ".join(f"{k}: {v}" for k, v in s["skipped"].items()))
+    print(f"shards: {cfg.run_dir / 'data' / 'shards'}")
+
+
+def cmd_data_download(args) -> int:
+    from ckf_dist.data.download import download
+
+    path = download(args.name, Path(args.dest))
+    print(f"downloaded {args.name} to {path}")
+    return 0
+
+
+def cmd_cf_train(args) -> int:
+    from ckf_dist.stages import train_cf_stage
+
+    cfg = _load(args)
+    summary = train_cf_stage(cfg, force=args.force)
+    print(summary["table"])
+    print(f"CF tables and baselines: {cfg.run_dir / 'cf'}")
+    return 0
+
+
+def cmd_config_keys(args) -> int:
+    for key, doc in field_docs().items():
+        print(f"{key}: {doc}")
+    return 0
+
+
+def _not_yet(name: str) -> Callable:
+    def run(args) -> int:
+        raise ConfigError(f"`ckf {name}` is not available in this version")
+
+    return run
+
+
+def _resolve(name: str, fallback: Callable) -> Callable:
+    """Commands implemented in later modules plug in here when present."""
+    import importlib
+
+    module, _, attr = name.rpartition(":")
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith("ckf_dist"):
+            return fallback
+        raise
+    return getattr(mod, attr, fallback)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ckf", description="CKF: LLM-based multi-task recommendation, distributed.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="group", required=True)
+
+    data = sub.add_parser("data", help="data preparation").add_subparsers(dest="verb", required=True)
+    p = data.add_parser("prepare", help="load, split, build samples and write webdataset shards")
+    _config_args(p)
+    p.set_defaults(func=cmd_data_prepare)
+    p = data.add_parser("download", help="download a public dataset (needs internet)")
+    p.add_argument("name", choices=["movielens-100k", "movielens-1m"])
+    p.add_argument("--dest", default="data", help="folder to extract into (default: data/)")
+    p.set_defaults(func=cmd_data_download)
+
+    cf = sub.add_parser("cf", help="collaborative-filtering backbone").add_subparsers(dest="verb", required=True)
+    p = cf.add_parser("train", help="train the CF backbone and the CF/popularity baselines")
+    _config_args(p)
+    p.set_defaults(func=cmd_cf_train)
+
+    model = sub.add_parser("model", help="base LLM").add_subparsers(dest="verb", required=True)
+    p = model.add_parser("init-tiny", help="write the embedded tiny LLM (tokenizer + pre-trained LLaMA-architecture model)")
+    _config_args(p)
+    p.set_defaults(func=_resolve("ckf_dist.train.commands:cmd_init_tiny", _not_yet("model init-tiny")))
+
+    p = sub.add_parser("train", help="every stage end to end: data, CF, tiny LLM, CKF training, evaluation")
+    _config_args(p)
+    p.set_defaults(func=_resolve("ckf_dist.train.commands:cmd_train", _not_yet("train")))
+
+    p = sub.add_parser("eval", help="evaluate a finished run")
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--split", default="test", choices=["valid", "test"])
+    p.set_defaults(func=_resolve("ckf_dist.train.commands:cmd_eval", _not_yet("eval")))
+
+    p = sub.add_parser("recommend", help="CF retrieval + LLM re-ranking for one user")
+    p.add_argument("--run", required=True)
+    p.add_argument("--user", required=True, help="raw user id as in the dataset")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--candidates", type=int, default=100)
+    p.set_defaults(func=_resolve("ckf_dist.train.commands:cmd_recommend", _not_yet("recommend")))
+
+    p = sub.add_parser("report", help="collect runs into one markdown table (mean ± sd over seeds)")
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--out", help="also write the table to this file")
+    p.set_defaults(func=_resolve("ckf_dist.eval.report:cmd_report", _not_yet("report")))
+
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="verb", required=True)
+    p = bench.add_parser("kernels", help="multi_lora and meta_proj vs their torch baselines")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--quick", action="store_true", help="a tiny grid that runs in seconds")
+    p.add_argument("--out", default="runs/bench/kernels")
+    p.set_defaults(func=cmd_bench_kernels)
+
+    cfgp = sub.add_parser("config", help="configuration").add_subparsers(dest="verb", required=True)
+    p = cfgp.add_parser("keys", help="list every key with its documentation")
+    p.set_defaults(func=cmd_config_keys)
+    return parser
+
+
+def cmd_bench_kernels(args) -> int:
+    from ckf_dist.bench.kernels import run_kernel_bench
+
+    run_kernel_bench(args.device, args.quick, Path(args.out))
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    expected: tuple = (ConfigError, FileNotFoundError)
+    try:
+        from ckf_dist.data.errors import DataError
+
+        expected = expected + (DataError,)
+    except ImportError:
+        pass
+    try:
+        return int(args.func(args) or 0)
+    except expected as e:
+        if args.verbose:
+            raise
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

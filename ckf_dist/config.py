@@ -21,7 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
+import re
+
 import yaml
+
+_FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 ALL_TASKS = ("ctr", "topk", "rating", "review_rating", "explanation")
 
@@ -403,6 +407,8 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
+            return float(value)  # YAML 1.1 reads `2e-4` (no dot) as a string
         raise fail
     if tp is str:
         if isinstance(value, str):

@@ -1,0 +1,93 @@
+"""The typed config: YAML + overrides, strict keys and types, one-line errors, resolved copy."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ckf_dist.config import ALL_TASKS, Config, ConfigError, field_docs, load_config, save_config
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_configs_load(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, Config)
+
+
+def test_contract_configs_exist():
+    names = {p.name for p in CONFIGS}
+    assert {"quickstart.yaml", "ml100k.yaml", "amazon-mi.yaml"} <= names
+    assert any("7b" in n for n in names)
+
+
+def test_overrides_apply_after_file(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("seed: 3\ndata:\n  history_len: 7\n")
+    cfg = load_config(f, ["data.history_len=5", "tasks=[ctr,rating]", "train.lr=2e-4", "model.path=null"])
+    assert cfg.seed == 3 and cfg.data.history_len == 5
+    assert cfg.tasks == ["ctr", "rating"] and cfg.train.lr == pytest.approx(2e-4)
+    assert cfg.model.path is None
+
+
+def test_int_promotes_to_float_but_not_reverse(tmp_path):
+    assert load_config(None, ["train.lr=1"]).train.lr == 1.0
+    with pytest.raises(ConfigError, match=r"key 'train.steps': expected int"):
+        load_config(None, ["train.steps=1.5"])
+
+
+@pytest.mark.parametrize(
+    "text, pattern",
+    [
+        ("data:\n  histroy_len: 3\n", r"c\.yaml: unknown key 'data.histroy_len'"),
+        ("data:\n  history_len: ten\n", r"c\.yaml: key 'data.history_len': expected int"),
+        ("data:\n  format: parquet\n", r"c\.yaml: key 'data.format': 'parquet' is not one of"),
+        ("tasks: [ctr, ranking]\n", r"c\.yaml: key 'tasks': unknown task 'ranking'"),
+        ("model:\n  cf_fusion: 'yes'\n", r"c\.yaml: key 'model.cf_fusion': expected bool"),
+        ("data: 3\n", r"c\.yaml: key 'data': expected a mapping"),
+        ("data: [\n", r"c\.yaml:\d+: invalid YAML"),
+    ],
+)
+def test_bad_file_is_one_line_error_naming_key_and_file(tmp_path, text, pattern):
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=pattern) as e:
+        load_config(f)
+    assert "\n" not in str(e.value)
+
+
+def test_bad_override_names_command_line():
+    with pytest.raises(ConfigError, match=r"command line: unknown key 'cf.dimm'"):
+        load_config(None, ["cf.dimm=8"])
+    with pytest.raises(ConfigError, match="must look like key.sub=value"):
+        load_config(None, ["cf.dim"])
+
+
+def test_missing_file_and_missing_data_path(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match=r"key 'data.path': required"):
+        load_config(None, ["data.format=movielens-100k"])
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(None, ["seed=7", "lora.task.r=4", "dist.deepspeed_overrides={a: 1}"])
+    p = save_config(cfg, tmp_path / "run" / "config.yaml")
+    again = load_config(p)
+    assert again == cfg
+    assert yaml.safe_load(p.read_text())["lora"]["task"]["r"] == 4
+
+
+def test_fingerprint_tracks_sections():
+    a, b = Config(), Config()
+    b.train.lr = 0.5
+    assert a.fingerprint("data") == b.fingerprint("data")
+    assert a.fingerprint("train") != b.fingerprint("train")
+
+
+def test_every_field_documented():
+    docs = field_docs()
+    assert "data.history_len" in docs and "lora.shared.r" in docs and "dist.num_workers" in docs
+    assert all(docs.values()), [k for k, v in docs.items() if not v]
+    assert Config().tasks == list(ALL_TASKS)
