@@ -1,0 +1,128 @@
+"""Optimizer engines behind one small interface, so the recipe reads the same for both launchers.
+
+- :class:`LocalEngine`: torch AdamW + warm-up/decay schedule + clipping, one process
+  (`dist.launcher=local`).
+- :class:`DeepSpeedEngine`: a DeepSpeed engine (ZeRO-2/3) built from the derived JSON; used by
+  the Ray and `deepspeed` launchers. `deepspeed` is imported only here, inside the worker.
+
+Both save checkpoints atomically (write into a temporary folder, then rename) and load them
+without unpickling arbitrary objects (safetensors, or `torch.load(weights_only=True)`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from ckf_dist.config import Config
+
+
+def lr_lambda(cfg: Config) -> Callable[[int], float]:
+    """Linear warm-up over `train.warmup_frac` of the steps, then linear/cosine/constant decay."""
+    total = cfg.train.steps
+    warm = max(1, int(round(cfg.train.warmup_frac * total))) if cfg.train.warmup_frac > 0 else 0
+
+    def f(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        if cfg.train.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warm) / max(1, total - warm))
+        if cfg.train.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return max(0.0, 1.0 - progress)
+
+    return f
+
+
+def atomic_dir(final: Path) -> Path:
+    """A temporary sibling folder; call :func:`commit_dir` to move it into place."""
+    tmp = final.parent / (final.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def commit_dir(tmp: Path, final: Path) -> Path:
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    return final
+
+
+def _named_trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+class LocalEngine:
+    """AdamW on the trainable parameters only, in one process."""
+
+    def __init__(self, model: torch.nn.Module, cfg: Config):
+        self.model = model
+        self.cfg = cfg
+        params = list(_named_trainable(model).values())
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, eps=cfg.train.eps, weight_decay=cfg.train.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
+        self.micro = 0
+        self.world_size = 1
+        self.rank = 0
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (loss / self.cfg.train.grad_accum).backward()
+        self.micro += 1
+
+    def step(self) -> Optional[float]:
+        """Apply the update after `grad_accum` micro-steps; returns the grad norm when it stepped."""
+        if self.micro % self.cfg.train.grad_accum:
+            return None
+        params = [p for p in self.optimizer.param_groups[0]["params"] if p.grad is not None]
+        clip = self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(params, clip) if params else torch.tensor(0.0)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def save(self, folder: Path, state: dict[str, Any]) -> Path:
+        """Trainable weights (safetensors), optimizer + scheduler + RNG (weights-only torch file), state JSON."""
+        from safetensors.torch import save_file
+
+        tmp = atomic_dir(folder)
+        save_file({k: v.detach().contiguous().cpu() for k, v in _named_trainable(self.model).items()}, str(tmp / "trainable.safetensors"))
+        torch.save(
+            {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+            },
+            tmp / "optimizer.pt",
+        )
+        (tmp / "state.json").write_text(json.dumps(state, indent=2))
+        return commit_dir(tmp, folder)
+
+    def load(self, folder: Path) -> dict[str, Any]:
+        from safetensors.torch import load_file
+
+        weights = load_file(str(folder / "trainable.safetensors"))
+        params = _named_trainable(self.model)
+        missing = set(params) - set(weights)
+        if missing:
+            raise ValueError(f"{folder}: checkpoint lacks {len(missing)} trainable tensors, e.g. {sorted(missing)[0]}")
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(weights[k])
+        blob = torch.load(folder / "optimizer.pt", weights_only=True)
+        self.optimizer.load_state_dict(blob["optimizer"])
+        self.scheduler.load_state_dict(blob["scheduler"])
+        torch.set_rng_state(blob["torch_rng"])
+        return json.loads((folder / "state.json").read_text())
