@@ -203,7 +203,7 @@ class TrainConfig:
     save_every: int = 100
     """Steps between checkpoints."""
     data_workers: int = 1
-    """DataLoader worker processes per training worker."""
+    """DataLoader worker processes per training worker (0 = collate in the training process)."""
     shuffle_buffer: int = 1000
     """Shuffle-buffer size of the streaming pipeline."""
 

@@ -126,3 +126,60 @@ class LocalEngine:
         self.scheduler.load_state_dict(blob["scheduler"])
         torch.set_rng_state(blob["torch_rng"])
         return json.loads((folder / "state.json").read_text())
+
+
+class DeepSpeedEngine:
+    """A DeepSpeed engine (ZeRO-2/3) with the same interface as :class:`LocalEngine`.
+
+    The optimizer is torch AdamW handed to DeepSpeed (no JIT-built ops, works on the CPU
+    accelerator with gloo); the schedule is the same `lr_lambda`. Every rank saves its own ZeRO
+    shard into the same folder (saving on rank 0 only hangs).
+    """
+
+    def __init__(self, model: torch.nn.Module, cfg: Config, ds_config: dict):
+        import deepspeed  # inside the worker: the driver never needs it
+
+        self.cfg = cfg
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=cfg.train.lr, eps=cfg.train.eps, weight_decay=cfg.train.weight_decay)
+        config = {k: v for k, v in ds_config.items() if k != "optimizer_torch_adam"}
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model,
+            optimizer=opt,
+            lr_scheduler=lambda o: torch.optim.lr_scheduler.LambdaLR(o, lr_lambda(cfg)),
+            config=config,
+        )
+        self.model = self.engine.module
+        self.world_size = self.engine.world_size
+        self.rank = self.engine.global_rank
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+
+    def step(self) -> Optional[float]:
+        boundary = self.engine.is_gradient_accumulation_boundary()
+        self.engine.step()
+        if not boundary:
+            return None
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else None
+
+    @property
+    def lr(self) -> float:
+        return float(self.engine.get_lr()[0])
+
+    def save(self, folder: Path, state: dict[str, Any]) -> Path:
+        """Collective: every rank writes its shard; rank 0 writes the state JSON last."""
+        folder.mkdir(parents=True, exist_ok=True)
+        self.engine.save_checkpoint(str(folder), tag="engine", client_state={"ckf_state": json.dumps(state)})
+        if self.rank == 0:
+            tmp = folder / "state.json.tmp"
+            tmp.write_text(json.dumps(state, indent=2))
+            tmp.replace(folder / "state.json")
+        return folder
+
+    def load(self, folder: Path) -> dict[str, Any]:
+        path, client = self.engine.load_checkpoint(str(folder), tag="engine", load_optimizer_states=True, load_lr_scheduler_states=True)
+        if path is None:
+            raise FileNotFoundError(f"{folder}: no DeepSpeed checkpoint (tag 'engine')")
+        return json.loads(client["ckf_state"])

@@ -1,0 +1,155 @@
+"""Launchers: run the per-worker recipe locally, under Ray Train, or under the `deepspeed` launcher.
+
+`dist.launcher`:
+- `local`     one process, torch AdamW (`LocalEngine`), no Ray, no DeepSpeed;
+- `ray`       a Ray `TorchTrainer` with `dist.num_workers` workers, each running the recipe with a
+              DeepSpeed engine; `FailureConfig(max_failures)` restarts the worker group after a
+              crash and the recipe resumes from the latest registered checkpoint;
+- `deepspeed` processes started by `deepspeed --hostfile ... -m ckf_dist.train --config ...`
+              (see cluster/), which set RANK / WORLD_SIZE / MASTER_ADDR themselves.
+
+The worker function receives the config as its argument (a plain dict), never from a global, and
+imports deepspeed inside. Ray binds to 127.0.0.1 unless `dist.ray_address` names a cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+from ckf_dist.config import Config, ConfigError, from_dict, to_dict
+
+log = logging.getLogger(__name__)
+
+
+def ray_worker_loop(loop_config: dict[str, Any]) -> None:
+    """Body of each Ray Train worker: rebuild the config, resume, run the recipe."""
+    import ray.train
+
+    from ckf_dist.train.recipe import CKFRecipe
+
+    cfg = from_dict(loop_config["config"], source="ray worker config")
+    ctx = ray.train.get_context()
+    checkpoint = ray.train.get_checkpoint()
+
+    def report(metrics: dict, folder: Optional[Path]) -> None:
+        if folder is None:
+            ray.train.report(metrics)
+        else:
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)))
+
+    recipe = CKFRecipe(cfg, rank=ctx.get_world_rank(), world_size=ctx.get_world_size(), engine="deepspeed", report=report)
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            recipe.setup(resume_from=Path(d))
+    else:
+        recipe.setup()
+    try:
+        recipe.train()
+    finally:
+        recipe.cleanup()
+
+
+def _init_ray(cfg: Config) -> None:
+    import ray
+
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if ray.is_initialized():
+        return
+    if cfg.dist.ray_address:
+        try:
+            ray.init(address=cfg.dist.ray_address, log_to_driver=True)
+        except (ConnectionError, RuntimeError) as e:
+            raise ConfigError(f"dist.ray_address: cannot reach Ray at {cfg.dist.ray_address} ({str(e).splitlines()[0]})") from None
+    else:
+        needed = cfg.dist.num_workers * cfg.dist.cpus_per_worker + 1
+        ray.init(
+            address="local",
+            num_cpus=max(needed, os.cpu_count() or 1),
+            include_dashboard=False,
+            dashboard_host=cfg.dist.dashboard_host,
+            log_to_driver=True,
+            _node_ip_address="127.0.0.1",
+        )
+
+
+def fit_ray(cfg: Config) -> Any:
+    """Run training with Ray Train; returns the Ray `Result`."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    _init_ray(cfg)
+    storage = Path(cfg.dist.storage_path or (cfg.run_dir / "ray")).resolve()
+    trainer = TorchTrainer(
+        ray_worker_loop,
+        train_loop_config={"config": to_dict(cfg)},
+        torch_config=TorchConfig(backend="nccl" if cfg.dist.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.dist.num_workers,
+            use_gpu=cfg.dist.use_gpu,
+            resources_per_worker={"CPU": cfg.dist.cpus_per_worker, **({"GPU": 1} if cfg.dist.use_gpu else {})},
+        ),
+        run_config=RunConfig(
+            name="train",
+            storage_path=str(storage),
+            failure_config=FailureConfig(max_failures=cfg.dist.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.dist.keep_checkpoints),
+            worker_runtime_env={"env_vars": _worker_env(cfg)},
+        ),
+    )
+    return trainer.fit()
+
+
+def _worker_env(cfg: Config) -> dict[str, str]:
+    env = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    if not cfg.dist.use_gpu:
+        env.update({"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": str(cfg.dist.cpus_per_worker)})
+    for k in ("TRITON_INTERPRET", "NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", "CKF_FAULT_AT_STEP"):
+        if k in os.environ:
+            env[k] = os.environ[k]
+    return env
+
+
+def run_local(cfg: Config) -> None:
+    from ckf_dist.train.recipe import CKFRecipe
+
+    recipe = CKFRecipe(cfg, rank=0, world_size=1, engine="local")
+    recipe.setup(resume_from=recipe.latest_checkpoint())
+    try:
+        recipe.train()
+    finally:
+        recipe.cleanup()
+
+
+def run_deepspeed_process(cfg: Config) -> None:
+    """One process started by the `deepspeed` launcher (RANK / WORLD_SIZE from the environment)."""
+    import torch.distributed as dist
+
+    from ckf_dist.train.recipe import CKFRecipe
+
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cfg.dist.use_gpu else "gloo")
+    recipe = CKFRecipe(cfg, rank=rank, world_size=world, engine="deepspeed")
+    recipe.setup(resume_from=recipe.latest_checkpoint())
+    try:
+        recipe.train()
+    finally:
+        recipe.cleanup()
+
+
+def launch(cfg: Config) -> None:
+    """Dispatch on `dist.launcher`."""
+    if cfg.dist.launcher == "local":
+        run_local(cfg)
+    elif cfg.dist.launcher == "ray":
+        fit_ray(cfg)
+    else:
+        if "RANK" not in os.environ:
+            raise ConfigError(
+                "dist.launcher=deepspeed: start with `deepspeed --hostfile FILE -m ckf_dist.train --config FILE` (see cluster/)"
+            )
+        run_deepspeed_process(cfg)
