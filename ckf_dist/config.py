@@ -43,7 +43,9 @@ class SyntheticConfig:
     latent_dim: int = 8
     """Size of the hidden user/item factors that drive ratings and review words."""
     interactions_per_user: int = 20
-    """Mean interactions per user (each user gets at least 8)."""
+    """Mean interactions per user (each user gets at least 8, except the short-history share)."""
+    cold_user_frac: float = 0.2
+    """Share of users with only 4-7 interactions (cold after the split)."""
 
 
 @dataclass
@@ -57,7 +59,7 @@ class DataConfig:
     history_len: int = 10
     """History = the last `history_len` training items before the target."""
     samples_per_user: int = 4
-    """Cap on training samples per user and task (valid/test keep one per user and task)."""
+    """Cap on training samples per user and task (valid/test keep one per held-out interaction and task)."""
     on_bad_record: Literal["error", "skip"] = "error"
     """A malformed record: stop with a one-line error, or skip it and count it."""
     topk_candidates: int = 10

@@ -15,7 +15,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 from ckf_dist.config import Config, save_config, to_dict
 
@@ -145,6 +145,8 @@ def load_split(cfg: Config):
 def train_cf_stage(cfg: Config, force: bool = False) -> dict:
     """Train the CF backbone (and the other CF baselines), evaluate baselines; cached in run.dir/cf."""
     from ckf_dist.cf.baselines import baseline_table_markdown, run_baselines
+    from ckf_dist.cf.tables import save_cf_tables
+    from ckf_dist.cf.train import train_cf
     from ckf_dist.data.shards import read_split
 
     prepare_data(cfg)
@@ -154,18 +156,25 @@ def train_cf_stage(cfg: Config, force: bool = False) -> dict:
         sd = load_split(cfg)
         shard_dir = cfg.run_dir / "data" / "shards"
         samples = {s: read_split(shard_dir, s) for s in ("valid", "test")}
-        results = run_baselines(sd, samples, cfg, cfg.seed, out_dir=folder)
-        (folder / "baselines.json").write_text(json.dumps(results, indent=2))
-        table = baseline_table_markdown(results)
+        names = list(dict.fromkeys([cfg.cf.model, *cfg.cf.baselines]))
+        tables, reports = {}, {}
+        for name in names:
+            t, report = train_cf(sd, cfg.cf, cfg.seed, name)
+            save_cf_tables(
+                folder / f"{name}.safetensors", t.user_emb, t.item_emb, t.user_ids, t.item_ids,
+                extra={**t.meta, **{k: v for k, v in report.items() if k != "grid"}},
+                user_bias=t.user_bias, item_bias=t.item_bias, global_bias=t.global_bias,
+            )
+            tables[name], reports[name] = t, report
+        results = {split: run_baselines(sd, samples, cfg, cfg.seed, split=split, tables=tables) for split in ("valid", "test")}
+        (folder / "baselines.json").write_text(json.dumps({"results": results, "training": reports}, indent=2, default=str))
+        table = baseline_table_markdown(results["test"])
         (folder / "baselines.md").write_text(table + "\n")
-        return {"backbone": str(folder / f"{cfg.cf.model}.safetensors"), "table": table}
+        return {"backbone": str(folder / f"{cfg.cf.model}.safetensors"), "table": table,
+                "weight_decay": {n: r["weight_decay"] for n, r in reports.items()}}
 
     return stage.run(build, force)
 
 
 def cf_table_path(cfg: Config) -> Path:
     return cfg.run_dir / "cf" / f"{cfg.cf.model}.safetensors"
-
-
-def latest(path: Optional[Path]) -> Optional[Path]:
-    return path if path is not None and path.exists() else None

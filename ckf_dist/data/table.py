@@ -130,3 +130,51 @@ class SplitData:
         for col in ("review", "summary"):
             inter[col] = inter[col].fillna("")
         return cls(inter=inter, **meta)
+
+
+def interactions_frame(
+    user: list,
+    item: list,
+    timestamp: list,
+    rating: Optional[list] = None,
+    label: Optional[list] = None,
+    review: Optional[list] = None,
+    summary: Optional[list] = None,
+    split: Optional[list] = None,
+) -> pd.DataFrame:
+    """Build a RecData.interactions frame with the exact columns and dtypes of the schema.
+
+    Missing columns get their "absent" value: NaN for rating/label, "" for text and split.
+    """
+    n = len(user)
+
+    def col(values: Optional[list], fill):
+        return [fill] * n if values is None else values
+
+    df = pd.DataFrame(
+        {
+            "user": pd.Series(user, dtype=object).astype(str),
+            "item": pd.Series(item, dtype=object).astype(str),
+            "timestamp": np.asarray(timestamp, dtype=np.int64),
+            "rating": np.asarray(col(rating, np.nan), dtype=np.float64),
+            "label": np.asarray(col(label, np.nan), dtype=np.float64),
+            "review": pd.Series(col(review, ""), dtype=object).fillna("").astype(str),
+            "summary": pd.Series(col(summary, ""), dtype=object).fillna("").astype(str),
+            "split": pd.Series(col(split, ""), dtype=object).fillna("").astype(str),
+        }
+    )
+    return df[INTERACTION_COLUMNS]
+
+
+def items_frame(item: list, title: Optional[list] = None, description: Optional[list] = None) -> pd.DataFrame:
+    """Build a RecData.items frame (ITEM_COLUMNS); absent titles/descriptions are ""."""
+    n = len(item)
+    return pd.DataFrame(
+        {
+            "item": pd.Series(item, dtype=object).astype(str),
+            "title": pd.Series(title if title is not None else [""] * n, dtype=object).fillna("").astype(str),
+            "description": pd.Series(description if description is not None else [""] * n, dtype=object)
+            .fillna("")
+            .astype(str),
+        }
+    )[ITEM_COLUMNS]

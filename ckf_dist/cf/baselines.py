@@ -1,0 +1,176 @@
+"""Popularity and CF baselines, scored on the very sample dicts the LLM is evaluated on.
+
+Every baseline turns the (valid or test) samples of a task into per-sample predictions and hands
+them to :func:`ckf_dist.eval.metrics.task_metrics`, the same function the CKF evaluation loop
+calls, so the numbers in one table are comparable sample for sample.
+
+Models and what they predict (statistics from ``split == "train"`` only):
+  - ``popularity``
+      ctr:    the item's smoothed positive rate (pos_i + a g) / (n_i + a), g the global training
+              positive rate, a = PRIOR_STRENGTH; an item unseen in train gets g.
+      rating, review_rating: the item's damped mean rating (sum_i + a mu) / (n_i + a), mu the
+              global mean; an unseen item gets mu.
+      topk:   the item's training interaction count (most popular first).
+  - ``mf`` (``ckf_dist.cf.train``, tuned on validation):
+      ctr and topk: ``CFTables.score`` (for an MSE-trained MF that is the predicted rating:
+      higher = more likely liked).
+      rating, review_rating: the predicted rating clipped to the training rating range (MSE-trained
+      MF only; a BPR-trained MF does not predict ratings and reports ctr and topk only).
+  - ``lightgcn``: BPR; ctr and topk only.
+No baseline reports ``explanation``.
+
+This module knows SplitData, sample dicts and CF tables; it knows nothing of the LLM.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+from ckf_dist.cf.tables import CFTables
+from ckf_dist.cf.train import train_cf
+from ckf_dist.config import ALL_TASKS, Config
+from ckf_dist.data.table import SplitData
+from ckf_dist.eval.metrics import task_metrics
+
+log = logging.getLogger(__name__)
+
+PRIOR_STRENGTH = 5.0
+"""Pseudo-count `a` of the popularity baselines' shrinkage towards the global rate / mean."""
+RATING_TASKS = ("rating", "review_rating")
+
+
+class Popularity:
+    """Item statistics of the training split; scores any (user, item) by the item alone."""
+
+    name = "popularity"
+
+    def __init__(self, split_data: SplitData, prior: float = PRIOR_STRENGTH):
+        train = split_data.part("train")
+        n_items = split_data.num_items
+        i = train["i"].to_numpy(np.int64)
+        self.count = np.bincount(i, minlength=n_items).astype(np.float64)
+        pos = train["pos"].to_numpy(np.float64)
+        g = float(np.nanmean(pos)) if len(pos) else 0.0
+        n_pos = np.bincount(i, weights=np.nan_to_num(pos), minlength=n_items)
+        self.pos_rate = (n_pos + prior * g) / (self.count + prior)
+        rated = train["rating"].notna().to_numpy()
+        self.has_rating = bool(rated.any())
+        if self.has_rating:
+            r = train["rating"].to_numpy(np.float64)[rated]
+            mu = float(r.mean())
+            n_r = np.bincount(i[rated], minlength=n_items)
+            self.mean_rating = (np.bincount(i[rated], weights=r, minlength=n_items) + prior * mu) / (n_r + prior)
+
+    def tasks(self) -> tuple[str, ...]:
+        return ("ctr", "topk") + (RATING_TASKS if self.has_rating else ())
+
+    def predict(self, task: str, samples: Sequence[Mapping]) -> list:
+        if task == "ctr":
+            return [float(self.pos_rate[s["items"][0]]) for s in samples]
+        if task == "topk":
+            return [self.count[np.asarray(s["candidates"], dtype=np.int64)] for s in samples]
+        if task in RATING_TASKS:
+            return [float(self.mean_rating[s["items"][0]]) for s in samples]
+        raise ValueError(f"popularity has no prediction for task {task!r}")
+
+
+class CFBaseline:
+    """A trained CF model's tables as a baseline."""
+
+    def __init__(self, name: str, tables: CFTables):
+        self.name = name
+        self.tables = tables
+        self.loss = tables.meta.get("loss", "bpr")
+
+    def tasks(self) -> tuple[str, ...]:
+        return ("ctr", "topk") + (RATING_TASKS if self.loss == "mse" else ())
+
+    def predict(self, task: str, samples: Sequence[Mapping]) -> list:
+        if not samples:
+            return []
+        users = np.array([s["user"] for s in samples], dtype=np.int64)
+        if task == "topk":
+            return [self.tables.score(s["user"], np.asarray(s["candidates"], dtype=np.int64)) for s in samples]
+        items = np.array([s["items"][0] for s in samples], dtype=np.int64)
+        scores = self.tables.score(users, items)
+        if task == "ctr":
+            return scores.tolist()
+        if task in RATING_TASKS and self.loss == "mse":
+            lo, hi = self.tables.meta.get("rating_range", (-np.inf, np.inf))
+            return np.clip(scores, lo, hi).tolist()
+        raise ValueError(f"{self.name} has no prediction for task {task!r}")
+
+
+def train_baseline_models(split_data: SplitData, cfg: Config, seed: int, progress: bool = True) -> dict[str, tuple[CFTables, dict]]:
+    """Train every model of cfg.cf.baselines: {name: (tables, training report)}."""
+    return {name: train_cf(split_data, cfg.cf, seed, name, progress=progress) for name in cfg.cf.baselines}
+
+
+def run_baselines(
+    split_data: SplitData,
+    samples_by_split: Mapping[str, Sequence[Mapping]],
+    cfg: Config,
+    seed: int,
+    *,
+    split: str = "test",
+    tables: Optional[Mapping[str, CFTables]] = None,
+) -> dict[str, dict[str, dict]]:
+    """Score popularity and the cfg.cf.baselines CF models on `samples_by_split[split]`.
+
+    tables: already trained CF tables by model name (e.g. the backbone CKF uses); missing ones
+    are trained here with :func:`ckf_dist.cf.train.train_cf`. Returns
+    ``{model: {task: metrics dict of task_metrics}}`` for the tasks each model can predict."""
+    by_task: dict[str, list] = {}
+    for s in samples_by_split.get(split, []):
+        by_task.setdefault(s["task"], []).append(s)
+    models: list[Any] = [Popularity(split_data)]
+    for name in cfg.cf.baselines:
+        t = (tables or {}).get(name)
+        if t is None:
+            t, report = train_cf(split_data, cfg.cf, seed, name)
+            log.info("%s: weight_decay=%g valid %s=%.4f", name, report["weight_decay"], report["valid_metric"], report["valid_score"] or float("nan"))
+        models.append(CFBaseline(name, t))
+    results: dict[str, dict[str, dict]] = {}
+    for m in models:
+        out = {}
+        for task in ALL_TASKS:
+            if task in by_task and task in m.tasks():
+                out[task] = task_metrics(task, by_task[task], m.predict(task, by_task[task]), cfg.eval.ks)
+        results[m.name] = out
+    return results
+
+
+_NOT_COLUMNS = ("n", "warm", "cold", "uauc_users")
+
+
+def _fmt(v: Any) -> str:
+    return "–" if v is None else f"{v:.4f}"
+
+
+def baseline_table_markdown(results: Mapping[str, Mapping[str, Mapping]], group: str = "all") -> str:
+    """A markdown table: one row per model, one column per (task, metric), for the split the
+    results were computed on. group: "all", "warm" or "cold" users. A model that does not
+    predict a task shows "–"; so does an undefined metric (e.g. UAUC with no user having both
+    labels)."""
+    tasks = [t for t in ALL_TASKS if any(t in r for r in results.values())]
+    cols = []
+    for t in tasks:
+        keys = next(r[t] for r in results.values() if t in r)
+        cols += [(t, m) for m in keys if m not in _NOT_COLUMNS]
+    head = "| model | " + " | ".join(f"{t} {m}" for t, m in cols) + " |"
+    rule = "|---|" + "---|" * len(cols)
+    rows = []
+    for name, r in results.items():
+        cells = []
+        for t, m in cols:
+            d = r.get(t)
+            if d is not None and group != "all":
+                d = d[group]
+            cells.append(_fmt(d.get(m)) if d is not None else "–")
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    n = {t: next((r[t]["n"] if group == "all" else r[t][group]["n"]) for r in results.values() if t in r) for t in tasks}
+    note = "samples: " + ", ".join(f"{t} {n[t]}" for t in tasks)
+    return "\n".join([head, rule, *rows, "", note])

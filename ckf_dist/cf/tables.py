@@ -1,0 +1,170 @@
+"""Frozen CF embedding tables: the one artefact CF training hands to the rest of ckf_dist.
+
+A table file is a single safetensors file (written to ``<path>.tmp`` then renamed, so a reader
+never sees a half-written file) holding
+
+    user_emb     [U, d] float32     item_emb     [I, d] float32
+    user_bias    [U]    float32     item_bias    [I]    float32     global_bias [1] float32
+    (biases only for models that have them: MF)
+
+and one metadata entry ``ckf_cf``: a JSON object with ``user_ids`` / ``item_ids`` (the raw id of
+each row, so a table can be checked against a SplitData), and the training facts (model, loss,
+dim, chosen weight decay, validation metric and score, ...). Keeping ids and tensors in one file
+keeps the write atomic.
+
+Arrays are numpy (``torch.from_numpy`` is zero-copy for consumers that want tensors). This module
+knows nothing of how the tables were trained nor of the LLM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+META_KEY = "ckf_cf"
+
+
+@dataclass
+class CFTables:
+    """User/item embeddings of a trained CF backbone, with raw ids and training metadata."""
+
+    user_emb: np.ndarray
+    """[U, d] float32."""
+    item_emb: np.ndarray
+    """[I, d] float32."""
+    user_ids: list[str]
+    """Raw id of each user row (SplitData.user_ids)."""
+    item_ids: list[str]
+    """Raw id of each item row (SplitData.item_ids)."""
+    meta: dict[str, Any] = field(default_factory=dict)
+    """model, loss, dim, weight_decay, valid_metric, valid_score, ..."""
+    user_bias: Optional[np.ndarray] = None
+    """[U] float32, or None (LightGCN)."""
+    item_bias: Optional[np.ndarray] = None
+    """[I] float32, or None."""
+    global_bias: float = 0.0
+    """Global offset (MF-MSE: about the mean training rating)."""
+
+    def __post_init__(self) -> None:
+        if self.user_emb.ndim != 2 or self.item_emb.ndim != 2 or self.user_emb.shape[1] != self.item_emb.shape[1]:
+            raise ValueError(f"bad embedding shapes {self.user_emb.shape} / {self.item_emb.shape}")
+        if len(self.user_ids) != self.user_emb.shape[0] or len(self.item_ids) != self.item_emb.shape[0]:
+            raise ValueError(
+                f"{len(self.user_ids)} user ids / {len(self.item_ids)} item ids for tables "
+                f"{self.user_emb.shape} / {self.item_emb.shape}"
+            )
+
+    @property
+    def dim(self) -> int:
+        return int(self.user_emb.shape[1])
+
+    @property
+    def num_users(self) -> int:
+        return int(self.user_emb.shape[0])
+
+    @property
+    def num_items(self) -> int:
+        return int(self.item_emb.shape[0])
+
+    def save(self, path: str | Path) -> Path:
+        """Write these tables with :func:`save_cf_tables` (meta included); returns the path."""
+        has_bias = self.user_bias is not None or self.item_bias is not None or self.global_bias != 0.0
+        return save_cf_tables(
+            path, self.user_emb, self.item_emb, self.user_ids, self.item_ids, self.meta,
+            user_bias=self.user_bias, item_bias=self.item_bias, global_bias=self.global_bias if has_bias else None,
+        )
+
+    def score(self, users: Any, items: Any) -> np.ndarray:
+        """MF-style score e_u . e_i + b_u + b_i + b (biases where present), float64.
+
+        users and items are integer arrays that broadcast against each other, e.g. users [n] with
+        items [n] (one pair per row) or users [n, 1] with items [n, C] (C candidates per row).
+        For an MSE-trained MF this is the predicted rating; for BPR models an unbounded
+        preference score. Either way higher = more likely liked."""
+        u = np.asarray(users, dtype=np.int64)
+        i = np.asarray(items, dtype=np.int64)
+        u, i = np.broadcast_arrays(u, i)
+        s = np.einsum("...d,...d->...", self.user_emb[u].astype(np.float64), self.item_emb[i].astype(np.float64))
+        if self.user_bias is not None:
+            s = s + self.user_bias[u]
+        if self.item_bias is not None:
+            s = s + self.item_bias[i]
+        return s + self.global_bias
+
+
+def _np32(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):  # a torch tensor
+        x = x.detach().cpu().numpy()
+    return np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+
+
+def save_cf_tables(
+    path: str | Path,
+    user_emb: Any,
+    item_emb: Any,
+    user_ids: Sequence[str],
+    item_ids: Sequence[str],
+    extra: Optional[dict[str, Any]] = None,
+    *,
+    user_bias: Any = None,
+    item_bias: Any = None,
+    global_bias: Optional[float] = None,
+) -> Path:
+    """Write a table file atomically (see the module docstring); returns its path.
+
+    user_emb: [U, d], item_emb: [I, d] (numpy or torch, stored float32); extra: JSON-serialisable
+    facts stored in the metadata (model name, dim, weight decay, valid score, ...)."""
+    from safetensors.numpy import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {"user_emb": _np32(user_emb), "item_emb": _np32(item_emb)}
+    if user_bias is not None:
+        tensors["user_bias"] = _np32(user_bias).reshape(-1)
+    if item_bias is not None:
+        tensors["item_bias"] = _np32(item_bias).reshape(-1)
+    if global_bias is not None:
+        tensors["global_bias"] = np.array([global_bias], dtype=np.float32)
+    # Validate before writing anything.
+    CFTables(tensors["user_emb"], tensors["item_emb"], list(user_ids), list(item_ids))
+    meta = dict(extra or {})
+    meta.setdefault("dim", int(tensors["user_emb"].shape[1]))
+    meta["user_ids"] = [str(x) for x in user_ids]
+    meta["item_ids"] = [str(x) for x in item_ids]
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta)})
+    os.replace(tmp, path)
+    return path
+
+
+def load_cf_tables(path: str | Path) -> CFTables:
+    """Read a table file written by :func:`save_cf_tables`."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"CF table file not found: {path}")
+    with safe_open(str(path), framework="numpy") as f:
+        raw = (f.metadata() or {}).get(META_KEY)
+        if raw is None:
+            raise ValueError(f"{path}: not a CF table file (no '{META_KEY}' metadata)")
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    meta = json.loads(raw)
+    user_ids = meta.pop("user_ids")
+    item_ids = meta.pop("item_ids")
+    gb = tensors.get("global_bias")
+    return CFTables(
+        user_emb=tensors["user_emb"],
+        item_emb=tensors["item_emb"],
+        user_ids=user_ids,
+        item_ids=item_ids,
+        meta=meta,
+        user_bias=tensors.get("user_bias"),
+        item_bias=tensors.get("item_bias"),
+        global_bias=float(gb[0]) if gb is not None else 0.0,
+    )

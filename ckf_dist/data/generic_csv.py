@@ -1,0 +1,186 @@
+"""Generic CSV loader -> RecData, for data sets that are neither MovieLens nor Amazon.
+
+A folder holding two files (UTF-8, header row, comma-separated, standard CSV quoting)::
+
+    interactions.csv   user_id,item_id,timestamp + rating and/or label (0/1)
+                       optional: review, summary, split (train|valid|test)
+    items.csv          item_id,title + optional description
+
+``timestamp`` is integer seconds or an ISO-8601 date/time (naive = UTC). When the ``split``
+column is filled it is honoured exactly, so it must then be filled on every row, and every user
+in valid/test needs at least one train row. Items with an empty title get a pseudo-title from
+training reviews at split time. Records are read with the csv module so that every problem is
+reported with the line it starts on.
+"""
+
+from __future__ import annotations
+
+import csv
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+from ckf_dist.data.errors import BadRecords, DataError, parse_rating, parse_timestamp, require_file
+from ckf_dist.data.table import SPLITS, RecData, interactions_frame, items_frame
+
+REQUIRED = ("user_id", "item_id", "timestamp")
+OPTIONAL = ("rating", "label", "review", "summary", "split")
+
+
+def _records(path: Path):
+    """(header, iterator of (line number where the record starts, fields)); skips blank lines."""
+    f = open(path, encoding="utf-8-sig", newline="")
+    reader = csv.reader(f)
+
+    def rows():
+        with f:
+            start = 1
+            try:
+                for row in reader:
+                    line, start = start, reader.line_num + 1
+                    if row and any(c.strip() for c in row):
+                        yield line, row
+            except csv.Error as e:
+                raise DataError(f"{path}:{reader.line_num}: malformed CSV ({e})") from None
+
+    it = rows()
+    first = next(it, None)
+    if first is None:
+        raise DataError(f"{path}: empty file (expected a header row)")
+    return [c.strip() for c in first[1]], it
+
+
+def _parse_time(text: str, where: str, bad: BadRecords) -> Optional[int]:
+    text = text.strip()
+    if text and not text.lstrip("-").replace(".", "", 1).isdigit():
+        try:
+            dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            bad(where, "bad_timestamp", f"timestamp {text!r} is neither integer seconds nor ISO-8601")
+            return None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=timezone.utc)
+        return int(dt.timestamp())
+    return parse_timestamp(text, where, bad)
+
+
+def _parse_label(text: str, where: str, bad: BadRecords) -> Optional[float]:
+    try:
+        v = float(text)
+    except ValueError:
+        v = None
+    if v not in (0.0, 1.0):
+        bad(where, "bad_label", f"label {text!r} is not 0 or 1")
+        return None
+    return v
+
+
+def _read_items(path: Path, bad: BadRecords) -> tuple[list[str], list[str], list[str]]:
+    header, rows = _records(path)
+    for c in ("item_id", "title"):
+        if c not in header:
+            raise DataError(f"{path}:1: missing column {c!r} (have {', '.join(header)})")
+    ix, it, idesc = header.index("item_id"), header.index("title"), header.index("description") if "description" in header else -1
+    ids, titles, descs = [], [], []
+    seen: set[str] = set()
+    for n, row in rows:
+        where = f"{path}:{n}"
+        if len(row) != len(header):
+            bad(where, "wrong_field_count", f"expected {len(header)} comma-separated fields, got {len(row)}")
+            continue
+        item = row[ix].strip()
+        if not item:
+            bad(where, "missing_id", "empty item_id")
+            continue
+        if item in seen:
+            bad(where, "duplicate_item", f"item {item!r} listed twice")
+            continue
+        seen.add(item)
+        ids.append(item)
+        titles.append(row[it].strip())
+        descs.append(row[idesc].strip() if idesc >= 0 else "")
+    return ids, titles, descs
+
+
+def load_csv(folder: str | Path, on_bad_record: str = "error") -> RecData:
+    """``interactions.csv`` + ``items.csv`` in `folder` -> RecData (split column kept when filled)."""
+    folder = Path(folder)
+    bad = BadRecords(on_bad_record)
+    inter_path = require_file(folder / "interactions.csv", "interactions file")
+    items_path = require_file(folder / "items.csv", "items file")
+    item_ids, titles, descs = _read_items(items_path, bad)
+    known_items = set(item_ids)
+
+    header, rows = _records(inter_path)
+    for c in REQUIRED:
+        if c not in header:
+            raise DataError(f"{inter_path}:1: missing column {c!r} (have {', '.join(header)})")
+    if "rating" not in header and "label" not in header:
+        raise DataError(f"{inter_path}:1: needs a 'rating' or a 'label' column (have {', '.join(header)})")
+    pos = {c: header.index(c) for c in REQUIRED + OPTIONAL if c in header}
+
+    recs: list[dict] = []
+    for n, row in rows:
+        where = f"{inter_path}:{n}"
+        if len(row) != len(header):
+            bad(where, "wrong_field_count", f"expected {len(header)} comma-separated fields, got {len(row)}")
+            continue
+        get = {c: row[i] for c, i in pos.items()}
+        user, item = get["user_id"].strip(), get["item_id"].strip()
+        if not user or not item:
+            bad(where, "missing_id", "empty user_id or item_id")
+            continue
+        if item not in known_items:
+            bad(where, "unknown_item", f"item {item!r} is not in {items_path.name}")
+            continue
+        ts = _parse_time(get["timestamp"], where, bad)
+        if ts is None:
+            continue
+        rating = label = float("nan")
+        r_text, l_text = get.get("rating", "").strip(), get.get("label", "").strip()
+        if not r_text and not l_text:
+            bad(where, "missing_rating", "neither rating nor label given")
+            continue
+        if r_text or "label" not in pos:
+            r = parse_rating(r_text, where, bad)
+            if r is None:
+                continue
+            rating = r
+        if l_text:
+            lab = _parse_label(l_text, where, bad)
+            if lab is None:
+                continue
+            label = lab
+        split = get.get("split", "").strip()
+        if split and split not in SPLITS:
+            bad(where, "bad_split", f"split {split!r} is not one of {', '.join(SPLITS)}")
+            continue
+        recs.append({"line": n, "user": user, "item": item, "timestamp": ts, "rating": rating, "label": label,
+                     "review": get.get("review", "").strip(), "summary": get.get("summary", "").strip(),
+                     "split": split})
+
+    if any(r["split"] for r in recs):
+        kept = []
+        for r in recs:
+            if r["split"]:
+                kept.append(r)
+            else:
+                bad(f"{inter_path}:{r['line']}", "missing_split", "empty split while other rows set one")
+        has_train = {r["user"] for r in kept if r["split"] == "train"}
+        recs = []
+        for r in kept:
+            if r["split"] != "train" and r["user"] not in has_train:
+                bad(f"{inter_path}:{r['line']}", "unknown_user",
+                    f"user {r['user']!r} is in {r['split']} but has no train interaction")
+            else:
+                recs.append(r)
+
+    if not recs:
+        raise DataError(f"{inter_path}: no interactions left after skipping bad records")
+    cols = {c: [r[c] for r in recs] for c in ("user", "item", "timestamp", "rating", "label", "review", "summary", "split")}
+    inter = interactions_frame(**cols)
+    used = set(cols["item"])
+    keep = [k for k, i in enumerate(item_ids) if i in used]
+    items = items_frame([item_ids[k] for k in keep], [titles[k] for k in keep], [descs[k] for k in keep])
+    bad.log_summary(folder.name or str(folder))
+    return RecData(name=folder.name or "csv", interactions=inter, items=items, skipped=bad.as_dict())

@@ -1,0 +1,354 @@
+"""SplitData -> prompt samples per split and task (the JSON dicts the shards store).
+
+Sample schema (exactly these keys; the CKF model, shards and CF baselines read them)::
+
+    key          "<split>/<task>/<u>/<n>", unique
+    task, split  names
+    user         dense user id u;  user_id: its raw id
+    items        item ids for the placeholders after the user one, in prompt order
+    history      history item ids, oldest first (the ones the prompt lists, or for
+                 review_rating / explanation the recent train items)
+    prompt       CF prompt (model.placeholder_token marks the CF slots)
+    prompt_text  its text-only twin (no placeholder)
+    target       answer text
+    label        ctr 0/1; rating / review_rating the true rating; None otherwise
+    candidates   topk candidate item ids ([] otherwise);  answer: index of the true one (-1 otherwise)
+    warm         user has more than data.cold_threshold train interactions
+
+Protocol:
+
+- **History** = the user's last ``data.history_len`` *train* interactions that precede the target
+  in the user's time order (ties in time keep file order). For a train sample that is before
+  the interaction itself; valid/test rows never enter a history. ctr and topk list *liked*
+  (``pos`` = 1) items; rating lists items with their ratings ("title, rating: r");
+  review_rating and explanation keep the recent train items in ``history`` (for the
+  meta-network) without listing them in the prompt.
+- **Negatives** are sampled uniformly (seeded) from items the user never interacted with in
+  any split, so a negative is never a hidden positive. topk negatives also avoid titles already
+  among the candidates, so exact-match HR@1 is unambiguous.
+- **ctr**: every held-out (valid/test) interaction gives one sample labelled by ``pos`` plus
+  ONE sampled unseen item labelled 0 with the same history. Every user whose held-out item is
+  liked therefore has both labels, so UAUC is defined for them; users whose held-out item is
+  disliked contribute negatives only and UAUC skips them. Train samples pair the same way.
+- **topk**: only *liked* interactions are targets; the true item plus ``data.topk_candidates
+  - 1`` negatives, shuffled (seeded); ``answer`` = the true item's slot; target = its title.
+- **rating / review_rating**: interactions with a rating (review_rating: and a non-empty
+  review, cut to its first ``data.review_words`` words); target = the rounded rating digit.
+- **explanation**: interactions with a non-empty summary; the summary is the target. Empty
+  summaries are skipped and counted.
+- **Caps**: train keeps at most ``data.samples_per_user`` samples per user and task, drawn as a
+  *seeded uniform sample* of the user's eligible train interactions (kept in time order), not
+  the most recent ones: that covers the whole history and item catalogue rather than only the
+  period right before the held-out items. For ctr that is ceil(cap / 2) interactions, each with
+  its negative, truncated to the cap. valid/test keep one sample per held-out interaction and
+  task (ctr: plus its negative).
+- **Seeds**: each (split, task) draws from its own ``random.Random("ckf-samples/<seed>/<split>/<task>")``
+  stream (string seeds hash deterministically), so adding a task or
+  changing one split's settings leaves the other samples unchanged.
+
+Skipped targets (empty summary, too few unseen items) are counted: pass ``counts`` to receive
+them; a one-line summary is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from typing import Optional
+
+import numpy as np
+
+from ckf_dist.config import Config
+from ckf_dist.data.errors import DataError
+from ckf_dist.data.table import SPLITS, SplitData
+from ckf_dist.tasks import (
+    TASKS,
+    available_tasks,
+    count_placeholders,
+    missing_requirement,
+    rating_digit,
+    render,
+    yes_no,
+)
+
+__all__ = ["build_samples", "count_placeholders", "SAMPLE_KEYS", "check_sample"]
+
+log = logging.getLogger(__name__)
+
+SAMPLE_KEYS = ("key", "task", "split", "user", "user_id", "items", "history", "prompt", "prompt_text",
+               "target", "label", "candidates", "answer", "warm")
+
+
+class _User:
+    """One user's interactions in time order, as arrays (positions index into these)."""
+
+    __slots__ = ("u", "i", "split", "pos", "rating", "digit", "review", "summary", "has_review", "has_summary",
+                 "train_at", "liked_at", "rated_at", "seen")
+
+    def __init__(self, u: int, rows: dict[str, np.ndarray]):
+        self.u = u
+        self.i = rows["i"]
+        self.split = rows["split"]
+        self.pos = rows["pos"]
+        self.rating = rows["rating"]
+        self.digit = rows["digit"]
+        self.review = rows["review"]
+        self.summary = rows["summary"]
+        self.has_review = rows["has_review"]
+        self.has_summary = rows["has_summary"]
+        train = self.split == "train"
+        self.train_at = np.flatnonzero(train)
+        self.liked_at = np.flatnonzero(train & (self.pos >= 0.5))
+        self.rated_at = np.flatnonzero(train & ~np.isnan(self.rating))
+        self.seen = set(self.i.tolist())
+
+    def before(self, at: np.ndarray, p: int, n: int) -> np.ndarray:
+        """Positions in `at` (sorted) strictly before position p, the last n of them."""
+        k = int(np.searchsorted(at, p))
+        return at[max(0, k - n):k]
+
+
+class _Builder:
+    def __init__(self, sd: SplitData, cfg: Config, counts: Counter):
+        self.sd = sd
+        self.cfg = cfg
+        self.d = cfg.data
+        self.ph = cfg.model.placeholder_token
+        self.titles = sd.item_titles
+        self.num_items = sd.num_items
+        self.warm = sd.warm_mask()
+        self.counts = counts
+
+    # -- sampling helpers ---------------------------------------------------------------
+
+    def negatives(self, rng: random.Random, user: _User, k: int, avoid_titles: Optional[set] = None) -> Optional[list[int]]:
+        """k distinct items the user never interacted with (and, if given, whose titles are not in
+        `avoid_titles`, which is updated); None when too few exist."""
+        out: list[int] = []
+        taken: set[int] = set()
+
+        def ok(j: int) -> bool:
+            return j not in user.seen and j not in taken and (avoid_titles is None or self.titles[j] not in avoid_titles)
+
+        def take(j: int) -> None:
+            out.append(j)
+            taken.add(j)
+            if avoid_titles is not None:
+                avoid_titles.add(self.titles[j])
+
+        for _ in range(20 * k + 50):  # rejection sampling: cheap while most items are unseen
+            j = rng.randrange(self.num_items)
+            if ok(j):
+                take(j)
+                if len(out) == k:
+                    return out
+        pool = [j for j in range(self.num_items) if ok(j)]
+        rng.shuffle(pool)
+        for j in pool:
+            if len(out) == k:
+                break
+            if ok(j):  # re-check: titles taken meanwhile
+                take(j)
+        return out if len(out) == k else None
+
+    def pick_train(self, rng: random.Random, eligible: list[int], n: int) -> list[int]:
+        """Seeded uniform sample of at most n eligible positions, back in time order."""
+        if len(eligible) <= n:
+            return eligible
+        return sorted(rng.sample(eligible, n))
+
+    def sample(self, split: str, task: str, user: _User, n: int, items: list[int], history: list[int],
+               fields: dict, target: str, label: Optional[float], candidates: Optional[list[int]] = None,
+               answer: int = -1) -> dict:
+        prompt, prompt_text = render(task, fields, self.ph)
+        u = user.u
+        return {
+            "key": f"{split}/{task}/{u}/{n}",
+            "task": task,
+            "split": split,
+            "user": int(u),
+            "user_id": self.sd.user_ids[u],
+            "items": [int(x) for x in items],
+            "history": [int(x) for x in history],
+            "prompt": prompt,
+            "prompt_text": prompt_text,
+            "target": target,
+            "label": None if label is None else float(label),
+            "candidates": [int(x) for x in (candidates or [])],
+            "answer": int(answer),
+            "warm": bool(self.warm[u]),
+        }
+
+    # -- tasks ---------------------------------------------------------------------------
+
+    def ctr(self, split: str, user: _User, positions: list[int], rng: random.Random, cap: Optional[int]) -> list[dict]:
+        out: list[dict] = []
+        for p in positions:
+            hist = user.i[user.before(user.liked_at, p, self.d.history_len)].tolist()
+            fields = {"history": [self.titles[h] for h in hist]}
+            item, label = int(user.i[p]), float(user.pos[p])
+            out.append(self.sample(split, "ctr", user, len(out), [item], hist, {**fields, "title": self.titles[item]},
+                                   yes_no(label), label))
+            neg = self.negatives(rng, user, 1)
+            if neg is None:
+                self.counts[f"ctr/{split}/no_unseen_items"] += 1
+                continue
+            out.append(self.sample(split, "ctr", user, len(out), neg, hist, {**fields, "title": self.titles[neg[0]]},
+                                   "No", 0.0))
+        return out if cap is None else out[:cap]
+
+    def topk(self, split: str, user: _User, positions: list[int], rng: random.Random) -> list[dict]:
+        out: list[dict] = []
+        for p in positions:
+            hist = user.i[user.before(user.liked_at, p, self.d.history_len)].tolist()
+            item = int(user.i[p])
+            negs = self.negatives(rng, user, self.d.topk_candidates - 1, avoid_titles={self.titles[item]})
+            if negs is None:
+                self.counts[f"topk/{split}/too_few_unseen_items"] += 1
+                continue
+            cands = [item] + negs
+            rng.shuffle(cands)
+            fields = {"history": [self.titles[h] for h in hist], "candidates": [self.titles[c] for c in cands]}
+            out.append(self.sample(split, "topk", user, len(out), cands, hist, fields, self.titles[item], None,
+                                   candidates=cands, answer=cands.index(item)))
+        return out
+
+    def rating(self, split: str, user: _User, positions: list[int]) -> list[dict]:
+        out: list[dict] = []
+        for p in positions:
+            at = user.before(user.rated_at, p, self.d.history_len)
+            hist = user.i[at].tolist()
+            fields = {"history": [(self.titles[h], d) for h, d in zip(hist, user.digit[at].tolist())],
+                      "title": self.titles[int(user.i[p])]}
+            r = float(user.rating[p])
+            out.append(self.sample(split, "rating", user, len(out), [int(user.i[p])], hist, fields, rating_digit(r), r))
+        return out
+
+    def review_rating(self, split: str, user: _User, positions: list[int]) -> list[dict]:
+        out: list[dict] = []
+        for p in positions:
+            hist = user.i[user.before(user.train_at, p, self.d.history_len)].tolist()
+            review = " ".join(str(user.review[p]).split()[: self.d.review_words])
+            fields = {"title": self.titles[int(user.i[p])], "review": review}
+            r = float(user.rating[p])
+            out.append(self.sample(split, "review_rating", user, len(out), [int(user.i[p])], hist, fields,
+                                   rating_digit(r), r))
+        return out
+
+    def explanation(self, split: str, user: _User, positions: list[int]) -> list[dict]:
+        out: list[dict] = []
+        for p in positions:
+            hist = user.i[user.before(user.train_at, p, self.d.history_len)].tolist()
+            out.append(self.sample(split, "explanation", user, len(out), [int(user.i[p])], hist,
+                                   {"title": self.titles[int(user.i[p])]}, str(user.summary[p]).strip(), None))
+        return out
+
+    # -- driver ----------------------------------------------------------------------------
+
+    def eligible(self, task: str, user: _User, split: str) -> list[int]:
+        in_split = user.split == split
+        if task == "topk":
+            mask = in_split & (user.pos >= 0.5)
+        elif task == "rating":
+            mask = in_split & ~np.isnan(user.rating)
+        elif task == "review_rating":
+            mask = in_split & ~np.isnan(user.rating) & user.has_review
+        elif task == "explanation":
+            empty = int((in_split & ~user.has_summary).sum())
+            if empty:
+                self.counts[f"explanation/{split}/empty_summary"] += empty
+            mask = in_split & user.has_summary
+        else:
+            mask = in_split
+        return np.flatnonzero(mask).tolist()
+
+    def build(self, task: str, split: str, user: _User, rng: random.Random) -> list[dict]:
+        positions = self.eligible(task, user, split)
+        if not positions:
+            return []
+        cap = self.d.samples_per_user if split == "train" else None
+        if cap is not None:
+            positions = self.pick_train(rng, positions, (cap + 1) // 2 if task == "ctr" else cap)
+        if task == "ctr":
+            return self.ctr(split, user, positions, rng, cap)
+        if task == "topk":
+            return self.topk(split, user, positions, rng)
+        return getattr(self, task)(split, user, positions)
+
+
+def _digits(rating: np.ndarray) -> np.ndarray:
+    """Vectorised rating_digit ("" where the rating is NaN), object [n]."""
+    d = np.clip(np.floor(np.nan_to_num(rating, nan=0.0) + 0.5), 1, 5).astype(int).astype(str).astype(object)
+    d[np.isnan(rating)] = ""
+    return d
+
+
+def _users(sd: SplitData) -> list[_User]:
+    inter = sd.inter
+    order = np.lexsort((np.arange(len(inter)), inter["timestamp"].to_numpy(), inter["u"].to_numpy()))
+    inter = inter.iloc[order]
+    u = inter["u"].to_numpy()
+    cols = {
+        "i": inter["i"].to_numpy(dtype=np.int64),
+        "split": inter["split"].to_numpy(dtype=object).astype(str),
+        "pos": inter["pos"].to_numpy(dtype=np.float64),
+        "rating": inter["rating"].to_numpy(dtype=np.float64),
+        "digit": _digits(inter["rating"].to_numpy(dtype=np.float64)),
+        "review": inter["review"].to_numpy(dtype=object),
+        "summary": inter["summary"].to_numpy(dtype=object),
+        "has_review": (inter["review"].str.strip().str.len() > 0).to_numpy(dtype=bool),
+        "has_summary": (inter["summary"].str.strip().str.len() > 0).to_numpy(dtype=bool),
+    }
+    starts = np.r_[0, np.flatnonzero(np.diff(u)) + 1] if len(u) else np.array([], dtype=np.int64)
+    ends = np.r_[starts[1:], len(u)]
+    return [_User(int(u[s]), {k: v[s:e] for k, v in cols.items()}) for s, e in zip(starts.tolist(), ends.tolist())]
+
+
+def build_samples(sd: SplitData, cfg: Config, counts: Optional[dict] = None) -> dict[str, list[dict]]:
+    """Samples for every task of ``cfg.tasks`` and every split: {"train": [...], "valid": [...], "test": [...]}.
+
+    Raises DataError when a requested task cannot be built from this data (e.g. rating on
+    label-only data). `counts`, when given, receives the skipped-target counters.
+    """
+    avail = available_tasks(sd)
+    for t in cfg.tasks:
+        if t not in TASKS:
+            raise DataError(f"unknown task {t!r} (choose from {', '.join(TASKS)})")
+        if t not in avail:
+            raise DataError(f"task {t!r} needs {missing_requirement(t)}, which dataset {sd.name!r} lacks "
+                            f"(available: {', '.join(avail)})")
+    skipped: Counter = Counter()
+    builder = _Builder(sd, cfg, skipped)
+    users = _users(sd)
+    out: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    for split in SPLITS:
+        for task in cfg.tasks:
+            rng = random.Random(f"ckf-samples/{cfg.seed}/{split}/{task}")
+            for user in users:
+                out[split].extend(builder.build(task, split, user, rng))
+    if skipped:
+        log.warning("%s samples: skipped %s", sd.name, ", ".join(f"{k}={v}" for k, v in sorted(skipped.items())))
+    if counts is not None:
+        counts.update(skipped)
+    log.info("%s samples: %s", sd.name, ", ".join(f"{s}={len(v)}" for s, v in out.items()))
+    return out
+
+
+def check_sample(sample: dict, placeholder: str) -> None:
+    """Raise ValueError unless `sample` has the schema's keys and placeholder invariants."""
+    key = sample.get("key")
+    problems = []
+    if tuple(sample) != SAMPLE_KEYS:
+        problems.append(f"keys {list(sample)} != {list(SAMPLE_KEYS)}")
+    elif count_placeholders(sample["prompt"], placeholder) != 1 + len(sample["items"]):
+        problems.append("prompt placeholders != 1 + len(items)")
+    elif count_placeholders(sample["prompt_text"], placeholder):
+        problems.append("prompt_text contains the placeholder")
+    elif sample["task"] == "topk" and not (sample["items"] == sample["candidates"]
+                                           and 0 <= sample["answer"] < len(sample["candidates"])):
+        problems.append("topk items/candidates/answer inconsistent")
+    elif sample["task"] != "topk" and (sample["candidates"] or sample["answer"] != -1):
+        problems.append("candidates/answer set outside topk")
+    if problems:
+        raise ValueError(f"sample {key}: {problems[0]}")

@@ -1,0 +1,176 @@
+"""The evaluation loop shared by training validation, `ckf eval --run` and `ckf recommend`.
+
+Per task (ckf.md section 2), on the model's own predictions:
+- ctr: P(Yes) / (P(Yes) + P(No)) at the first answer token -> AUC, UAUC;
+- topk: every candidate title scored by its likelihood (sum of target-token log-probs, EOS
+  included) -> HR@k, NDCG@k; HR@1 by greedy decoding and exact title match;
+- rating, review_rating: expected value over the digit tokens 1..5 at the first answer token
+  (the headline MAE/RMSE) and the greedy digit (`mae_greedy`, `rmse_greedy`);
+- explanation: greedy generation -> BLEU-4, ROUGE-1/2/L.
+Metrics come from the pure functions of :mod:`ckf_dist.eval.metrics`, with the warm/cold split.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+from ckf_dist.config import ALL_TASKS, Config
+from ckf_dist.eval.metrics import task_metrics
+from ckf_dist.models.collate import batch_to, target_token_ids
+
+DIGITS = ("1", "2", "3", "4", "5")
+
+
+def _first_ids(tokenizer, words: Sequence[str]) -> list[int]:
+    ids = [target_token_ids(tokenizer, w)[0] for w in words]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"answers {list(words)} share a first token; the tokenizer cannot score them apart")
+    return ids
+
+
+def _batches(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def select(samples: list[dict], cap: int, seed: int) -> list[dict]:
+    """A seeded subset of at most `cap` samples (0 = all), in key order for determinism."""
+    ordered = sorted(samples, key=lambda s: s["key"])
+    if cap and len(ordered) > cap:
+        ordered = random.Random(seed).sample(ordered, cap)
+        ordered.sort(key=lambda s: s["key"])
+    return ordered
+
+
+class Evaluator:
+    """Scores samples with a CKF model; one instance serves validation, `ckf eval` and `recommend`."""
+
+    def __init__(self, model, collator, cfg: Config, titles: list[str], device: torch.device | str = "cpu"):
+        self.model, self.collator, self.cfg, self.titles = model, collator, cfg, titles
+        self.device = torch.device(device)
+        tok = collator.tok
+        self.yes_id, self.no_id = _first_ids(tok, ["Yes", "No"])
+        self.digit_ids = _first_ids(tok, DIGITS)
+        self.bs = cfg.eval.batch_size
+
+    def _batch(self, samples: list[dict]) -> dict:
+        return batch_to(self.collator(samples), self.device)
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.collator.tok.decode(ids, skip_special_tokens=True).strip()
+
+    # -------------------------------------------------------------- per task
+    def ctr(self, samples: list[dict]) -> list[float]:
+        out: list[float] = []
+        for chunk in _batches(samples, self.bs):
+            out += self.model.yes_probability(self._batch(chunk), self.yes_id, self.no_id).float().tolist()
+        return out
+
+    def rating(self, samples: list[dict]) -> tuple[list[float], list[float]]:
+        """(expected-value predictions, greedy-digit predictions)."""
+        expected, greedy = [], []
+        values = torch.arange(1, 6, dtype=torch.float32, device=self.device)
+        for chunk in _batches(samples, self.bs):
+            logits = self.model.answer_logits(self._batch(chunk))[:, self.digit_ids].float()
+            p = torch.softmax(logits, dim=-1)
+            expected += (p * values).sum(-1).tolist()
+            greedy += (logits.argmax(-1) + 1).float().tolist()
+        return expected, greedy
+
+    def candidate_scores(self, samples: list[dict]) -> list[list[float]]:
+        """Likelihood of each candidate's title as the answer, per sample (same order as candidates)."""
+        rows = [(si, {**s, "target": self.titles[c]}) for si, s in enumerate(samples) for c in s["candidates"]]
+        scores: list[list[float]] = [[] for _ in samples]
+        for chunk in _batches(rows, self.bs):
+            lp = self.model.sequence_logprob(self._batch([r for _, r in chunk])).float().tolist()
+            for (si, _), v in zip(chunk, lp):
+                scores[si].append(v)
+        return scores
+
+    def generate(self, samples: list[dict], max_new_tokens: Optional[int] = None) -> list[str]:
+        n = max_new_tokens or self.cfg.eval.max_new_tokens
+        out: list[str] = []
+        for chunk in _batches(samples, self.bs):
+            out += [self._decode(ids) for ids in self.model.generate(self._batch(chunk), n)]
+        return out
+
+    def topk(self, samples: list[dict]) -> list[dict]:
+        scores = self.candidate_scores(samples)
+        longest = max((len(self.collator.tok(self.titles[c], add_special_tokens=False)["input_ids"]) for s in samples for c in s["candidates"]), default=8)
+        texts = self.generate(samples, max_new_tokens=longest + 2)
+        preds = []
+        for s, sc, text in zip(samples, scores, texts):
+            names = [self.titles[c].strip().lower() for c in s["candidates"]]
+            choice = names.index(text.lower()) if text.lower() in names else -1
+            preds.append({"scores": sc, "choice": choice})
+        return preds
+
+    # -------------------------------------------------------------- all tasks
+    @torch.no_grad()
+    def evaluate(self, samples: list[dict], progress: bool = True) -> dict[str, dict]:
+        from tqdm import tqdm
+
+        was_training = self.model.training
+        self.model.eval()
+        by_task: dict[str, list[dict]] = {}
+        for s in samples:
+            by_task.setdefault(s["task"], []).append(s)
+        results: dict[str, dict] = {}
+        ks = self.cfg.eval.ks
+        tasks = [t for t in ALL_TASKS if t in by_task]
+        for task in tqdm(tasks, desc="eval", disable=not progress, leave=False):
+            chunk = select(by_task[task], self.cfg.eval.max_samples_per_task, self.cfg.seed)
+            if task == "ctr":
+                results[task] = task_metrics(task, chunk, self.ctr(chunk), ks)
+            elif task in ("rating", "review_rating"):
+                ev, gr = self.rating(chunk)
+                m = task_metrics(task, chunk, ev, ks)
+                g = task_metrics(task, chunk, gr, ks)
+                m["mae_greedy"], m["rmse_greedy"] = g["mae"], g["rmse"]
+                results[task] = m
+            elif task == "topk":
+                results[task] = task_metrics(task, chunk, self.topk(chunk), ks)
+            elif task == "explanation":
+                results[task] = task_metrics(task, chunk, self.generate(chunk), ks)
+        if was_training:
+            self.model.train()
+        return results
+
+
+HEADLINE = {
+    "ctr": ["auc", "uauc"],
+    "topk": ["hr@1", "hr@5", "ndcg@5", "hr@10", "ndcg@10"],
+    "rating": ["mae", "rmse"],
+    "review_rating": ["mae", "rmse"],
+    "explanation": ["bleu4", "rouge1", "rouge2", "rougeL"],
+}
+
+
+def metrics_markdown(metrics: dict[str, dict], title: str = "") -> str:
+    """One row per task and user group: the task's headline metrics and the sample count."""
+    lines = [f"### {title}", ""] if title else []
+    lines += ["| task | users | metrics | n |", "|---|---|---|---|"]
+    for task in ALL_TASKS:
+        if task not in metrics:
+            continue
+        m = metrics[task]
+        for group, g in (("all", m), ("warm", m.get("warm") or {}), ("cold", m.get("cold") or {})):
+            vals = [f"{k} {g[k]:.4f}" for k in HEADLINE[task] if g.get(k) is not None]
+            lines.append(f"| {task} | {group} | {', '.join(vals) or '–'} | {g.get('n', 0)} |")
+    return "\n".join(lines)
+
+
+def write_metrics(metrics: dict[str, dict], run_dir: str | Path, name: str = "metrics") -> Path:
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    p = run_dir / f"{name}.json"
+    tmp = p.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(metrics, indent=2))
+    tmp.replace(p)
+    (run_dir / f"{name}.md").write_text(metrics_markdown(metrics) + "\n")
+    return p

@@ -1,0 +1,358 @@
+"""The CKF model: CF vectors spliced into the prompt of a frozen causal LLM with Multi-LoRA.
+
+Owns: input embeddings with mapped CF vectors at the placeholder positions (every row: the
+first placeholder takes the row's mapped user vector, the later ones its items' vectors in
+order), the causal-LM loss on target tokens with per-task means, the text-to-CF curriculum, and
+the evaluation helpers (answer logits, sequence log-probabilities, greedy generation with a KV
+cache). Must not know: data files, the optimizer, DeepSpeed, Ray (``train/`` wraps this module).
+
+Batches come from :class:`ckf_dist.models.collate.Collator` (field list there). Per LLM call
+the row task ids reach the Multi-LoRA layers through ``self.ctx`` (see
+:mod:`ckf_dist.modules.multi_lora`).
+
+Trainable: Multi-LoRA adapters (``llm.*.lora_*``) and the CF mapper (``mapper.*``: meta-network,
+general bridge, projections). Frozen: every LLM weight; the CF tables are non-persistent
+buffers (never saved with the trainable state, never trained).
+
+``model.mapping=collm`` implies one shared LoRA (no task adapters), as in CoLLM.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ckf_dist.config import ALL_TASKS, Config
+from ckf_dist.kernels.multi_lora import resolve_backend
+from ckf_dist.modules.inject import inject_multi_lora
+from ckf_dist.modules.meta_net import CFMapper
+from ckf_dist.modules.multi_lora import LoRAContext
+
+TRAINABLE_FORMAT = "ckf_trainable/1"
+
+
+def curriculum_weight(step: int, total: int) -> float:
+    """Text-only loss weight w(step) = 1 / (1 + exp(8 (step - b) / b)), b = total / 2 (ckf.md 6).
+
+    w starts near 1 (text-only prompts dominate), is 0.5 half-way, and ends near 0.
+    """
+    b = max(float(total) / 2.0, 1e-8)
+    x = max(-60.0, min(60.0, 8.0 * (float(step) - b) / b))
+    return 1.0 / (1.0 + math.exp(x))
+
+
+@dataclass
+class CKFOutput:
+    """loss: scalar with grad. task_losses: task name -> detached mean over that task's target
+    tokens (same curriculum mix as ``loss``). cf_loss / text_loss: detached means of each path
+    (text_loss None without the curriculum). text_weight: w used. num_tokens: target tokens."""
+
+    loss: torch.Tensor
+    task_losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    cf_loss: Optional[torch.Tensor] = None
+    text_loss: Optional[torch.Tensor] = None
+    text_weight: float = 0.0
+    num_tokens: int = 0
+
+
+def _token_norm(embedding: nn.Module, exclude: int) -> float:
+    w = embedding.weight
+    if w.numel() == 0:
+        raise RuntimeError("the LLM's input embeddings are empty (partitioned?): build CKFModel before ZeRO-3 partitioning")
+    with torch.no_grad():
+        norms = w.detach().float().norm(dim=1)
+        keep = torch.ones_like(norms, dtype=torch.bool)
+        if 0 <= exclude < keep.numel():
+            keep[exclude] = False
+        return float(norms[keep].mean())
+
+
+class CKFModel(nn.Module):
+    """Frozen HF causal LM + Multi-LoRA + CF mapping.
+
+    Args:
+      llm: an HF causal LM (LLaMA / Qwen2 / Mistral family); adapters are injected in place.
+      tokenizer: its tokenizer, with ``cfg.model.placeholder_token`` as one id (``load_llm``).
+      user_emb: [U, d] float32 CF user table; item_emb: [I, d] float32 CF item table (frozen).
+      cfg: Config (model, lora, train.curriculum, kernels.backend).
+    """
+
+    def __init__(self, llm: nn.Module, tokenizer, user_emb: torch.Tensor, item_emb: torch.Tensor, cfg: Config):
+        super().__init__()
+        user_emb = torch.as_tensor(user_emb, dtype=torch.float32)
+        item_emb = torch.as_tensor(item_emb, dtype=torch.float32)
+        if user_emb.dim() != 2 or item_emb.dim() != 2 or user_emb.shape[1] != item_emb.shape[1]:
+            raise ValueError(f"CF tables must be [U, d] and [I, d], got {tuple(user_emb.shape)} and {tuple(item_emb.shape)}")
+        self.cfg = cfg
+        self.cf_fusion = bool(cfg.model.cf_fusion)
+        self.curriculum = bool(cfg.train.curriculum) and self.cf_fusion
+        self.tokenizer = tokenizer
+        pid = tokenizer.convert_tokens_to_ids(cfg.model.placeholder_token)
+        if pid is None or tokenizer(cfg.model.placeholder_token, add_special_tokens=False)["input_ids"] != [pid]:
+            raise ValueError(f"the tokenizer does not encode {cfg.model.placeholder_token!r} as one id (use load_llm)")
+        self.placeholder_id = int(pid)
+        self.eos_id = int(tokenizer.eos_token_id)
+        self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id)
+        self.num_tasks = len(ALL_TASKS)
+
+        self.llm = llm
+        self.ctx = LoRAContext(num_tasks=self.num_tasks)
+        lora_cfg = cfg.lora
+        if cfg.model.mapping == "collm":
+            lora_cfg = dataclasses.replace(cfg.lora, task_specific=False)
+        self.lora_modules = inject_multi_lora(llm, lora_cfg, self.num_tasks, self.ctx)
+
+        self.register_buffer("user_emb", user_emb, persistent=False)
+        self.register_buffer("item_emb", item_emb, persistent=False)
+        emb = llm.get_input_embeddings()
+        self.hidden_size = int(emb.weight.shape[1])
+        self.mapper: Optional[CFMapper] = None
+        if self.cf_fusion:
+            self.token_norm = _token_norm(emb, self.placeholder_id)
+            self.mapper = CFMapper(user_emb.shape[1], self.hidden_size, cfg.model, self.token_norm)
+        self._backends: dict[str, str] = {}
+
+    # ------------------------------------------------------------------ parameters
+    def trainable_named_parameters(self) -> dict[str, nn.Parameter]:
+        """Adapters (``llm.*.lora_*``) and the CF mapper (``mapper.*``), by name."""
+        out = {}
+        for n, p in self.named_parameters():
+            if n.startswith("mapper.") or (n.startswith("llm.") and ".lora_" in n):
+                out[n] = p
+        return out
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return list(self.trainable_named_parameters().values())
+
+    def save_trainable(self, path: str | Path) -> Path:
+        """Write the trainable tensors as safetensors (to ``path.tmp``, then renamed)."""
+        from safetensors.torch import save_file
+
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {n: t.detach().to("cpu").contiguous() for n, t in self.trainable_named_parameters().items()}
+        tmp = p.with_name(p.name + ".tmp")
+        save_file(tensors, str(tmp), metadata={"format": TRAINABLE_FORMAT})
+        os.replace(tmp, p)
+        return p
+
+    def load_trainable(self, path: str | Path) -> None:
+        """Load tensors written by :meth:`save_trainable`; names and shapes must match exactly."""
+        from safetensors.torch import load_file
+
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: trainable-state file not found")
+        state = load_file(str(p))
+        params = self.trainable_named_parameters()
+        missing = sorted(set(params) - set(state))
+        extra = sorted(set(state) - set(params))
+        if missing or extra:
+            raise ValueError(
+                f"{p}: does not match this model ({len(missing)} missing, e.g. {missing[:1]}; "
+                f"{len(extra)} unexpected, e.g. {extra[:1]})"
+            )
+        with torch.no_grad():
+            for n, t in state.items():
+                if tuple(t.shape) != tuple(params[n].shape):
+                    raise ValueError(f"{p}: {n} has shape {tuple(t.shape)}, the model {tuple(params[n].shape)}")
+                params[n].copy_(t.to(params[n].device, params[n].dtype))
+
+    # ------------------------------------------------------------------ plumbing
+    def _backend(self, device: torch.device) -> str:
+        key = str(device)
+        if key not in self._backends:
+            self._backends[key] = resolve_backend(self.cfg.kernels.backend, device)
+        return self._backends[key]
+
+    def _set_backend(self, device: torch.device) -> None:
+        b = self._backend(device)
+        self.ctx.backend = b
+        if self.mapper is not None:
+            self.mapper.backend = b
+
+    def cf_vectors(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mapped CF soft tokens: (users [B, D], items [M, D]) for the batch's rows and items."""
+        if self.mapper is None:
+            raise RuntimeError("model.cf_fusion=false: there are no CF vectors")
+        u, it, hist = batch["user_ids"], batch["item_ids"], batch["history_ids"]
+        for name, ids, table in (("user", u, self.user_emb), ("item", it, self.item_emb), ("history item", hist, self.item_emb)):
+            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= table.shape[0]):
+                raise ValueError(f"{name} id {int(ids.max())} is outside the CF table ({table.shape[0]} rows)")
+        e_u = self.user_emb[u]  # [B, d]
+        e_h = self.item_emb[hist]  # [B, H, d]
+        users = self.mapper.map_users(e_u, e_h, batch["history_mask"])
+        items = self.mapper.map_items(self.item_emb[it]) if it.numel() else users.new_zeros((0, users.shape[1]))
+        return users, items
+
+    def embed(self, input_ids: torch.Tensor, batch: dict[str, Any], cf: Optional[bool] = None) -> torch.Tensor:
+        """input_ids [B, L] -> inputs_embeds [B, L, D] with CF vectors at every row's placeholders.
+
+        Row b's k-th placeholder (row-major order) gets the user vector when k = 0, else the
+        vector of the (k-1)-th item of row b (``item_ids`` / ``item_rows``). The count per row
+        must be 1 + its number of items. ``cf=False`` (the text-only twin) expects no placeholder.
+        """
+        cf = self.cf_fusion if cf is None else cf
+        emb = self.llm.get_input_embeddings()(input_ids)
+        mask = input_ids == self.placeholder_id
+        b = input_ids.shape[0]
+        if not cf:
+            if bool(mask.any()):
+                raise ValueError("placeholder tokens in a text-only prompt")
+            return emb
+        rows, cols = mask.nonzero(as_tuple=True)  # row-major
+        item_rows = batch["item_rows"].to(input_ids.device)
+        n_items = torch.bincount(item_rows, minlength=b)[:b] if item_rows.numel() else torch.zeros(b, dtype=torch.long, device=input_ids.device)
+        counts = torch.bincount(rows, minlength=b)[:b] if rows.numel() else torch.zeros(b, dtype=torch.long, device=input_ids.device)
+        if not torch.equal(counts, n_items + 1):
+            bad = int((counts != n_items + 1).nonzero()[0])
+            key = batch.get("keys", [None] * b)[bad]
+            raise ValueError(
+                f"row {bad} ({key}): {int(counts[bad])} placeholders for 1 user + {int(n_items[bad])} items"
+            )
+        if item_rows.numel() > 1 and bool((item_rows[1:] < item_rows[:-1]).any()):
+            raise ValueError("item_rows must be sorted by row (items of row 0, then row 1, ...)")
+        users, items = self.cf_vectors(batch)
+        first = torch.cumsum(counts, 0) - counts  # [B] index of each row's first placeholder
+        rank = torch.arange(rows.numel(), device=rows.device) - first[rows]  # 0 = user slot
+        item_start = torch.cumsum(n_items, 0) - n_items
+        idx = torch.where(rank == 0, rows, b + item_start[rows] + rank - 1)
+        vecs = torch.cat([users, items], 0)[idx].to(emb.dtype)  # [B + M][idx] -> [P, D]
+        return emb.index_put((rows, cols), vecs)
+
+    def _decoder_hidden(self, embeds: torch.Tensor, attention_mask: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
+        """Last hidden states [B, L, D] of the LLM's decoder (no LM head), adapters selected per row."""
+        self._set_backend(embeds.device)
+        with self.ctx.row_tasks(task_ids, embeds.shape[1]):
+            out = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)
+        return out.last_hidden_state
+
+    def _lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [..., D] -> float32 logits [..., V] through the LLM's output layer."""
+        return self.llm.get_output_embeddings()(hidden).float()
+
+    def _token_nll(self, batch: dict[str, Any], text: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-target-token NLL of one path -> (nll [n] float32, row of each token [n])."""
+        pre = "text_" if text else ""
+        ids, attn, labels = batch[pre + "input_ids"], batch[pre + "attention_mask"], batch[pre + "labels"]
+        embeds = self.embed(ids, batch, cf=False if text else None)
+        hidden = self._decoder_hidden(embeds, attn, batch["task_ids"])
+        target = labels[:, 1:]
+        sel = target != -100  # [B, L-1]: position t predicts token t + 1
+        logits = self._lm_logits(hidden[:, :-1][sel])  # [n, V]
+        nll = F.cross_entropy(logits, target[sel], reduction="none")
+        return nll, sel.nonzero()[:, 0]
+
+    def _task_means(self, nll: torch.Tensor, rows: torch.Tensor, task_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        tok_task = task_ids[rows]
+        sums = torch.zeros(self.num_tasks, device=nll.device, dtype=nll.dtype).index_add(0, tok_task, nll.detach())
+        cnt = torch.bincount(tok_task, minlength=self.num_tasks)
+        return {ALL_TASKS[t]: sums[t] / cnt[t] for t in range(self.num_tasks) if int(cnt[t]) > 0}
+
+    # ------------------------------------------------------------------ training
+    def forward(self, batch: dict[str, Any], step: Optional[int] = None, total_steps: Optional[int] = None) -> CKFOutput:
+        """Causal-LM loss on target tokens (mean over the batch's target tokens).
+
+        With ``train.curriculum`` (and cf_fusion) and ``step``/``total_steps`` given, the batch
+        must hold the text-only twin and loss = w L_text + (1 - w) L_cf, w = curriculum_weight.
+        """
+        task_ids = batch["task_ids"]
+        nll, rows = self._token_nll(batch)
+        if nll.numel() == 0:
+            raise ValueError("batch without target tokens")
+        cf_loss = nll.mean()
+        per_task = self._task_means(nll, rows, task_ids)
+        if not (self.curriculum and step is not None and total_steps):
+            return CKFOutput(loss=cf_loss, task_losses=per_task, cf_loss=cf_loss.detach(), num_tokens=nll.numel())
+        if "text_input_ids" not in batch:
+            raise ValueError("train.curriculum needs the text-only twin in the batch (Collator(text_twin=True))")
+        w = curriculum_weight(step, total_steps)
+        nll_t, rows_t = self._token_nll(batch, text=True)
+        text_loss = nll_t.mean()
+        loss = w * text_loss + (1.0 - w) * cf_loss
+        per_text = self._task_means(nll_t, rows_t, task_ids)
+        mixed = {k: w * per_text[k] + (1.0 - w) * v for k, v in per_task.items()}
+        return CKFOutput(loss=loss, task_losses=mixed, cf_loss=cf_loss.detach(), text_loss=text_loss.detach(),
+                         text_weight=w, num_tokens=nll.numel())
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def answer_logits(self, batch: dict[str, Any]) -> torch.Tensor:
+        """float32 logits [B, V] at the first answer position (predicting the first target token)."""
+        plen = batch["prompt_lengths"]
+        width = int(plen.max())
+        ids = batch["input_ids"][:, :width]
+        embeds = self.embed(ids, batch)
+        hidden = self._decoder_hidden(embeds, batch["attention_mask"][:, :width], batch["task_ids"])
+        last = hidden[torch.arange(ids.shape[0], device=ids.device), plen - 1]  # [B, D]
+        return self._lm_logits(last)
+
+    @torch.no_grad()
+    def yes_probability(self, batch: dict[str, Any], yes_id: int, no_id: int) -> torch.Tensor:
+        """ctr score [B]: P(Yes) / (P(Yes) + P(No)) at the first answer position."""
+        logits = self.answer_logits(batch)
+        return torch.softmax(logits[:, [yes_id, no_id]], dim=-1)[:, 0]
+
+    @torch.no_grad()
+    def sequence_logprob(self, batch: dict[str, Any]) -> torch.Tensor:
+        """[B] float32: sum of log-probabilities of each row's labelled tokens (target + EOS)."""
+        nll, rows = self._token_nll(batch)
+        out = torch.zeros(batch["input_ids"].shape[0], device=nll.device, dtype=torch.float32)
+        return out.index_add(0, rows, -nll)
+
+    @torch.no_grad()
+    def generate(self, batch: dict[str, Any], max_new_tokens: int) -> list[list[int]]:
+        """Greedy decoding with a KV cache from each row's prompt; -> new token ids per row (EOS cut).
+
+        Prompts of different lengths are re-padded on the LEFT for generation only (position ids
+        from the attention mask), so every row's next token sits in the last column.
+        """
+        plen = batch["prompt_lengths"]
+        device = batch["input_ids"].device
+        b = plen.shape[0]
+        width = int(plen.max())
+        embeds = self.embed(batch["input_ids"][:, :width], batch)  # [B, P, D] right-padded
+        shift = (width - plen).unsqueeze(1)  # [B, 1]
+        col = torch.arange(width, device=device).unsqueeze(0)  # [1, P]
+        src = col - shift
+        valid = src >= 0
+        gathered = embeds.gather(1, src.clamp_min(0).unsqueeze(-1).expand(-1, -1, embeds.shape[-1]))
+        embeds = torch.where(valid.unsqueeze(-1), gathered, torch.zeros_like(gathered))
+        attn = valid.long()
+        pos = (attn.cumsum(1) - 1).clamp_min(0)
+        task_ids = batch["task_ids"]
+        self._set_backend(device)
+        with self.ctx.row_tasks(task_ids, width):
+            out = self.llm(inputs_embeds=embeds, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
+        past = out.past_key_values
+        nxt = out.logits[:, -1].argmax(-1)
+        next_pos = plen.clone().unsqueeze(1)  # [B, 1]
+        steps: list[torch.Tensor] = []
+        done = torch.zeros(b, dtype=torch.bool, device=device)
+        for i in range(max_new_tokens):
+            steps.append(nxt)
+            done |= nxt == self.eos_id
+            if bool(done.all()) or i == max_new_tokens - 1:
+                break
+            attn = torch.cat([attn, torch.ones((b, 1), dtype=attn.dtype, device=device)], 1)
+            with self.ctx.row_tasks(task_ids, 1):
+                out = self.llm(input_ids=nxt.unsqueeze(1), attention_mask=attn, position_ids=next_pos,
+                               past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            next_pos = next_pos + 1
+            nxt = out.logits[:, -1].argmax(-1)
+        if not steps:
+            return [[] for _ in range(b)]
+        toks = torch.stack(steps, 1).tolist()
+        result = []
+        for row in toks:
+            result.append(row[: row.index(self.eos_id)] if self.eos_id in row else row)
+        return result

@@ -1,0 +1,212 @@
+"""Sample dicts -> padded batch tensors for :class:`ckf_dist.models.ckf.CKFModel`.
+
+Owns: tokenization of prompt and target, the label mask, right padding, truncation, and the
+index tensors that tell the model which CF vector goes to which placeholder.
+Must not know: the model's internals, DeepSpeed, Ray.
+
+Sequence layout of a row (ckf.md section 3)::
+
+    [tokenizer(prompt) incl. BOS if the tokenizer adds one] [tokenizer(target)] [EOS] [pad ...]
+     labels = -100 ..................................        target ids          EOS   -100 ...
+
+Prompt and target are tokenized separately and concatenated, so the first answer position is
+``prompt_lengths[b]`` for training, likelihood scoring and generation alike. Padding is on the
+right (left padding gave NaN losses with LLaMA-2 in CoLLM's issue #6); generation re-pads
+prompts on the left internally.
+
+Truncation to ``model.max_length`` never cuts the target nor a placeholder: tokens are removed
+from the longest placeholder-free stretch of the prompt (the history text in every template of
+``ckf_dist.tasks``), oldest side first, after keeping its first ``KEEP_HEAD`` tokens (the
+clause introducing the history). If that stretch is too short, a one-line ValueError names the
+sample. ``truncated`` in the batch counts rows that were cut.
+
+With ``model.cf_fusion=false`` the main fields are built from the text-only twin
+(``prompt_text``): the model then runs the text-only baseline on exactly these fields.
+With ``cf_fusion`` and the curriculum (``train.curriculum``) the twin is also built, as
+``text_*`` fields (``text_twin`` overrides: e.g. False for evaluation).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import torch
+
+from ckf_dist.config import ALL_TASKS, Config
+
+KEEP_HEAD = 16
+"""Tokens kept at the start of the stretch being truncated (the clause that introduces it)."""
+
+
+def target_token_ids(tokenizer, text: str) -> list[int]:
+    """Token ids of an answer text exactly as the collator tokenizes targets (no specials, no EOS).
+
+    E.g. ``target_token_ids(tok, "Yes")[0]`` is the id whose probability ``answer_logits`` scores.
+    """
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+class Collator:
+    """Callable: list of sample dicts -> dict of batch tensors.
+
+    Args:
+      tokenizer: an HF tokenizer with EOS; pad falls back to EOS (pad positions are masked).
+      cfg: Config (model.max_length, model.cf_fusion, model.placeholder_token, train.curriculum).
+      placeholder_id: the id of ``cfg.model.placeholder_token`` (must encode to exactly that id).
+      text_twin: build the ``text_*`` fields; None = ``cf_fusion and train.curriculum``.
+
+    Batch fields (B rows, L = longest row, M = placeholders after the users', H = longest history):
+      keys: list[str]; tasks: list[str]
+      task_ids [B] int64 (position in config.ALL_TASKS); user_ids [B] int64
+      input_ids [B, L] int64; attention_mask [B, L] int64; labels [B, L] int64 (-100 = no loss)
+      prompt_lengths [B] int64: tokens before the first target token
+      item_ids [M] int64, item_rows [M] int64: items of all rows in row then prompt order
+      history_ids [B, H] int64 (0-padded), history_mask [B, H] bool
+      label [B] float32 (NaN where the sample has none); truncated: int
+      text_input_ids, text_attention_mask, text_labels, text_prompt_lengths: the twin (optional)
+    """
+
+    def __init__(self, tokenizer, cfg: Config, placeholder_id: int, text_twin: Optional[bool] = None):
+        self.tok = tokenizer
+        self.max_length = int(cfg.model.max_length)
+        self.cf_fusion = bool(cfg.model.cf_fusion)
+        self.placeholder = cfg.model.placeholder_token
+        self.placeholder_id = int(placeholder_id)
+        self.text_twin = (self.cf_fusion and bool(cfg.train.curriculum)) if text_twin is None else bool(text_twin)
+        if tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer has no EOS token")
+        self.eos_id = int(tokenizer.eos_token_id)
+        self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id)
+        enc = tokenizer(self.placeholder, add_special_tokens=False)["input_ids"]
+        if list(enc) != [self.placeholder_id]:
+            raise ValueError(
+                f"placeholder {self.placeholder!r} encodes to {list(enc)}, not the single id {self.placeholder_id}"
+            )
+        self.special_ids = set(int(i) for i in getattr(tokenizer, "all_special_ids", [])) - {self.placeholder_id}
+
+    # ------------------------------------------------------------------ truncation
+    def _truncate(self, prompt: list[int], budget: int, key: str) -> list[int]:
+        """Drop len(prompt) - budget tokens from the longest placeholder-free stretch."""
+        excess = len(prompt) - budget
+        # Stretches between protected tokens (placeholders, and leading special tokens like BOS).
+        protected = [i for i, t in enumerate(prompt) if t == self.placeholder_id]
+        lead = 0
+        while lead < len(prompt) and prompt[lead] in self.special_ids:
+            lead += 1
+        bounds = [lead - 1] + protected + [len(prompt)]
+        best = max(((bounds[k] + 1, bounds[k + 1]) for k in range(len(bounds) - 1)), key=lambda s: s[1] - s[0])
+        start, end = best
+        length = end - start
+        if length < excess:
+            raise ValueError(
+                f"sample {key}: prompt of {len(prompt)} tokens cannot fit model.max_length={self.max_length} "
+                f"with its target without cutting a placeholder (longest cuttable stretch {length} tokens, "
+                f"{excess} to cut); raise model.max_length"
+            )
+        head = min(KEEP_HEAD, length - excess)
+        cut = start + head
+        return prompt[:cut] + prompt[cut + excess :]
+
+    def _encode(self, prompts: Sequence[str], targets: Sequence[str], keys: Sequence[str]):
+        """-> (rows of ids, prompt lengths, number truncated)."""
+        p_ids = self.tok(list(prompts), add_special_tokens=True)["input_ids"]
+        t_ids = self.tok(list(targets), add_special_tokens=False)["input_ids"]
+        rows, plens, n_cut = [], [], 0
+        for p, t, key in zip(p_ids, t_ids, keys):
+            p, tgt = list(p), list(t) + [self.eos_id]
+            if self.placeholder_id in tgt:
+                raise ValueError(f"sample {key}: the target contains the placeholder token")
+            budget = self.max_length - len(tgt)
+            if budget < 1:
+                raise ValueError(
+                    f"sample {key}: target of {len(tgt)} tokens (with EOS) leaves no room for the prompt "
+                    f"in model.max_length={self.max_length}"
+                )
+            if len(p) > budget:
+                p = self._truncate(p, budget, key)
+                n_cut += 1
+            rows.append((p, tgt))
+            plens.append(len(p))
+        return rows, plens, n_cut
+
+    def _pad(self, rows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        width = max(len(p) + len(t) for p, t in rows)
+        b = len(rows)
+        ids = torch.full((b, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((b, width), dtype=torch.long)
+        labels = torch.full((b, width), -100, dtype=torch.long)
+        for r, (p, t) in enumerate(rows):
+            n = len(p) + len(t)
+            ids[r, :n] = torch.tensor(p + t, dtype=torch.long)
+            mask[r, :n] = 1
+            labels[r, len(p) : n] = torch.tensor(t, dtype=torch.long)
+        return ids, mask, labels
+
+    # ------------------------------------------------------------------ main
+    def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        if not samples:
+            raise ValueError("empty batch")
+        keys = [str(s.get("key", i)) for i, s in enumerate(samples)]
+        for s, key in zip(samples, keys):
+            if s["task"] not in ALL_TASKS:
+                raise ValueError(f"sample {key}: unknown task {s['task']!r}")
+        targets = [str(s.get("target") or "") for s in samples]
+        main_prompts = [s["prompt"] if self.cf_fusion else s["prompt_text"] for s in samples]
+        rows, plens, n_cut = self._encode(main_prompts, targets, keys)
+        for (p, _), s, key in zip(rows, samples, keys):
+            n = p.count(self.placeholder_id)
+            want = 1 + len(s["items"]) if self.cf_fusion else 0
+            if n != want:
+                raise ValueError(
+                    f"sample {key}: {n} placeholder tokens in the {'prompt' if self.cf_fusion else 'prompt_text'}, "
+                    f"expected {want}" + (f" (1 user + {len(s['items'])} items)" if self.cf_fusion else "")
+                )
+        ids, mask, labels = self._pad(rows)
+
+        hist = [list(s.get("history") or []) for s in samples]
+        h = max(1, max(len(x) for x in hist))
+        history_ids = torch.zeros((len(samples), h), dtype=torch.long)
+        history_mask = torch.zeros((len(samples), h), dtype=torch.bool)
+        for r, x in enumerate(hist):
+            if x:
+                history_ids[r, : len(x)] = torch.tensor(x, dtype=torch.long)
+                history_mask[r, : len(x)] = True
+        item_ids = [int(i) for s in samples for i in s["items"]]
+        item_rows = [r for r, s in enumerate(samples) for _ in s["items"]]
+        label = [float("nan") if s.get("label") is None else float(s["label"]) for s in samples]
+
+        batch: dict[str, Any] = {
+            "keys": keys,
+            "tasks": [s["task"] for s in samples],
+            "task_ids": torch.tensor([ALL_TASKS.index(s["task"]) for s in samples], dtype=torch.long),
+            "user_ids": torch.tensor([int(s["user"]) for s in samples], dtype=torch.long),
+            "input_ids": ids,
+            "attention_mask": mask,
+            "labels": labels,
+            "prompt_lengths": torch.tensor(plens, dtype=torch.long),
+            "item_ids": torch.tensor(item_ids, dtype=torch.long),
+            "item_rows": torch.tensor(item_rows, dtype=torch.long),
+            "history_ids": history_ids,
+            "history_mask": history_mask,
+            "label": torch.tensor(label, dtype=torch.float32),
+            "truncated": n_cut,
+        }
+        if self.text_twin and self.cf_fusion:
+            rows_t, plens_t, n_cut_t = self._encode([s["prompt_text"] for s in samples], targets, keys)
+            for (p, _), key in zip(rows_t, keys):
+                if self.placeholder_id in p:
+                    raise ValueError(f"sample {key}: prompt_text contains the placeholder token")
+            t_ids, t_mask, t_labels = self._pad(rows_t)
+            batch.update(
+                text_input_ids=t_ids,
+                text_attention_mask=t_mask,
+                text_labels=t_labels,
+                text_prompt_lengths=torch.tensor(plens_t, dtype=torch.long),
+            )
+            batch["truncated"] += n_cut_t
+        return batch
+
+
+def batch_to(batch: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
+    """Move every tensor of a batch to ``device`` (other fields unchanged)."""
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}

@@ -1,0 +1,268 @@
+"""The embedded default LLM (``ckf model init-tiny``) and loading any local HF causal LM.
+
+Owns: training the tiny model's tokenizer, building and briefly pre-training the tiny
+LLaMA-architecture model, writing it as an HF-format directory, and :func:`load_llm`, which loads
+any local HF causal LM directory (LLaMA, Qwen2, Mistral, the tiny model) with the CF placeholder
+token registered. Must not know: CF tables, prompts' structure, DeepSpeed, Ray. Nothing is ever
+fetched from a model hub (``local_files_only``).
+
+Leakage rule: :func:`init_tiny` trains the tokenizer and pre-trains the model on exactly the
+texts it is given. The caller must pass **training-split text only** (item titles, training
+reviews, training summaries), never validation or test targets, or the "text-only" baseline
+and every evaluation would be contaminated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from ckf_dist.config import Config, ConfigError
+
+log = logging.getLogger(__name__)
+
+PAD, BOS, EOS = "<pad>", "<s>", "</s>"
+PRETRAIN_SEQ_LEN = 128
+"""Tokens per pre-training sequence (random windows over the packed text stream)."""
+MIN_VOCAB = 300
+"""256 byte symbols + special tokens + a few merges: the smallest useful byte-level BPE vocab."""
+INFO_FILE = "ckf_tiny.json"
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+class ModelDirError(ConfigError):
+    """A model directory that cannot serve as the base LLM; the message is one line."""
+
+
+def train_tokenizer(texts: Sequence[str], vocab_size: int, placeholder_token: str):
+    """Byte-level BPE (HF ``tokenizers``) trained on ``texts``, wrapped for transformers.
+
+    Special tokens: ``<pad>`` ``<s>`` ``</s>`` and the CF placeholder (one id each, never split).
+    The tokenizer prepends ``<s>`` when ``add_special_tokens=True``; pad side is right.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = [PAD, BOS, EOS, placeholder_token]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=max(int(vocab_size), MIN_VOCAB),
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(texts), trainer)
+    bos_id = tok.token_to_id(BOS)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        extra_special_tokens=[placeholder_token],
+        padding_side="right",
+    )
+
+
+def _token_stream(tokenizer, texts: Sequence[str]) -> torch.Tensor:
+    """All texts packed into one stream: <s> text </s> <s> text </s> ... -> [T] int64."""
+    ids: list[int] = []
+    eos = tokenizer.eos_token_id
+    for enc in tokenizer(list(texts), add_special_tokens=True)["input_ids"]:
+        ids.extend(enc)
+        ids.append(eos)
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def _pretrain(model, stream: torch.Tensor, cfg: Config, seed: int) -> list[float]:
+    """Causal-LM pre-training on random windows of ``stream``; returns the loss per step."""
+    from tqdm.auto import tqdm
+
+    t = cfg.tiny
+    steps = int(t.pretrain_steps)
+    if steps <= 0:
+        return []
+    seq = min(PRETRAIN_SEQ_LEN, int(stream.numel()))
+    if seq < 3:
+        raise ValueError(f"init-tiny: the texts give only {stream.numel()} tokens; need at least 3")
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=t.pretrain_lr, betas=(0.9, 0.95), weight_decay=0.01)
+    warm = max(1, steps // 10)
+
+    def lr_factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = (step - warm) / max(1, steps - warm)
+        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    model.train()
+    losses: list[float] = []
+    bar = tqdm(range(steps), desc="init-tiny pre-training", unit="step", leave=False, mininterval=2.0)
+    for _ in bar:
+        starts = torch.randint(0, stream.numel() - seq + 1, (t.pretrain_batch_size,), generator=gen)
+        x = torch.stack([stream[s : s + seq] for s in starts.tolist()])  # [B, seq]
+        out = model(input_ids=x, labels=x, use_cache=False)  # HF shifts the labels inside
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(float(out.loss.detach()))
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    model.eval()
+    return losses
+
+
+def init_tiny(texts: list[str], cfg: Config, out_dir: str | Path) -> Path:
+    """Write the embedded default LLM to ``out_dir`` (HF format: save_pretrained + tokenizer).
+
+    texts: training-split text only (titles, training reviews, training summaries; see the module
+    docstring). Trains a byte-level BPE tokenizer of ``cfg.tiny.vocab_size`` with ``<pad> <s>
+    </s>`` and ``cfg.model.placeholder_token``; builds a ``LlamaForCausalLM`` from ``cfg.tiny``;
+    pre-trains it for ``cfg.tiny.pretrain_steps`` (seeded by ``cfg.seed``); writes into a temporary
+    sibling directory and renames it into place, so ``out_dir`` is either complete or absent.
+    Also writes ``ckf_tiny.json`` (steps, first/last loss, token count, seconds).
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    texts = [s for s in (str(x).strip() for x in texts) if s]
+    if not texts:
+        raise ValueError("init-tiny: no training text given")
+    out = Path(out_dir)
+    t0 = time.time()
+    t = cfg.tiny
+    if t.hidden_size % t.num_heads:
+        raise ConfigError(f"config: key 'tiny.num_heads': {t.num_heads} does not divide tiny.hidden_size={t.hidden_size}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        tokenizer = train_tokenizer(texts, t.vocab_size, cfg.model.placeholder_token)
+        stream = _token_stream(tokenizer, texts)
+        mcfg = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=t.hidden_size,
+            intermediate_size=t.intermediate_size,
+            num_hidden_layers=t.num_layers,
+            num_attention_heads=t.num_heads,
+            num_key_value_heads=t.num_heads,
+            max_position_embeddings=max(2048, cfg.model.max_length),
+            rms_norm_eps=1e-5,
+            tie_word_embeddings=True,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        model = LlamaForCausalLM(mcfg)
+        losses = _pretrain(model, stream, cfg, cfg.seed)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    info = {
+        "texts": len(texts),
+        "tokens": int(stream.numel()),
+        "steps": len(losses),
+        "first_loss": losses[0] if losses else None,
+        "last_loss": float(sum(losses[-10:]) / len(losses[-10:])) if losses else None,
+        "seconds": round(time.time() - t0, 1),
+        "tiny": {k: getattr(t, k) for k in t.__dataclass_fields__},
+        "seed": cfg.seed,
+    }
+    (tmp / INFO_FILE).write_text(json.dumps(info, indent=2))
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    if old.exists():
+        shutil.rmtree(old)
+    log.info("init-tiny: wrote %s (%d texts, %d tokens, loss %s -> %s, %.0fs)", out, info["texts"],
+             info["tokens"], info["first_loss"], info["last_loss"], info["seconds"])
+    return out
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
+def ensure_placeholder(model, tokenizer, placeholder_token: str, where: str = "tokenizer") -> int:
+    """Register ``placeholder_token`` as one special token and make sure the model has a row for it.
+
+    Resizes the input (and output) embeddings only when the new id is past the last row; models
+    whose embedding matrix already has spare rows (e.g. Qwen2) keep their size. Returns its id.
+    """
+    from tokenizers import AddedToken
+
+    vocab = tokenizer.get_vocab()
+    if placeholder_token not in vocab:
+        try:
+            added = tokenizer.add_tokens([AddedToken(placeholder_token, special=True, normalized=False)], special_tokens=True)
+        except Exception as e:  # noqa: BLE001 - any failure means "no room"
+            raise ModelDirError(f"{where}: no room for the placeholder token {placeholder_token!r} ({_first_line(e)})") from None
+        if added != 1:
+            raise ModelDirError(f"{where}: no room for the placeholder token {placeholder_token!r}")
+    pid = tokenizer.convert_tokens_to_ids(placeholder_token)
+    enc = tokenizer(f"a {placeholder_token} b", add_special_tokens=False)["input_ids"]
+    alone = tokenizer(placeholder_token, add_special_tokens=False)["input_ids"]
+    if pid is None or alone != [pid] or enc.count(pid) != 1:
+        raise ModelDirError(f"{where}: the placeholder token {placeholder_token!r} does not encode to exactly one id")
+    rows = model.get_input_embeddings().weight.shape[0]
+    if pid >= rows:
+        try:
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        except Exception as e:  # noqa: BLE001
+            raise ModelDirError(f"{where}: cannot resize the embeddings for the placeholder token ({_first_line(e)})") from None
+    return int(pid)
+
+
+def load_llm(path: str | Path, placeholder_token: str, dtype: Optional[torch.dtype] = torch.float32):
+    """Load a local HF causal LM directory -> (model, tokenizer), placeholder token registered.
+
+    Raises a one-line :class:`ModelDirError` (a ConfigError) when the directory is missing, has no
+    config / weights / tokenizer, or the tokenizer cannot take the placeholder. The tokenizer gets
+    right padding and, when it has none, ``pad = eos`` (pad positions are masked out anyway).
+    The model is returned in eval mode; its parameters are not frozen here (injection does that).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    p = Path(path)
+    if not p.is_dir():
+        raise ModelDirError(f"model.path {p}: not a directory")
+    if not (p / "config.json").is_file():
+        raise ModelDirError(f"model.path {p}: no config.json (not an HF model directory)")
+    if not any((p / f).is_file() for f in WEIGHT_FILES):
+        raise ModelDirError(f"model.path {p}: no weights ({' or '.join(WEIGHT_FILES[::2])})")
+    if not any((p / f).is_file() for f in TOKENIZER_FILES):
+        raise ModelDirError(f"model.path {p}: no tokenizer (tokenizer.json, tokenizer.model or vocab.json)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(p, local_files_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise ModelDirError(f"model.path {p}: cannot load the tokenizer ({_first_line(e)})") from None
+    if tokenizer.eos_token_id is None:
+        raise ModelDirError(f"model.path {p}: the tokenizer has no EOS token")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(p, local_files_only=True, dtype=dtype)
+    except Exception as e:  # noqa: BLE001
+        raise ModelDirError(f"model.path {p}: cannot load the model ({_first_line(e)})") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    ensure_placeholder(model, tokenizer, placeholder_token, where=f"model.path {p}")
+    model.eval()
+    return model, tokenizer

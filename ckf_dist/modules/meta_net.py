@@ -1,0 +1,163 @@
+"""CF-to-LLM mapping: history pooling, the meta-network ("personalized bridge"), projections.
+
+Owns: turning frozen CF vectors into soft tokens of the LLM's hidden size (ckf.md section 5).
+Must not know: the LLM, tokenizers, prompts, DeepSpeed. The caller gives it CF vectors and the
+LLM's token-embedding norm; it returns vectors to splice.
+
+For user u with history items H_u (CF size d, LLM hidden size D)::
+
+    p_u  = pool({e_i : i in H_u})                          mean, or attention with a learned query
+    z_u  = ReLU(W_1 p_u + b_1)                             [h]
+    W_u  = reshape(W_2 z_u + b_2, d x d)                   never materialized (meta_proj kernel)
+    u'   = lambda e_u W_u + (1 - lambda) e_u W_g            [d]
+    user token = P_u(u'),   item token = P_i(e_i)           [D], separate projections
+
+``model.meta_net=false`` keeps the general bridge only (u' = e_u W_g); ``model.mapping=collm``
+replaces all of it by one MLP shared by users and items (CoLLM), no bridge.
+
+Initialisation: W_2 small and b_2 = vec(I), W_g = I, so u' starts at e_u and training moves the
+bridge away from the identity instead of starting from noise.
+
+Output scale (why it matters): a soft token is fused by attention with ordinary token embeddings.
+A vector much larger than them dominates every attention score and the first RMSNorm's statistics
+(the LLM sees noise); a much smaller one is ignored (the CF signal never reaches the answer).
+CF tables have arbitrary scale (MF embeddings ~0.1-1 per coordinate, depending on weight decay),
+so the projection ends with an RMS normalisation times ``target_norm / sqrt(D)`` and a learned
+per-channel gain (init 1): every soft token starts with the L2 norm of an average token
+embedding of this LLM (``target_norm``), whatever the CF table's scale.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ckf_dist.config import ModelConfig
+from ckf_dist.kernels.meta_proj import meta_proj
+
+META_OUT_INIT_SCALE = 0.01
+"""W_2 starts at nn.Linear's default init times this: W_u = I + O(0.01)."""
+
+
+class HistoryPooling(nn.Module):
+    """Pool history item vectors into one vector per user.
+
+    mode "mean": masked mean. mode "attention": softmax(hist · q / sqrt(d)) weighted sum with a
+    learned query q (init zero, so it starts as the mean). Users with an empty history get zeros.
+    """
+
+    def __init__(self, d: int, mode: str = "mean"):
+        super().__init__()
+        if mode not in ("mean", "attention"):
+            raise ValueError(f"unknown pooling {mode!r} (mean, attention)")
+        self.mode = mode
+        self.d = d
+        if mode == "attention":
+            self.query = nn.Parameter(torch.zeros(d))
+
+    def forward(self, hist: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """hist: [B, H, d] float; mask: [B, H] bool (True = real item) -> [B, d]."""
+        m = mask.to(hist.dtype)
+        if self.mode == "mean":
+            return (hist * m.unsqueeze(-1)).sum(1) / m.sum(1, keepdim=True).clamp_min(1.0)
+        scores = (hist @ self.query) / math.sqrt(self.d)  # [B, H]
+        scores = scores.masked_fill(~mask, float("-inf"))
+        w = torch.softmax(scores, dim=1)
+        w = torch.nan_to_num(w, nan=0.0)  # all-masked rows
+        return (w.unsqueeze(-1) * hist).sum(1)
+
+
+class ScaledProjection(nn.Module):
+    """d -> D projection whose output starts at the LLM's token-embedding norm.
+
+    kind "mlp": Linear(d, D) - GELU - Linear(D, D); kind "linear": Linear(d, D). Then
+    y = gain ⊙ h / rms(h) * target_norm / sqrt(D)  (so ||y|| = target_norm while gain = 1).
+    """
+
+    def __init__(self, d: int, hidden: int, kind: str, target_norm: float):
+        super().__init__()
+        if kind == "mlp":
+            self.net = nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+        elif kind == "linear":
+            self.net = nn.Linear(d, hidden)
+        else:
+            raise ValueError(f"unknown projection {kind!r} (mlp, linear)")
+        self.gain = nn.Parameter(torch.ones(hidden))
+        self.register_buffer("out_scale", torch.tensor(float(target_norm) / math.sqrt(hidden)), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [N, d] -> [N, D]."""
+        h = self.net(x)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
+        return h * self.gain * self.out_scale
+
+
+class MetaNet(nn.Module):
+    """The 2-layer MLP d -> h -> d*d producing the personal bridge W_u (kept as parameters only).
+
+    ``hidden(p)`` gives z [B, h]; ``out.weight`` [d*d, h] and ``out.bias`` [d*d] are handed to the
+    meta_proj kernel, which applies W_u = reshape(z W_outᵀ + b_out) without materialising it.
+    """
+
+    def __init__(self, d: int, h: int):
+        super().__init__()
+        self.hidden = nn.Linear(d, h)
+        self.out = nn.Linear(h, d * d)
+        with torch.no_grad():
+            self.out.weight.mul_(META_OUT_INIT_SCALE)
+            self.out.bias.copy_(torch.eye(d).reshape(-1))
+
+    def forward(self, p: torch.Tensor) -> torch.Tensor:
+        """p: [B, d] pooled history -> z: [B, h]."""
+        return F.relu(self.hidden(p))
+
+
+class CFMapper(nn.Module):
+    """CF vectors -> soft tokens of the LLM hidden size.
+
+    Args:
+      d: CF embedding size. hidden: LLM hidden size D.
+      cfg: ModelConfig (mapping, meta_net, meta_lambda, pooling, meta_hidden, projection).
+      target_norm: mean L2 norm of the LLM's token embeddings (see the module docstring).
+    ``backend`` ("torch" | "triton") is set by the owner before a forward (the meta_proj backend).
+    """
+
+    def __init__(self, d: int, hidden: int, cfg: ModelConfig, target_norm: float):
+        super().__init__()
+        self.d = d
+        self.mapping = cfg.mapping
+        self.backend = "torch"
+        if cfg.mapping == "collm":
+            self.shared_proj = ScaledProjection(d, hidden, "mlp", target_norm)
+            return
+        if cfg.mapping != "ckf":
+            raise ValueError(f"unknown mapping {cfg.mapping!r} (ckf, collm)")
+        self.lam = float(cfg.meta_lambda) if cfg.meta_net else 0.0
+        self.pool: Optional[HistoryPooling] = HistoryPooling(d, cfg.pooling) if cfg.meta_net else None
+        self.meta: Optional[MetaNet] = MetaNet(d, cfg.meta_hidden) if cfg.meta_net else None
+        self.general = nn.Parameter(torch.eye(d))
+        self.user_proj = ScaledProjection(d, hidden, cfg.projection, target_norm)
+        self.item_proj = ScaledProjection(d, hidden, cfg.projection, target_norm)
+
+    def bridge(self, e_u: torch.Tensor, hist: torch.Tensor, hist_mask: torch.Tensor) -> torch.Tensor:
+        """u' = e_u (lambda W_u + (1 - lambda) W_g). e_u: [B, d]; hist: [B, H, d]; hist_mask: [B, H] bool -> [B, d]."""
+        if self.meta is None:
+            return e_u @ self.general
+        z = self.meta(self.pool(hist, hist_mask))  # [B, h]
+        return meta_proj(e_u, z, self.meta.out.weight, self.meta.out.bias, self.general, self.lam, backend=self.backend)
+
+    def map_users(self, e_u: torch.Tensor, hist: torch.Tensor, hist_mask: torch.Tensor) -> torch.Tensor:
+        """e_u: [B, d]; hist: [B, H, d] history item vectors; hist_mask: [B, H] bool -> [B, D]."""
+        if self.mapping == "collm":
+            return self.shared_proj(e_u)
+        return self.user_proj(self.bridge(e_u, hist, hist_mask))
+
+    def map_items(self, e_i: torch.Tensor) -> torch.Tensor:
+        """e_i: [M, d] -> [M, D] (items are not personalized)."""
+        if self.mapping == "collm":
+            return self.shared_proj(e_i)
+        return self.item_proj(e_i)

@@ -1,0 +1,314 @@
+"""The per-worker CKF training recipe: setup / train / validate / save_checkpoint / cleanup.
+
+The same class runs in one process (`dist.launcher=local`, :class:`LocalEngine`) and in every
+rank under Ray Train or the `deepspeed` launcher (:class:`DeepSpeedEngine`); only the engine and
+the `report` callback differ. It reads what earlier stages left in `run.dir`:
+
+    run.dir/data/split/             SplitData (titles for evaluation)
+    run.dir/data/shards/            webdataset shards + manifest
+    run.dir/cf/<cf.model>.safetensors   the frozen CF tables
+    model.path or run.dir/llm/      the base LLM (HF directory)
+
+and writes `run.dir/train/`: checkpoints (`checkpoints/step-N`, atomic), TensorBoard events +
+`metrics.jsonl` (`tb/`), and the final trainable weights (`final/trainable.safetensors`).
+
+Failure rules: a non-finite loss stops training with a message naming the step, tasks and sample
+keys, after the last good checkpoint; a config whose tasks are absent from the shards or a CF
+table that does not cover the shards' ids stops before training starts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from ckf_dist.config import Config, ConfigError
+
+log = logging.getLogger(__name__)
+
+ReportFn = Callable[[dict, Optional[Path]], None]
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the message is one line."""
+
+
+def model_dir(cfg: Config) -> Path:
+    return Path(cfg.model.path) if cfg.model.path else cfg.run_dir / "llm"
+
+
+def train_dir(cfg: Config) -> Path:
+    return cfg.run_dir / "train"
+
+
+class CKFRecipe:
+    def __init__(self, cfg: Config, rank: int = 0, world_size: int = 1, engine: str = "local", report: Optional[ReportFn] = None):
+        self.cfg, self.rank, self.world_size, self.engine_kind = cfg, rank, world_size, engine
+        self.report = report
+        self.step = 0
+        self.out = train_dir(cfg)
+        self.device = torch.device("cuda", torch.cuda.current_device()) if (cfg.dist.use_gpu and torch.cuda.is_available()) else torch.device("cpu")
+
+    # ------------------------------------------------------------------ setup
+    def latest_checkpoint(self) -> Optional[Path]:
+        pointer = self.out / "checkpoints" / "latest"
+        if not pointer.is_file():
+            return None
+        p = self.out / "checkpoints" / pointer.read_text().strip()
+        return p if p.is_dir() else None
+
+    def _check_inputs(self, manifest: dict, tables) -> None:
+        present = set(manifest["splits"]["train"]["tasks"])
+        missing = [t for t in self.cfg.tasks if t not in present]
+        if missing:
+            raise ConfigError(f"tasks: {missing[0]!r} is not in the shards (have {', '.join(sorted(present))}); rerun `ckf data prepare`")
+        from ckf_dist.data.table import SplitData
+
+        sd_meta = json.loads((self.cfg.run_dir / "data" / "split" / "meta.json").read_text())
+        if len(sd_meta["user_ids"]) > tables.user_emb.shape[0] or len(sd_meta["item_ids"]) > tables.item_emb.shape[0]:
+            raise ConfigError(
+                f"cf: table covers {tables.user_emb.shape[0]} users / {tables.item_emb.shape[0]} items but the shards "
+                f"have {len(sd_meta['user_ids'])} / {len(sd_meta['item_ids'])}; rerun `ckf cf train`"
+            )
+        del SplitData
+
+    def setup(self, resume_from: Optional[Path] = None) -> None:
+        from ckf_dist.cf.tables import load_cf_tables
+        from ckf_dist.data.shards import BadShardCounter, load_manifest, shard_urls
+        from ckf_dist.metrics.logger import MetricsLogger
+        from ckf_dist.models.ckf import CKFModel
+        from ckf_dist.models.collate import Collator
+        from ckf_dist.models.tiny import load_llm
+        from ckf_dist.train.data import TrainStream, train_loader
+
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        shard_dir = cfg.run_dir / "data" / "shards"
+        manifest = load_manifest(shard_dir)
+        tables = load_cf_tables(cfg.run_dir / "cf" / f"{cfg.cf.model}.safetensors")
+        self._check_inputs(manifest, tables)
+        llm, tok = load_llm(model_dir(cfg), cfg.model.placeholder_token)
+        self.tokenizer = tok
+        self.model = CKFModel(llm, tok, torch.from_numpy(tables.user_emb), torch.from_numpy(tables.item_emb), cfg).to(self.device)
+        placeholder_id = tok.convert_tokens_to_ids(cfg.model.placeholder_token)
+        self.collator = Collator(tok, cfg, placeholder_id)
+        self.eval_collator = Collator(tok, cfg, placeholder_id, text_twin=False)
+        if self.engine_kind == "deepspeed":
+            from ckf_dist.train.deepspeed_config import deepspeed_config, write_deepspeed_config
+            from ckf_dist.train.engine import DeepSpeedEngine
+
+            ds = deepspeed_config(cfg, self.world_size, on_gpu=self.device.type == "cuda")
+            if self.rank == 0:
+                write_deepspeed_config(ds, cfg.run_dir)
+            self.engine = DeepSpeedEngine(self.model, cfg, ds)
+        else:
+            from ckf_dist.train.engine import LocalEngine
+
+            self.engine = LocalEngine(self.model, cfg)
+        self.n_trainable = sum(p.numel() for p in self.model.trainable_parameters())
+        self.n_frozen = sum(p.numel() for p in self.model.parameters()) - self.n_trainable
+        state = {}
+        if resume_from is not None:
+            state = self.engine.load(Path(resume_from))
+            if state.get("world_size", self.world_size) != self.world_size:
+                raise ConfigError(
+                    f"dist.num_workers: checkpoint {resume_from} was written by {state['world_size']} workers, this run has {self.world_size}"
+                )
+            self.step = int(state["step"])
+            log.info("rank %d: resumed from %s at step %d", self.rank, resume_from, self.step)
+        self.bad_shards = BadShardCounter(cfg.dist.on_bad_shard)
+        workers = cfg.train.data_workers
+        shards_per_rank = len(manifest["splits"]["train"]["shards"]) // max(1, self.world_size)
+        workers = min(workers, max(1, shards_per_rank)) if workers else 0
+        self.stream = TrainStream(
+            shard_urls(shard_dir, "train"), cfg, self.collator, self.rank, self.world_size, workers,
+            skip=self.step * cfg.train.grad_accum, bad_shards=self.bad_shards,
+        )
+        self.loader = train_loader(self.stream)
+        self.logger = MetricsLogger(self.out / "tb", self.rank)
+        self.val_samples: Optional[list[dict]] = None
+
+    # ------------------------------------------------------------------ train
+    def _all_reduce(self, values: list[float]) -> list[float]:
+        if self.world_size == 1 or not torch.distributed.is_initialized():
+            return values
+        t = torch.tensor(values, dtype=torch.float64)
+        torch.distributed.all_reduce(t)
+        return t.tolist()
+
+    def train(self) -> dict:
+        from tqdm import tqdm
+
+        from ckf_dist.metrics.logger import Throughput
+        from ckf_dist.models.collate import batch_to
+
+        cfg = self.cfg
+        total = cfg.train.steps
+        self.model.train()
+        meter = Throughput()
+        it = iter(self.loader)
+        bar = tqdm(total=total, initial=self.step, desc="train", disable=self.rank != 0 or None, dynamic_ncols=True)
+        task_sums: dict[str, list[float]] = {}
+        last: dict = {}
+        peak_mem = 0.0
+        while self.step < total:
+            loss_sum, tokens, samples, wait_s, compute_s = 0.0, 0, 0, 0.0, 0.0
+            for _ in range(cfg.train.grad_accum):
+                t0 = time.perf_counter()
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    raise TrainingError(f"rank {self.rank}: the training stream ran dry at step {self.step} (no readable shard)") from None
+                t1 = time.perf_counter()
+                bad_count = batch.pop("bad_shards", 0)
+                batch = batch_to(batch, self.device)
+                out = self.model(batch, step=self.step, total_steps=total)
+                if not torch.isfinite(out.loss):
+                    raise TrainingError(
+                        f"non-finite loss at step {self.step} (tasks {sorted(set(batch['tasks']))}, samples {batch['keys'][:3]}...); "
+                        f"last good checkpoint: {self.latest_checkpoint()}"
+                    )
+                self.engine.backward(out.loss)
+                compute_s += time.perf_counter() - t1
+                wait_s += t1 - t0
+                loss_sum += float(out.loss)
+                tokens += int(batch["attention_mask"].sum()) + int(batch["text_attention_mask"].sum() if "text_attention_mask" in batch else 0)
+                samples += len(batch["keys"])
+                for k, v in out.task_losses.items():
+                    task_sums.setdefault(k, []).append(float(v))
+            t2 = time.perf_counter()
+            grad_norm = self.engine.step()
+            compute_s += time.perf_counter() - t2
+            self.step += 1
+            meter.add(tokens, samples, wait_s, compute_s)
+            if self.device.type == "cuda":
+                peak_mem = max(peak_mem, torch.cuda.max_memory_allocated() / 2**30)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / cfg.train.grad_accum:.3f}")
+            if self.step % cfg.train.log_every == 0 or self.step == total:
+                last = self._log(meter, task_sums, loss_sum / cfg.train.grad_accum, grad_norm, peak_mem, bad_count)
+                task_sums = {}
+            if cfg.train.eval_every and self.step % cfg.train.eval_every == 0 and self.step < total:
+                self.validate("valid")
+            if self.step % cfg.train.save_every == 0 or self.step == total:
+                self.save_checkpoint(last)
+        bar.close()
+        self.export()
+        return last
+
+    def _log(self, meter, task_sums, loss, grad_norm, peak_mem, bad_shards) -> dict:
+        from ckf_dist.config import ALL_TASKS
+
+        rates = meter.report(self.world_size)
+        # Sum token/sample rates over ranks; average the rest.
+        keys = ["perf/tokens_per_s", "perf/samples_per_s"]
+        summed = self._all_reduce([rates[k] for k in keys] + [loss, float(bad_shards)])
+        for k, v in zip(keys, summed):
+            rates[k] = v
+        rates["perf/tokens_per_s_per_worker"] = rates["perf/tokens_per_s"] / self.world_size
+        scalars = {**rates, "train/loss": summed[len(keys)] / self.world_size, "train/lr": self.engine.lr, "data/bad_shards": summed[-1]}
+        if grad_norm is not None and math.isfinite(grad_norm):
+            scalars["train/grad_norm"] = grad_norm
+        means = self._all_reduce([sum(task_sums.get(t, [])) for t in ALL_TASKS] + [len(task_sums.get(t, [])) for t in ALL_TASKS])
+        for i, t in enumerate(ALL_TASKS):
+            if means[len(ALL_TASKS) + i] > 0:
+                scalars[f"train/{t}/loss"] = means[i] / means[len(ALL_TASKS) + i]
+        if self.device.type == "cuda":
+            from ckf_dist.metrics.logger import flops_per_token, peak_flops
+
+            peak = peak_flops(torch.cuda.get_device_name())
+            conf = self.model.llm.config
+            if peak:
+                seq = self.cfg.model.max_length
+                n = self.n_frozen + self.n_trainable
+                scalars["perf/mfu"] = rates["perf/tokens_per_s_per_worker"] * flops_per_token(n, conf.num_hidden_layers, conf.hidden_size, seq) / peak
+                scalars["perf/mfu_6n"] = rates["perf/tokens_per_s_per_worker"] * flops_per_token(n, conf.num_hidden_layers, conf.hidden_size, seq, False) / peak
+            scalars["mem/peak_gib"] = peak_mem
+        self.logger.log(self.step, scalars)
+        return scalars
+
+    # ------------------------------------------------------------------ validate
+    def evaluator(self):
+        from ckf_dist.eval.loop import Evaluator
+
+        titles = json.loads((self.cfg.run_dir / "data" / "split" / "meta.json").read_text())["item_titles"]
+        return Evaluator(self.model, self.eval_collator, self.cfg, titles, self.device)
+
+    def validate(self, split: str = "valid") -> dict:
+        """Evaluate on rank 0 (others wait); logs `eval/<task>/<metric>`."""
+        from ckf_dist.data.shards import read_split
+
+        metrics: dict = {}
+        if self.rank == 0:
+            samples = [s for s in read_split(self.cfg.run_dir / "data" / "shards", split) if s["task"] in self.cfg.tasks]
+            metrics = self.evaluator().evaluate(samples)
+            flat = {f"eval/{t}/{k}": v for t, m in metrics.items() for k, v in m.items() if isinstance(v, (int, float)) and v is not None and k != "n"}
+            self.logger.log(self.step, flat)
+        if self.world_size > 1 and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+        return metrics
+
+    # ------------------------------------------------------------------ save / export
+    def save_checkpoint(self, metrics: Optional[dict] = None) -> Path:
+        t0 = time.perf_counter()
+        name = f"step-{self.step:06d}"
+        folder = self.out / "checkpoints" / name
+        if self.engine_kind == "deepspeed" and self.report is not None:
+            import tempfile
+
+            folder = Path(tempfile.mkdtemp(prefix=f"ckf-{name}-"))
+        state = {"step": self.step, "world_size": self.world_size, "seed": self.cfg.seed, "samples_skipped": self.step * self.cfg.train.grad_accum}
+        self.engine.save(folder, state)
+        if self.rank == 0 and self.report is None:
+            pointer = self.out / "checkpoints" / "latest"
+            tmp = pointer.with_suffix(".tmp")
+            tmp.write_text(name)
+            tmp.replace(pointer)
+            self._prune(keep=self.cfg.dist.keep_checkpoints)
+        seconds = time.perf_counter() - t0
+        self.logger.log(self.step, {"ckpt/save_s": seconds})
+        if self.report is not None:
+            self.report({**(metrics or {}), "step": self.step}, folder)
+        return folder
+
+    def _prune(self, keep: int) -> None:
+        import shutil
+
+        folders = sorted(p for p in (self.out / "checkpoints").glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+        for p in folders[:-keep] if keep > 0 else []:
+            shutil.rmtree(p, ignore_errors=True)
+
+    def export(self) -> Optional[Path]:
+        """Final trainable weights (adapters, meta-network, projections) as safetensors, gathered on rank 0."""
+        final = self.out / "final"
+        params = dict(self.model.trainable_named_parameters())
+        gathered: dict[str, torch.Tensor] = {}
+        if self.engine_kind == "deepspeed":
+            import deepspeed
+
+            for name, p in params.items():
+                with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
+                    if self.rank == 0:
+                        gathered[name] = p.detach().cpu().clone()
+        else:
+            gathered = {k: v.detach().cpu().clone() for k, v in params.items()}
+        if self.rank != 0:
+            return None
+        from safetensors.torch import save_file
+
+        final.mkdir(parents=True, exist_ok=True)
+        tmp = final / "trainable.safetensors.tmp"
+        save_file({k: v.contiguous() for k, v in gathered.items()}, str(tmp), metadata={"step": str(self.step)})
+        tmp.replace(final / "trainable.safetensors")
+        return final
+
+    def cleanup(self) -> None:
+        if hasattr(self, "logger"):
+            self.logger.close()
+
