@@ -12,6 +12,7 @@ propagated E. This module is the nn.Module only: no data loading, no loop.
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import numpy as np
@@ -33,7 +34,9 @@ def normalized_adjacency(users: np.ndarray, items: np.ndarray, num_users: int, n
     vals = (inv_sqrt[rows] * inv_sqrt[cols]).astype(np.float32)
     idx = torch.from_numpy(np.stack([rows, cols]))
     coo = torch.sparse_coo_tensor(idx, torch.from_numpy(vals), (n, n), check_invariants=True).coalesce()
-    return coo.to_sparse_csr()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return coo.to_sparse_csr()
 
 
 class _SymmetricSpmm(torch.autograd.Function):

@@ -153,7 +153,7 @@ def load_cf_tables(path: str | Path) -> CFTables:
         raw = (f.metadata() or {}).get(META_KEY)
         if raw is None:
             raise ValueError(f"{path}: not a CF table file (no '{META_KEY}' metadata)")
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors = {k: np.require(f.get_tensor(k), requirements=["W", "C"]) for k in f.keys()}
     meta = json.loads(raw)
     user_ids = meta.pop("user_ids")
     item_ids = meta.pop("item_ids")

@@ -352,3 +352,42 @@ def check_sample(sample: dict, placeholder: str) -> None:
         problems.append("candidates/answer set outside topk")
     if problems:
         raise ValueError(f"sample {key}: {problems[0]}")
+
+
+def _serving_user(sd: SplitData, u: int) -> _User:
+    """User u with every known interaction treated as history (serving time: nothing is held out)."""
+    sub = sd.inter[sd.inter["u"] == u].copy()
+    sub["split"] = "train"
+    view = SplitData(name=sd.name, inter=sub, user_ids=sd.user_ids, item_ids=sd.item_ids,
+                     item_titles=sd.item_titles, item_text=sd.item_text, cold_threshold=sd.cold_threshold)
+    users = _users(view)
+    if not users:
+        raise DataError(f"user {sd.user_ids[u]!r} has no interactions")
+    return users[0]
+
+
+def build_topk_request(sd: SplitData, cfg: Config, u: int, candidates: list[int], n: int = 0) -> dict:
+    """A topk sample for serving: the user's latest liked items as history, `candidates` to rank.
+
+    Same template and fields as the training/evaluation topk samples, so the candidate
+    likelihoods `ckf recommend` computes are exactly the evaluation's scores.
+    """
+    b = _Builder(sd, cfg, Counter())
+    user = _serving_user(sd, u)
+    end = len(user.i)
+    hist = user.i[user.before(user.liked_at, end, cfg.data.history_len)].tolist()
+    fields = {"history": [sd.item_titles[h] for h in hist], "candidates": [sd.item_titles[c] for c in candidates]}
+    s = b.sample("serve", "topk", user, n, candidates, hist, fields, sd.item_titles[candidates[0]], None,
+                 candidates=list(candidates), answer=0)
+    s["warm"] = bool(b.warm[u])
+    return s
+
+
+def build_explanation_request(sd: SplitData, cfg: Config, u: int, item: int) -> dict:
+    """An explanation sample for serving (target empty: it is generated)."""
+    b = _Builder(sd, cfg, Counter())
+    user = _serving_user(sd, u)
+    hist = user.i[user.before(user.train_at, len(user.i), cfg.data.history_len)].tolist()
+    s = b.sample("serve", "explanation", user, 0, [item], hist, {"title": sd.item_titles[item]}, "", None)
+    s["warm"] = bool(b.warm[u])
+    return s

@@ -177,7 +177,7 @@ class CKFRecipe:
                 self.engine.backward(out.loss)
                 compute_s += time.perf_counter() - t1
                 wait_s += t1 - t0
-                loss_sum += float(out.loss)
+                loss_sum += float(out.loss.detach())
                 tokens += int(batch["attention_mask"].sum()) + int(batch["text_attention_mask"].sum() if "text_attention_mask" in batch else 0)
                 samples += len(batch["keys"])
                 for k, v in out.task_losses.items():
