@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import platform
 import statistics
 import time
@@ -294,15 +295,17 @@ def run_kernel_bench(device: str, quick: bool, out_dir: Path) -> list[dict]:
         device=device, device_name=_device_name(device), dtype=str(dtype).replace("torch.", ""),
         quick=quick, torch=torch.__version__, threads=torch.get_num_threads(),
         date=datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        load_avg_1m=round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         timing="ms = min (ms_median = median) wall ms of forward+backward per layer call after warm-up; ratios from ms",
     )
     print(f"kernel bench on {meta['device_name']} ({device}, {meta['dtype']}, torch {meta['torch']}, "
-          f"{meta['threads']} threads){' [quick]' if quick else ''}")
+          f"{meta['threads']} threads, load average {meta['load_avg_1m']}){' [quick]' if quick else ''}")
     rows: list[dict] = []
     for cfg in _multi_lora_grid(device, quick):
         rows += _bench_multi_lora(cfg, device, dtype, quick)
     for cfg in _meta_proj_grid(device, quick):
         rows += _bench_meta_proj(cfg, device, dtype, quick)
+    meta["load_avg_1m_end"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     _print_table(rows)
     stem = f"kernels_{device}{'_quick' if quick else ''}"
     with open(out_dir / f"{stem}.csv", "w", newline="") as f:

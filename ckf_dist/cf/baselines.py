@@ -131,7 +131,7 @@ def run_baselines(
         t = (tables or {}).get(name)
         if t is None:
             t, report = train_cf(split_data, cfg.cf, seed, name)
-            log.info("%s: weight_decay=%g valid %s=%.4f", name, report["weight_decay"], report["valid_metric"], report["valid_score"] or float("nan"))
+            log.info("%s: weight_decay=%g valid %s=%s", name, report["weight_decay"], report["valid_metric"], report["valid_score"])
         models.append(CFBaseline(name, t))
     results: dict[str, dict[str, dict]] = {}
     for m in models:

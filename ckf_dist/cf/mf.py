@@ -4,7 +4,8 @@ score(u, i) = b + b_u + b_i + p_u . q_i
 
 Trained by ``ckf_dist.cf.train`` with MSE on explicit ratings (the score is a predicted rating)
 or BPR on implicit positives (user and global biases cancel in a BPR difference, so they stay
-at zero; the item bias learns popularity). This module is the nn.Module only: no data, no loop.
+at zero; the item bias learns popularity). Its L2 penalty is Adam's weight decay (see
+``ckf_dist.cf.train``). This module is the nn.Module only: no data, no loop.
 """
 
 from __future__ import annotations
@@ -45,13 +46,6 @@ class MF(nn.Module):
         pu = self.user_emb[users]
         base = self.global_bias + self.user_bias[users]
         return [base + self.item_bias[items] + (pu * self.item_emb[items]).sum(-1) for items in item_sets]
-
-    def l2(self, users: torch.Tensor, *item_sets: torch.Tensor) -> torch.Tensor:
-        """Per-sample squared norm of the rows the batch touches (embeddings and biases): [B]."""
-        r = self.user_emb[users].pow(2).sum(-1) + self.user_bias[users].pow(2)
-        for items in item_sets:
-            r = r + self.item_emb[items].pow(2).sum(-1) + self.item_bias[items].pow(2)
-        return r
 
     @torch.no_grad()
     def export(self) -> dict[str, np.ndarray | float]:

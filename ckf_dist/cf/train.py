@@ -18,17 +18,16 @@ always BPR):
   - mse: mean (r_ui - score(u, i))^2 over training ratings. Validation: RMSE on validation ratings
     (predictions clipped to the training rating range), lower is better.
   - bpr: -log sigmoid(score(u, i) - score(u, j)) over training *positives* (``pos == 1``), one
-    negative j per positive per epoch, drawn
-    uniformly from the items that are not among u's training positives. Validation: sampled AUC,
-    i.e. for every validation positive the fraction of ``VALID_NEGATIVES`` fixed sampled items
-    (not u's training positives, not the item itself) scored below it (ties 1/2), averaged;
-    higher is better.
+    negative j per positive per epoch, drawn uniformly from the items that are not among u's
+    training positives. Validation: sampled AUC, i.e. for every validation positive the fraction
+    of ``VALID_NEGATIVES`` fixed sampled items (not u's training positives, not the item itself)
+    scored below it (ties 1/2), averaged; higher is better.
 Regularisation, each in the convention of its model's literature, chosen so that the default
 grid (1e-5, 1e-4, 1e-3) brackets the optimum:
   - MF: L2 on every parameter but the global bias through Adam's (coupled) weight decay, i.e.
     the objective mean batch loss + (wd / 2) ||theta||^2.
   - LightGCN: wd * mean over the batch of (1/2)||ego rows of u, i, j||^2, as in its paper.
-  NOTE (ML-100K, dim 32, lr 0.01, valid RMSE of MF-MSE): the per-batch form on MF gave 0.993 at
+  NOTE (ML-100K leave-last-out, dim 32, lr 0.01, valid RMSE of MF-MSE): the per-batch form on MF gave 0.993 at
   all of 1e-5, 1e-4, 1e-3 and needed wd = 0.1 for its best, 0.974; the full-parameter form gives
   0.987 / 0.974 / 1.036, its optimum inside the default grid. For LightGCN the full-parameter
   form was worse (best valid sampled AUC 0.902 vs 0.910), so it keeps the paper's form.

@@ -39,12 +39,24 @@ def _batches(items: list, size: int):
 
 
 def select(samples: list[dict], cap: int, seed: int) -> list[dict]:
-    """A seeded subset of at most `cap` samples (0 = all), in key order for determinism."""
+    """At most `cap` samples (0 = all), taken whole user by user in a seeded user order, so a
+    user's ctr positive and its paired negative stay together (UAUC stays defined)."""
     ordered = sorted(samples, key=lambda s: s["key"])
-    if cap and len(ordered) > cap:
-        ordered = random.Random(seed).sample(ordered, cap)
-        ordered.sort(key=lambda s: s["key"])
-    return ordered
+    if not cap or len(ordered) <= cap:
+        return ordered
+    by_user: dict[int, list[dict]] = {}
+    for s in ordered:
+        by_user.setdefault(int(s["user"]), []).append(s)
+    users = sorted(by_user)
+    random.Random(seed).shuffle(users)
+    out: list[dict] = []
+    for u in users:
+        if len(out) + len(by_user[u]) > cap and out:
+            continue
+        out += by_user[u]
+        if len(out) >= cap:
+            break
+    return sorted(out, key=lambda s: s["key"])
 
 
 class Evaluator:

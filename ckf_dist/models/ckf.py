@@ -33,8 +33,8 @@ from torch import nn
 from ckf_dist.config import ALL_TASKS, Config
 from ckf_dist.kernels.multi_lora import resolve_backend
 from ckf_dist.modules.inject import inject_multi_lora
-from ckf_dist.modules.meta_net import CFMapper
-from ckf_dist.modules.multi_lora import LoRAContext
+from ckf_dist.modules.meta_net import CFMapper, PersonalBridge
+from ckf_dist.modules.multi_lora import LoRAContext, MultiLoRALinear
 
 TRAINABLE_FORMAT = "ckf_trainable/1"
 
@@ -83,7 +83,16 @@ class CKFModel(nn.Module):
       tokenizer: its tokenizer, with ``cfg.model.placeholder_token`` as one id (``load_llm``).
       user_emb: [U, d] float32 CF user table; item_emb: [I, d] float32 CF item table (frozen).
       cfg: Config (model, lora, train.curriculum, kernels.backend).
+
+    Build it before ZeRO-3 partitioning (it reads the token-embedding norm once).
     """
+
+    ZERO3_LEAF_MODULES = (MultiLoRALinear, PersonalBridge)
+    """Module classes whose forward hands a submodule's parameters to a fused kernel instead of
+    calling that submodule (MultiLoRALinear: ``base_layer.weight``; PersonalBridge: ``meta.out``).
+    Under ZeRO-3 the owner of the engine must mark them as leaf modules before initialising it,
+    e.g. ``deepspeed.utils.set_z3_leaf_modules(model, CKFModel.ZERO3_LEAF_MODULES)``, so that
+    their pre-forward hook gathers those parameters too."""
 
     def __init__(self, llm: nn.Module, tokenizer, user_emb: torch.Tensor, item_emb: torch.Tensor, cfg: Config):
         super().__init__()
@@ -187,11 +196,7 @@ class CKFModel(nn.Module):
         for name, ids, table in (("user", u, self.user_emb), ("item", it, self.item_emb), ("history item", hist, self.item_emb)):
             if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= table.shape[0]):
                 raise ValueError(f"{name} id {int(ids.max())} is outside the CF table ({table.shape[0]} rows)")
-        e_u = self.user_emb[u]  # [B, d]
-        e_h = self.item_emb[hist]  # [B, H, d]
-        users = self.mapper.map_users(e_u, e_h, batch["history_mask"])
-        items = self.mapper.map_items(self.item_emb[it]) if it.numel() else users.new_zeros((0, users.shape[1]))
-        return users, items
+        return self.mapper(self.user_emb[u], self.item_emb[hist], batch["history_mask"], self.item_emb[it])
 
     def embed(self, input_ids: torch.Tensor, batch: dict[str, Any], cf: Optional[bool] = None) -> torch.Tensor:
         """input_ids [B, L] -> inputs_embeds [B, L, D] with CF vectors at every row's placeholders.

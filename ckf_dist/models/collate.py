@@ -15,10 +15,12 @@ right (left padding gave NaN losses with LLaMA-2 in CoLLM's issue #6); generatio
 prompts on the left internally.
 
 Truncation to ``model.max_length`` never cuts the target nor a placeholder: tokens are removed
-from the longest placeholder-free stretch of the prompt (the history text in every template of
-``ckf_dist.tasks``), oldest side first, after keeping its first ``KEEP_HEAD`` tokens (the
-clause introducing the history). If that stretch is too short, a one-line ValueError names the
-sample. ``truncated`` in the batch counts rows that were cut.
+from the longest placeholder-free stretch of the prompt (the one holding the history text in
+every template of ``ckf_dist.tasks``), oldest side first. The stretch's last ``KEEP_TAIL``
+tokens (the question and the title next to the following placeholder) are always kept, its
+first ``KEEP_HEAD`` tokens (the clause introducing the history) while there is room. If the
+rest is too short, a one-line ValueError names the sample and asks for a larger
+``model.max_length``. ``truncated`` in the batch counts rows that were cut.
 
 With ``model.cf_fusion=false`` the main fields are built from the text-only twin
 (``prompt_text``): the model then runs the text-only baseline on exactly these fields.
@@ -36,6 +38,8 @@ from ckf_dist.config import ALL_TASKS, Config
 
 KEEP_HEAD = 16
 """Tokens kept at the start of the stretch being truncated (the clause that introduces it)."""
+KEEP_TAIL = 48
+"""Tokens always kept at the end of that stretch (the question and the title next to a placeholder)."""
 
 
 def target_token_ids(tokenizer, text: str) -> list[int]:
@@ -97,13 +101,14 @@ class Collator:
         best = max(((bounds[k] + 1, bounds[k + 1]) for k in range(len(bounds) - 1)), key=lambda s: s[1] - s[0])
         start, end = best
         length = end - start
-        if length < excess:
+        tail = min(KEEP_TAIL, length)
+        if length - tail < excess:
             raise ValueError(
                 f"sample {key}: prompt of {len(prompt)} tokens cannot fit model.max_length={self.max_length} "
-                f"with its target without cutting a placeholder (longest cuttable stretch {length} tokens, "
-                f"{excess} to cut); raise model.max_length"
+                f"with its target without cutting a placeholder or the question (longest cuttable stretch "
+                f"{length - tail} tokens, {excess} to cut); raise model.max_length"
             )
-        head = min(KEEP_HEAD, length - excess)
+        head = min(KEEP_HEAD, length - tail - excess)
         cut = start + head
         return prompt[:cut] + prompt[cut + excess :]
 

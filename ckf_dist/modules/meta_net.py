@@ -15,6 +15,10 @@ For user u with history items H_u (CF size d, LLM hidden size D)::
 ``model.meta_net=false`` keeps the general bridge only (u' = e_u W_g); ``model.mapping=collm``
 replaces all of it by one MLP shared by users and items (CoLLM), no bridge.
 
+Modules: :class:`HistoryPooling`, :class:`MetaNet` (W_1, W_2), :class:`PersonalBridge` (pooling,
+MetaNet, W_g, lambda; calls the ``meta_proj`` kernel), :class:`ScaledProjection` (P_u, P_i) and
+:class:`CFMapper`, which composes them and holds no parameter of its own.
+
 Initialisation: W_2 small and b_2 = vec(I), W_g = I, so u' starts at e_u and training moves the
 bridge away from the identity instead of starting from noise.
 
@@ -116,6 +120,32 @@ class MetaNet(nn.Module):
         return F.relu(self.hidden(p))
 
 
+class PersonalBridge(nn.Module):
+    """u' = e_u (lambda W_u + (1 - lambda) W_g), W_u from the MetaNet on the pooled history.
+
+    Owns the pooling, the MetaNet (None when ``model.meta_net=false``: u' = e_u W_g) and the
+    general bridge ``general`` = W_g [d, d] (init identity). Its forward reads ``meta.out``'s
+    parameters without calling ``meta.out`` (they go to the meta_proj kernel), so under ZeRO-3
+    it must be a leaf module (its hook gathers the submodules' parameters): see
+    ``CKFModel.ZERO3_LEAF_MODULES``. ``backend`` ("torch" | "triton") is set by the owner.
+    """
+
+    def __init__(self, d: int, cfg: ModelConfig):
+        super().__init__()
+        self.lam = float(cfg.meta_lambda) if cfg.meta_net else 0.0
+        self.pool: Optional[HistoryPooling] = HistoryPooling(d, cfg.pooling) if cfg.meta_net else None
+        self.meta: Optional[MetaNet] = MetaNet(d, cfg.meta_hidden) if cfg.meta_net else None
+        self.general = nn.Parameter(torch.eye(d))
+        self.backend = "torch"
+
+    def forward(self, e_u: torch.Tensor, hist: torch.Tensor, hist_mask: torch.Tensor) -> torch.Tensor:
+        """e_u: [B, d]; hist: [B, H, d] history item vectors; hist_mask: [B, H] bool -> u' [B, d]."""
+        if self.meta is None:
+            return e_u @ self.general
+        z = self.meta(self.pool(hist, hist_mask))  # [B, h]
+        return meta_proj(e_u, z, self.meta.out.weight, self.meta.out.bias, self.general, self.lam, backend=self.backend)
+
+
 class CFMapper(nn.Module):
     """CF vectors -> soft tokens of the LLM hidden size.
 
@@ -123,32 +153,31 @@ class CFMapper(nn.Module):
       d: CF embedding size. hidden: LLM hidden size D.
       cfg: ModelConfig (mapping, meta_net, meta_lambda, pooling, meta_hidden, projection).
       target_norm: mean L2 norm of the LLM's token embeddings (see the module docstring).
-    ``backend`` ("torch" | "triton") is set by the owner before a forward (the meta_proj backend).
+    Holds no parameters of its own: only submodules that are called (ZeRO-3 hooks fire).
+    ``backend`` ("torch" | "triton") is the meta_proj backend, forwarded to the bridge.
     """
 
     def __init__(self, d: int, hidden: int, cfg: ModelConfig, target_norm: float):
         super().__init__()
         self.d = d
         self.mapping = cfg.mapping
-        self.backend = "torch"
         if cfg.mapping == "collm":
             self.shared_proj = ScaledProjection(d, hidden, "mlp", target_norm)
             return
         if cfg.mapping != "ckf":
             raise ValueError(f"unknown mapping {cfg.mapping!r} (ckf, collm)")
-        self.lam = float(cfg.meta_lambda) if cfg.meta_net else 0.0
-        self.pool: Optional[HistoryPooling] = HistoryPooling(d, cfg.pooling) if cfg.meta_net else None
-        self.meta: Optional[MetaNet] = MetaNet(d, cfg.meta_hidden) if cfg.meta_net else None
-        self.general = nn.Parameter(torch.eye(d))
+        self.bridge = PersonalBridge(d, cfg)
         self.user_proj = ScaledProjection(d, hidden, cfg.projection, target_norm)
         self.item_proj = ScaledProjection(d, hidden, cfg.projection, target_norm)
 
-    def bridge(self, e_u: torch.Tensor, hist: torch.Tensor, hist_mask: torch.Tensor) -> torch.Tensor:
-        """u' = e_u (lambda W_u + (1 - lambda) W_g). e_u: [B, d]; hist: [B, H, d]; hist_mask: [B, H] bool -> [B, d]."""
-        if self.meta is None:
-            return e_u @ self.general
-        z = self.meta(self.pool(hist, hist_mask))  # [B, h]
-        return meta_proj(e_u, z, self.meta.out.weight, self.meta.out.bias, self.general, self.lam, backend=self.backend)
+    @property
+    def backend(self) -> str:
+        return self.bridge.backend if self.mapping == "ckf" else "torch"
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        if self.mapping == "ckf":
+            self.bridge.backend = value
 
     def map_users(self, e_u: torch.Tensor, hist: torch.Tensor, hist_mask: torch.Tensor) -> torch.Tensor:
         """e_u: [B, d]; hist: [B, H, d] history item vectors; hist_mask: [B, H] bool -> [B, D]."""
@@ -161,3 +190,10 @@ class CFMapper(nn.Module):
         if self.mapping == "collm":
             return self.shared_proj(e_i)
         return self.item_proj(e_i)
+
+    def forward(self, e_u: torch.Tensor, hist: torch.Tensor, hist_mask: torch.Tensor,
+                e_i: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(users [B, D], items [M, D]) from e_u [B, d], hist [B, H, d], hist_mask [B, H], e_i [M, d]."""
+        users = self.map_users(e_u, hist, hist_mask)
+        items = self.map_items(e_i) if e_i.shape[0] else users.new_zeros((0, users.shape[1]))
+        return users, items

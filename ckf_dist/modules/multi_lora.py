@@ -45,7 +45,10 @@ A layer with task adapters called outside ``ctx.tasks(...)`` raises (a forgotten
 silently train the wrong thing); a layer with shared adapters only does not need the context.
 
 ZeRO-3: parameters are read inside ``forward`` on every call and never cached (a cached reference
-is an empty tensor after partitioning); the context holds no parameters.
+is an empty tensor after partitioning); the context holds no parameters. The fused op takes
+``base_layer.weight`` without calling ``base_layer``, so the layer must be a ZeRO-3 *leaf* module
+(its pre-forward hook then gathers ``base_layer``'s parameters as well); the engine owner marks it
+(``CKFModel.ZERO3_LEAF_MODULES``).
 """
 
 from __future__ import annotations

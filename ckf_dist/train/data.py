@@ -85,8 +85,12 @@ class TrainStream(torch.utils.data.IterableDataset):
 
 
 def train_loader(stream: TrainStream) -> torch.utils.data.DataLoader:
+    # Its own generator: creating the iterator then never draws from the global RNG, so the
+    # dropout masks after a resume match an uninterrupted run.
+    gen = torch.Generator().manual_seed(stream.cfg.seed * 1000 + stream.rank)
     return torch.utils.data.DataLoader(
         stream,
+        generator=gen,
         batch_size=None,
         num_workers=stream.num_workers,
         prefetch_factor=4 if stream.num_workers > 0 else None,

@@ -142,7 +142,9 @@ class CKFRecipe:
         torch.distributed.all_reduce(t)
         return t.tolist()
 
-    def train(self) -> dict:
+    def train(self, stop_at: Optional[int] = None) -> dict:
+        """Train to `train.steps`; `stop_at` ends early after that step (checkpointed), with the
+        schedule unchanged, as an interrupted run would."""
         from tqdm import tqdm
 
         from ckf_dist.metrics.logger import Throughput
@@ -157,7 +159,8 @@ class CKFRecipe:
         task_sums: dict[str, list[float]] = {}
         last: dict = {}
         peak_mem = 0.0
-        while self.step < total:
+        end = min(total, stop_at) if stop_at is not None else total
+        while self.step < end:
             loss_sum, tokens, samples, wait_s, compute_s = 0.0, 0, 0, 0.0, 0.0
             for _ in range(cfg.train.grad_accum):
                 t0 = time.perf_counter()
@@ -196,10 +199,11 @@ class CKFRecipe:
                 task_sums = {}
             if cfg.train.eval_every and self.step % cfg.train.eval_every == 0 and self.step < total:
                 self.validate("valid")
-            if self.step % cfg.train.save_every == 0 or self.step == total:
+            if self.step % cfg.train.save_every == 0 or self.step == end:
                 self.save_checkpoint(last)
         bar.close()
-        self.export()
+        if self.step == total:
+            self.export()
         return last
 
     def _log(self, meter, task_sums, loss, grad_norm, peak_mem, bad_shards) -> dict:

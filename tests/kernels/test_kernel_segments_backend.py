@@ -82,3 +82,22 @@ def test_triton_unavailable_is_a_clear_error_never_a_fallback(monkeypatch):
     monkeypatch.setattr(backend_mod, "_TRITON_IMPORT_ERROR", "ImportError: no module named triton")
     with pytest.raises(RuntimeError, match="not usable"):
         resolve_backend("triton", "cuda")
+
+
+def test_kernels_import_only_torch_and_triton():
+    """kernels/ must stay importable on the GPU machine (no ray/deepspeed/webdataset there)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import ckf_dist.kernels.multi_lora.function, ckf_dist.kernels.meta_proj.function\n"
+        "bad = sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'deepspeed', 'webdataset', "
+        "'transformers', 'peft'})\n"
+        "bad += sorted(m for m in sys.modules if m.startswith('ckf_dist.') and not m.startswith('ckf_dist.kernels'))\n"
+        "print(bad)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**__import__("os").environ, "TRITON_INTERPRET": "1"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout

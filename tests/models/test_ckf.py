@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from ckf_dist.config import ALL_TASKS
 from ckf_dist.models.ckf import CKFModel, curriculum_weight
@@ -178,9 +177,13 @@ def test_text_only_baseline_runs_on_the_twin(build_model, config, samples):
 
 def test_a_few_steps_reduce_the_loss(build_model, samples):
     model, tok, cfg = build_model(random_b=False)
+    # An untrained tiny LM's tied embeddings (std 0.02) cap its logits near +-0.6, so no adapter
+    # could move the loss much; scale them like a trained LM's (frozen, so this is setup only).
+    with torch.no_grad():
+        model.llm.get_input_embeddings().weight.mul_(5.0)
     cfg.train.curriculum = False
     batch = _batch(model, tok, cfg, samples)
-    opt = torch.optim.AdamW(model.trainable_parameters(), lr=5e-2)
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=3e-2)
     model.train()
     losses = []
     for _ in range(8):
@@ -189,8 +192,7 @@ def test_a_few_steps_reduce_the_loss(build_model, samples):
         out.loss.backward()
         opt.step()
         losses.append(out.loss.item())
-    # a nearly untrained tiny LM has small tied embeddings, so its logits (and the loss) move slowly
-    assert losses[-1] < losses[0] - 0.2 and losses[-1] < min(losses[:3]), losses
+    assert losses[-1] < 0.85 * losses[0], losses
 
 
 def test_answer_logits_and_yes_probability(build_model, sample):
@@ -269,3 +271,79 @@ def test_save_and_load_trainable_round_trip(build_model, samples, tmp_path, conf
         collm.load_trainable(path)
     with pytest.raises(FileNotFoundError):
         other.load_trainable(tmp_path / "missing.safetensors")
+
+
+@pytest.mark.slow
+def test_triton_backend_matches_torch_through_the_model(build_model, config, samples):
+    """kernels.backend=triton (interpreted on CPU) gives the torch backend's loss and gradients."""
+    from ckf_dist.kernels.backend import triton_unavailable_reason
+
+    if triton_unavailable_reason("cpu") is not None:
+        pytest.skip(triton_unavailable_reason("cpu"))
+    results = {}
+    for backend in ("torch", "triton"):
+        cfg = config()
+        cfg.kernels.backend = backend
+        model, tok, cfg = build_model(cfg)
+        batch = _batch(model, tok, cfg, samples[:3], text_twin=False)
+        out = model(batch)
+        out.loss.backward()
+        assert model.ctx.backend == backend
+        results[backend] = (out.loss.detach(), {n: p.grad for n, p in model.trainable_named_parameters().items()})
+    (l_t, g_t), (l_k, g_k) = results["torch"], results["triton"]
+    torch.testing.assert_close(l_k, l_t, rtol=1e-5, atol=1e-5)
+    for n in g_t:
+        torch.testing.assert_close(g_k[n], g_t[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+class _Zero3Emulation:
+    """ZeRO-3's fetch rule without DeepSpeed: a parameter holds data only while a module that owns
+    it directly (or, for a leaf module, any ancestor up to it) is inside its forward."""
+
+    def __init__(self, model, leaf_types):
+        self.data = {}
+        self.hooks = []
+        self.leaf_types = tuple(leaf_types)
+        for p in model.parameters():
+            self.data[p] = p.data
+            p.data = torch.empty(0, dtype=p.dtype)
+        for m in model.modules():
+            self.hooks.append(m.register_forward_pre_hook(self._gather))
+            self.hooks.append(m.register_forward_hook(self._release))
+
+    def _params(self, m):
+        return m.parameters(recurse=isinstance(m, self.leaf_types))
+
+    def _gather(self, m, args):
+        for p in self._params(m):
+            p.data = self.data[p]
+
+    def _release(self, m, args, out):
+        for p in self._params(m):
+            p.data = torch.empty(0, dtype=p.dtype)
+
+    def close(self):
+        for h in self.hooks:
+            h.remove()
+        for p, d in self.data.items():
+            p.data = d
+
+
+@torch.no_grad()
+def test_forward_reads_parameters_only_where_zero3_gathers_them(build_model, samples):
+    model, tok, cfg = build_model()
+    batch = _batch(model, tok, cfg, samples[:4], text_twin=False)
+    want_loss = model(batch).loss
+    want_gen = model.generate(batch, 3)
+    emu = _Zero3Emulation(model, CKFModel.ZERO3_LEAF_MODULES)
+    try:
+        torch.testing.assert_close(model(batch).loss, want_loss)
+        assert model.generate(batch, 3) == want_gen
+    finally:
+        emu.close()
+    emu = _Zero3Emulation(model, ())  # without the leaf marking the fused ops see empty weights
+    try:
+        with pytest.raises(ValueError, match="empty"):
+            model(batch)
+    finally:
+        emu.close()

@@ -20,7 +20,15 @@ def _qwen2(vocab: int = 97):
     return Qwen2ForCausalLM(cfg)
 
 
-BUILDERS = {"llama": _llama, "qwen2": _qwen2}
+def _mistral(vocab: int = 97):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    cfg = MistralConfig(vocab_size=vocab, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, head_dim=8)
+    return MistralForCausalLM(cfg)
+
+
+BUILDERS = {"llama": _llama, "qwen2": _qwen2, "mistral": _mistral}
 
 
 @pytest.fixture(params=sorted(BUILDERS))

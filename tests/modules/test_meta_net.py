@@ -34,16 +34,16 @@ def test_bridge_starts_near_identity_and_matches_the_formula():
     u = m.bridge(e_u, hist, mask)
     assert u.shape == (4, D)
     assert torch.allclose(u, e_u, atol=0.05 * e_u.abs().max().item())  # W_u ~ I, W_g = I
-    torch.testing.assert_close(m.meta.out.bias.view(D, D), torch.eye(D))
-    torch.testing.assert_close(m.general, torch.eye(D))
+    torch.testing.assert_close(m.bridge.meta.out.bias.view(D, D), torch.eye(D))
+    torch.testing.assert_close(m.bridge.general, torch.eye(D))
     # the documented formula, W_u materialized
     with torch.no_grad():
-        m.meta.out.weight.normal_()
-        m.general.normal_()
-    p = m.pool(hist, mask)
-    z = torch.relu(m.meta.hidden(p))
-    w_u = (z @ m.meta.out.weight.t() + m.meta.out.bias).view(4, D, D)
-    want = 0.5 * torch.einsum("bj,bjk->bk", e_u, w_u) + 0.5 * e_u @ m.general
+        m.bridge.meta.out.weight.normal_()
+        m.bridge.general.normal_()
+    p = m.bridge.pool(hist, mask)
+    z = torch.relu(m.bridge.meta.hidden(p))
+    w_u = (z @ m.bridge.meta.out.weight.t() + m.bridge.meta.out.bias).view(4, D, D)
+    want = 0.5 * torch.einsum("bj,bjk->bk", e_u, w_u) + 0.5 * e_u @ m.bridge.general
     torch.testing.assert_close(m.bridge(e_u, hist, mask), want, rtol=1e-4, atol=1e-5)
 
 
@@ -66,13 +66,14 @@ def test_bridge_goes_through_meta_proj_with_the_backend(monkeypatch):
 
 def test_without_meta_net_only_the_general_bridge():
     m = _mapper(meta_net=False)
-    assert m.meta is None and m.pool is None
+    assert m.bridge.meta is None and m.bridge.pool is None
     e_u, hist, mask = _inputs()
     with torch.no_grad():
-        m.general.normal_()
-    torch.testing.assert_close(m.bridge(e_u, hist, mask), e_u @ m.general)
+        m.bridge.general.normal_()
+    torch.testing.assert_close(m.bridge(e_u, hist, mask), e_u @ m.bridge.general)
     names = {n.split(".")[0] for n, _ in m.named_parameters()}
-    assert names == {"general", "user_proj", "item_proj"}
+    assert names == {"bridge", "user_proj", "item_proj"}
+    assert [n for n, _ in m.bridge.named_parameters()] == ["general"]
 
 
 def test_collm_one_shared_mapping():
@@ -123,7 +124,7 @@ def test_gradients_reach_every_mapper_parameter(pooling):
     e_u, hist, mask = _inputs()
     with torch.no_grad():
         if pooling == "attention":
-            m.pool.query.normal_()
+            m.bridge.pool.query.normal_()
     loss = m.map_users(e_u, hist, mask).pow(3).sum() + m.map_items(e_u).pow(3).sum()
     loss.backward()
     for n, p in m.named_parameters():
