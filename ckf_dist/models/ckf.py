@@ -33,8 +33,8 @@ from torch import nn
 from ckf_dist.config import ALL_TASKS, Config
 from ckf_dist.kernels.multi_lora import resolve_backend
 from ckf_dist.modules.inject import inject_multi_lora
-from ckf_dist.modules.meta_net import CFMapper, PersonalBridge
-from ckf_dist.modules.multi_lora import LoRAContext, MultiLoRALinear
+from ckf_dist.modules.meta_net import CFMapper
+from ckf_dist.modules.multi_lora import LoRAContext
 
 TRAINABLE_FORMAT = "ckf_trainable/1"
 
@@ -86,13 +86,6 @@ class CKFModel(nn.Module):
 
     Build it before ZeRO-3 partitioning (it reads the token-embedding norm once).
     """
-
-    ZERO3_LEAF_MODULES = (MultiLoRALinear, PersonalBridge)
-    """Module classes whose forward hands a submodule's parameters to a fused kernel instead of
-    calling that submodule (MultiLoRALinear: ``base_layer.weight``; PersonalBridge: ``meta.out``).
-    Under ZeRO-3 the owner of the engine must mark them as leaf modules before initialising it,
-    e.g. ``deepspeed.utils.set_z3_leaf_modules(model, CKFModel.ZERO3_LEAF_MODULES)``, so that
-    their pre-forward hook gathers those parameters too."""
 
     def __init__(self, llm: nn.Module, tokenizer, user_emb: torch.Tensor, item_emb: torch.Tensor, cfg: Config):
         super().__init__()

@@ -124,10 +124,11 @@ class PersonalBridge(nn.Module):
     """u' = e_u (lambda W_u + (1 - lambda) W_g), W_u from the MetaNet on the pooled history.
 
     Owns the pooling, the MetaNet (None when ``model.meta_net=false``: u' = e_u W_g) and the
-    general bridge ``general`` = W_g [d, d] (init identity). Its forward reads ``meta.out``'s
-    parameters without calling ``meta.out`` (they go to the meta_proj kernel), so under ZeRO-3
-    it must be a leaf module (its hook gathers the submodules' parameters): see
-    ``CKFModel.ZERO3_LEAF_MODULES``. ``backend`` ("torch" | "triton") is set by the owner.
+    general bridge ``general`` = W_g [d, d] (init identity). Its forward hands ``meta.out``'s
+    parameters to the meta_proj op without calling ``meta.out``; when a sharding framework has
+    released them (ZeRO-3: ``numel() == 0`` outside the gather window) it calls ``meta.out``
+    instead, whose own hooks gather them, and mixes the bridges in plain torch (same result).
+    ``backend`` ("torch" | "triton") is set by the owner.
     """
 
     def __init__(self, d: int, cfg: ModelConfig):
@@ -143,7 +144,13 @@ class PersonalBridge(nn.Module):
         if self.meta is None:
             return e_u @ self.general
         z = self.meta(self.pool(hist, hist_mask))  # [B, h]
-        return meta_proj(e_u, z, self.meta.out.weight, self.meta.out.bias, self.general, self.lam, backend=self.backend)
+        out = self.meta.out
+        if out.weight.numel() == 0:  # partitioned: let the module's own hooks gather it
+            d = e_u.shape[-1]
+            w_u = out(z).view(-1, d, d)  # [B, d, d]
+            personal = torch.bmm(e_u.unsqueeze(1), w_u).squeeze(1)
+            return self.lam * personal + (1.0 - self.lam) * (e_u @ self.general)
+        return meta_proj(e_u, z, out.weight, out.bias, self.general, self.lam, backend=self.backend)
 
 
 class CFMapper(nn.Module):

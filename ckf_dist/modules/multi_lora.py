@@ -46,9 +46,10 @@ silently train the wrong thing); a layer with shared adapters only does not need
 
 ZeRO-3: parameters are read inside ``forward`` on every call and never cached (a cached reference
 is an empty tensor after partitioning); the context holds no parameters. The fused op takes
-``base_layer.weight`` without calling ``base_layer``, so the layer must be a ZeRO-3 *leaf* module
-(its pre-forward hook then gathers ``base_layer``'s parameters as well); the engine owner marks it
-(``CKFModel.ZERO3_LEAF_MODULES``).
+``base_layer.weight`` without calling ``base_layer``; when that weight is released (ZeRO-3,
+``numel() == 0``) the layer calls ``base_layer`` so its own hooks gather it, and the op adds the
+adapters on a zero base. ZeRO-2, or a `dist.param_persistence_threshold` above the projection
+size, keeps the fully fused path.
 """
 
 from __future__ import annotations
@@ -199,10 +200,18 @@ class MultiLoRALinear(nn.Module):
                     f"{x2.shape[0]}: set them for exactly this LLM call"
                 )
         base = self.base_layer
+        weight, bias, y_base = base.weight, base.bias, None
+        if weight.numel() == 0:
+            # Released by a sharding framework (ZeRO-3 outside its gather window): call the base
+            # layer so its own hooks gather the weight, and add the adapters on a zero base
+            # (a stride-0 view: no memory). Costs one extra base-size GEMM; ZeRO-2 avoids it.
+            y_base = base(x2)
+            weight = x2.new_zeros(()).expand(y_base.shape[-1], x2.shape[-1])
+            bias = None
         y = multi_lora_linear(
             x2,
-            base.weight,
-            base.bias,
+            weight,
+            bias,
             self.lora_shared_A,
             self.lora_shared_B,
             self.shared_scale,
@@ -214,6 +223,8 @@ class MultiLoRALinear(nn.Module):
             training=self.training,
             backend=self.ctx.backend,
         )
+        if y_base is not None:
+            y = y + y_base
         return y.reshape(*lead, y.shape[-1])
 
     def extra_repr(self) -> str:

@@ -335,15 +335,11 @@ def test_forward_reads_parameters_only_where_zero3_gathers_them(build_model, sam
     batch = _batch(model, tok, cfg, samples[:4], text_twin=False)
     want_loss = model(batch).loss
     want_gen = model.generate(batch, 3)
-    emu = _Zero3Emulation(model, CKFModel.ZERO3_LEAF_MODULES)
+    # Every parameter is released outside its own module's forward: the layers whose fused ops
+    # take a child's weights call that child instead, so the results are unchanged.
+    emu = _Zero3Emulation(model, ())
     try:
         torch.testing.assert_close(model(batch).loss, want_loss)
         assert model.generate(batch, 3) == want_gen
-    finally:
-        emu.close()
-    emu = _Zero3Emulation(model, ())  # without the leaf marking the fused ops see empty weights
-    try:
-        with pytest.raises(ValueError, match="empty"):
-            model(batch)
     finally:
         emu.close()

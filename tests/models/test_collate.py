@@ -91,6 +91,10 @@ def test_truncation_keeps_target_and_placeholders(tok, config, sample):
     assert row[0] == tok.bos_token_id
     prompt = tok(s["prompt"])["input_ids"]
     assert row[: batch["prompt_lengths"][0]][-40:] == prompt[-40:]  # the end of the prompt is kept
+    text = tok.decode(row[: batch["prompt_lengths"][0]])
+    assert "Which of these candidate items will the user choose next? Candidates:" in text  # the question too
+    assert text.startswith("<s>The user's preferences are encoded in <|cf|>. The user liked")  # and the head
+    assert text.count("guitar string") < 60  # the history text is what was cut
     cfg.model.max_length = 60  # cannot fit without cutting a placeholder
     with pytest.raises(ValueError, match=r"sample train/topk/1/3: .*max_length=60") as e:
         _collator(tok, cfg)([s])
