@@ -5,7 +5,7 @@
 - `ray`       a Ray `TorchTrainer` with `dist.num_workers` workers, each running the recipe with a
               DeepSpeed engine; `FailureConfig(max_failures)` restarts the worker group after a
               crash and the recipe resumes from the latest registered checkpoint;
-- `deepspeed` processes started by `deepspeed --hostfile ... -m ckf_dist.train --config ...`
+- `deepspeed` processes started by `deepspeed --hostfile ... --module ckf_dist.train --config ...`
               (see cluster/), which set RANK / WORLD_SIZE / MASTER_ADDR themselves.
 
 The worker function receives the config as its argument (a plain dict), never from a global, and
@@ -150,6 +150,6 @@ def launch(cfg: Config) -> None:
     else:
         if "RANK" not in os.environ:
             raise ConfigError(
-                "dist.launcher=deepspeed: start with `deepspeed --hostfile FILE -m ckf_dist.train --config FILE` (see cluster/)"
+                "dist.launcher=deepspeed: start with `deepspeed --hostfile FILE --module ckf_dist.train --config FILE` (see cluster/)"
             )
         run_deepspeed_process(cfg)

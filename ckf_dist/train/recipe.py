@@ -111,8 +111,13 @@ class CKFRecipe:
             from ckf_dist.train.engine import LocalEngine
 
             self.engine = LocalEngine(self.model, cfg)
-        self.n_trainable = sum(p.numel() for p in self.model.trainable_parameters())
-        self.n_frozen = sum(p.numel() for p in self.model.parameters()) - self.n_trainable
+        params = list(self.model.trainable_parameters())
+        self.n_trainable = sum(int(getattr(p, "ds_numel", p.numel())) for p in params)
+        self.n_frozen = sum(int(getattr(p, "ds_numel", p.numel())) for p in self.model.parameters()) - self.n_trainable
+        # Outside a gather window a ZeRO-3 parameter is empty (numel 0, real shape in ds_shape) and
+        # the rank keeps only its partition (ds_tensor).
+        self.n_trainable_resident = sum(p.numel() for p in params)
+        self.n_trainable_partition = sum(int(p.ds_tensor.numel()) if hasattr(p, "ds_tensor") else p.numel() for p in params)
         state = {}
         if resume_from is not None:
             state = self.engine.load(Path(resume_from))
@@ -132,7 +137,9 @@ class CKFRecipe:
         )
         self.loader = train_loader(self.stream)
         self.logger = MetricsLogger(self.out / "tb", self.rank)
-        self.val_samples: Optional[list[dict]] = None
+        self.logger.log(self.step, {"model/trainable_params": self.n_trainable, "model/frozen_params": self.n_frozen,
+                                    "model/trainable_params_resident_rank0": self.n_trainable_resident,
+                                    "model/trainable_params_partition_rank0": self.n_trainable_partition, "dist/world_size": self.world_size})
 
     # ------------------------------------------------------------------ train
     def _all_reduce(self, values: list[float]) -> list[float]:
