@@ -160,6 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/bench/kernels")
     p.set_defaults(func=cmd_bench_kernels)
 
+    p = bench.add_parser("e2e", help="training throughput: ckf_dist vs a per-task HF + PEFT loop, 1 vs 2 workers, data pipeline")
+    p.add_argument("--config", "-c", default="configs/quickstart.yaml")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--quick", action="store_true", help="a few steps only (seconds to a minute)")
+    p.add_argument("--out", default="runs/bench/e2e")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=_resolve("ckf_dist.bench.e2e:cmd_bench_e2e", _not_yet("bench e2e")))
+
     cfgp = sub.add_parser("config", help="configuration").add_subparsers(dest="verb", required=True)
     p = cfgp.add_parser("keys", help="list every key with its documentation")
     p.set_defaults(func=cmd_config_keys)

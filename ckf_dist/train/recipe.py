@@ -127,6 +127,7 @@ class CKFRecipe:
                 )
             self.step = int(state["step"])
             log.info("rank %d: resumed from %s at step %d", self.rank, resume_from, self.step)
+        self.resumed_from = self.step if resume_from is not None else None
         self.bad_shards = BadShardCounter(cfg.dist.on_bad_shard)
         workers = cfg.train.data_workers
         shards_per_rank = len(manifest["splits"]["train"]["shards"]) // max(1, self.world_size)
@@ -139,7 +140,8 @@ class CKFRecipe:
         self.logger = MetricsLogger(self.out / "tb", self.rank)
         self.logger.log(self.step, {"model/trainable_params": self.n_trainable, "model/frozen_params": self.n_frozen,
                                     "model/trainable_params_resident_rank0": self.n_trainable_resident,
-                                    "model/trainable_params_partition_rank0": self.n_trainable_partition, "dist/world_size": self.world_size})
+                                    "model/trainable_params_partition_rank0": self.n_trainable_partition, "dist/world_size": self.world_size,
+                                    **({"train/resumed_from_step": self.resumed_from} if self.resumed_from is not None else {})})
 
     # ------------------------------------------------------------------ train
     def _all_reduce(self, values: list[float]) -> list[float]:
@@ -317,6 +319,11 @@ class CKFRecipe:
         tmp = final / "trainable.safetensors.tmp"
         save_file({k: v.contiguous() for k, v in gathered.items()}, str(tmp), metadata={"step": str(self.step)})
         tmp.replace(final / "trainable.safetensors")
+        try:
+            from ckf_dist.train.export import export_peft_adapters
+        except ImportError:
+            return final
+        export_peft_adapters(gathered, self.cfg, final / "peft")
         return final
 
     def cleanup(self) -> None:
