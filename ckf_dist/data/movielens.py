@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import pandas as pd
@@ -107,20 +107,15 @@ def _finish(name: str, path: Path, cols: dict[str, list], items: pd.DataFrame,
     return RecData(name=name, interactions=inter, items=items, users=users, skipped=bad.as_dict())
 
 
-def load_movielens_100k(folder: str | Path, on_bad_record: str = "error") -> RecData:
-    """MovieLens 100K: ``u.data`` (tab-separated), ``u.item`` ('|', latin-1), optional ``u.user``."""
-    folder = Path(folder)
-    bad = BadRecords(on_bad_record)
-    data_path = require_file(folder / "u.data", "MovieLens-100K ratings file")
-    item_path = require_file(folder / "u.item", "MovieLens-100K item file")
+def _read_items(path: Path, sep: str, n_fields: int, genres: Callable[[list[str]], list[str]], bad: BadRecords):
+    """Item lines `id SEP title SEP ...` -> (ids, titles, genre descriptions); `genres` reads the rest."""
     ids, titles, descs = [], [], []
     seen: set[str] = set()
-    n_fields = 5 + len(ML100K_GENRES)
-    for n, line in _lines(item_path):
-        where = f"{item_path}:{n}"
-        parts = line.split("|")
+    for n, line in _lines(path):
+        where = f"{path}:{n}"
+        parts = line.split(sep)
         if len(parts) != n_fields:
-            bad(where, "wrong_field_count", f"expected {n_fields} '|'-separated fields, got {len(parts)}")
+            bad(where, "wrong_field_count", f"expected {n_fields} {sep!r}-separated fields, got {len(parts)}")
             continue
         item, title = parts[0].strip(), parts[1].strip()
         if not item or not title:
@@ -130,23 +125,39 @@ def load_movielens_100k(folder: str | Path, on_bad_record: str = "error") -> Rec
             bad(where, "duplicate_item", f"item {item!r} listed twice")
             continue
         seen.add(item)
-        genres = [g for g, flag in zip(ML100K_GENRES, parts[5:]) if flag.strip() == "1"]
         ids.append(item)
         titles.append(title)
-        descs.append(", ".join(g for g in genres if g != "unknown"))
-    cols = _read_ratings(data_path, "\t", "tab", bad, seen)
+        descs.append(", ".join(genres(parts)))
+    return ids, titles, descs, seen
 
-    users = None
-    user_path = folder / "u.user"
-    if user_path.is_file():
-        rows = []
-        for n, line in _lines(user_path):
-            parts = line.split("|")
-            if len(parts) != 5:
-                bad(f"{user_path}:{n}", "wrong_field_count", f"expected 5 '|'-separated fields, got {len(parts)}")
-                continue
-            rows.append(parts)
-        users = pd.DataFrame(rows, columns=["user", "age", "gender", "occupation", "zip"])
+
+def _read_users(path: Path, sep: str, columns: list[str], bad: BadRecords) -> Optional[pd.DataFrame]:
+    """Optional user file: one line per user with exactly len(columns) fields."""
+    if not path.is_file():
+        return None
+    rows = []
+    for n, line in _lines(path):
+        parts = line.split(sep)
+        if len(parts) != len(columns):
+            bad(f"{path}:{n}", "wrong_field_count", f"expected {len(columns)} {sep!r}-separated fields, got {len(parts)}")
+            continue
+        rows.append(parts)
+    return pd.DataFrame(rows, columns=columns)
+
+
+def load_movielens_100k(folder: str | Path, on_bad_record: str = "error") -> RecData:
+    """MovieLens 100K: ``u.data`` (tab-separated), ``u.item`` ('|', latin-1), optional ``u.user``."""
+    folder = Path(folder)
+    bad = BadRecords(on_bad_record)
+    data_path = require_file(folder / "u.data", "MovieLens-100K ratings file")
+    item_path = require_file(folder / "u.item", "MovieLens-100K item file")
+
+    def genres(parts: list[str]) -> list[str]:
+        return [g for g, flag in zip(ML100K_GENRES, parts[5:]) if flag.strip() == "1" and g != "unknown"]
+
+    ids, titles, descs, seen = _read_items(item_path, "|", 5 + len(ML100K_GENRES), genres, bad)
+    cols = _read_ratings(data_path, "\t", "tab", bad, seen)
+    users = _read_users(folder / "u.user", "|", ["user", "age", "gender", "occupation", "zip"], bad)
     return _finish("movielens-100k", data_path, cols, items_frame(ids, titles, descs), users, bad)
 
 
@@ -156,36 +167,7 @@ def load_movielens_1m(folder: str | Path, on_bad_record: str = "error") -> RecDa
     bad = BadRecords(on_bad_record)
     data_path = require_file(folder / "ratings.dat", "MovieLens-1M ratings file")
     item_path = require_file(folder / "movies.dat", "MovieLens-1M movies file")
-    ids, titles, descs = [], [], []
-    seen: set[str] = set()
-    for n, line in _lines(item_path):
-        where = f"{item_path}:{n}"
-        parts = line.split("::")
-        if len(parts) != 3:
-            bad(where, "wrong_field_count", f"expected 3 '::'-separated fields, got {len(parts)}")
-            continue
-        item, title = parts[0].strip(), parts[1].strip()
-        if not item or not title:
-            bad(where, "missing_title", "empty item id or title")
-            continue
-        if item in seen:
-            bad(where, "duplicate_item", f"item {item!r} listed twice")
-            continue
-        seen.add(item)
-        ids.append(item)
-        titles.append(title)
-        descs.append(", ".join(g for g in parts[2].split("|") if g))
+    ids, titles, descs, seen = _read_items(item_path, "::", 3, lambda parts: [g for g in parts[2].split("|") if g], bad)
     cols = _read_ratings(data_path, "::", "'::'", bad, seen)
-
-    users = None
-    user_path = folder / "users.dat"
-    if user_path.is_file():
-        rows = []
-        for n, line in _lines(user_path):
-            parts = line.split("::")
-            if len(parts) != 5:
-                bad(f"{user_path}:{n}", "wrong_field_count", f"expected 5 '::'-separated fields, got {len(parts)}")
-                continue
-            rows.append(parts)
-        users = pd.DataFrame(rows, columns=["user", "gender", "age", "occupation", "zip"])
+    users = _read_users(folder / "users.dat", "::", ["user", "gender", "age", "occupation", "zip"], bad)
     return _finish("movielens-1m", data_path, cols, items_frame(ids, titles, descs), users, bad)

@@ -75,11 +75,25 @@ def _init_ray(cfg: Config) -> None:
         )
 
 
+def with_absolute_paths(cfg: Config) -> Config:
+    """A copy whose paths do not depend on the working directory (Ray workers run elsewhere)."""
+    import copy
+
+    out = copy.deepcopy(cfg)
+    out.run.dir = str(Path(cfg.run.dir).resolve())
+    for section, key in (("data", "path"), ("data", "meta_path"), ("model", "path"), ("dist", "storage_path")):
+        value = getattr(getattr(cfg, section), key)
+        if value and "://" not in value:
+            setattr(getattr(out, section), key, str(Path(value).resolve()))
+    return out
+
+
 def fit_ray(cfg: Config) -> Any:
     """Run training with Ray Train; returns the Ray `Result`."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    cfg = with_absolute_paths(cfg)
     _init_ray(cfg)
     storage = Path(cfg.dist.storage_path or (cfg.run_dir / "ray")).resolve()
     trainer = TorchTrainer(
@@ -112,33 +126,28 @@ def _worker_env(cfg: Config) -> dict[str, str]:
     return env
 
 
-def run_local(cfg: Config) -> None:
+def _run_recipe(cfg: Config, rank: int, world_size: int, engine: str) -> None:
     from ckf_dist.train.recipe import CKFRecipe
 
-    recipe = CKFRecipe(cfg, rank=0, world_size=1, engine="local")
+    recipe = CKFRecipe(cfg, rank=rank, world_size=world_size, engine=engine)
     recipe.setup(resume_from=recipe.latest_checkpoint())
     try:
         recipe.train()
     finally:
         recipe.cleanup()
+
+
+def run_local(cfg: Config) -> None:
+    _run_recipe(cfg, 0, 1, "local")
 
 
 def run_deepspeed_process(cfg: Config) -> None:
     """One process started by the `deepspeed` launcher (RANK / WORLD_SIZE from the environment)."""
     import torch.distributed as dist
 
-    from ckf_dist.train.recipe import CKFRecipe
-
-    rank = int(os.environ.get("RANK", "0"))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if cfg.dist.use_gpu else "gloo")
-    recipe = CKFRecipe(cfg, rank=rank, world_size=world, engine="deepspeed")
-    recipe.setup(resume_from=recipe.latest_checkpoint())
-    try:
-        recipe.train()
-    finally:
-        recipe.cleanup()
+    _run_recipe(cfg, int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), "deepspeed")
 
 
 def launch(cfg: Config) -> None:

@@ -103,7 +103,9 @@ def test_deepspeed_launcher_two_ranks_zero3(prepared, tmp_path):
 
 def test_ray_train_two_workers_zero3(prepared, tmp_path):
     run = _clone(prepared, tmp_path / "ray")
-    cmd = [sys.executable, "-m", "ckf_dist.cli", "train", "--config", "configs/quickstart.yaml", f"run.dir={run}",
+    # a run.dir relative to the working directory, as users write it: Ray workers run elsewhere
+    rel = os.path.relpath(run, ROOT)
+    cmd = [sys.executable, "-m", "ckf_dist.cli", "train", "--config", "configs/quickstart.yaml", f"run.dir={rel}",
            *BASE, "dist.launcher=ray"]
     proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
