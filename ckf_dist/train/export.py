@@ -26,8 +26,9 @@ sets the two are concatenated along the rank::
 
 so ``s B A x = s_t B_t A_t x + s_sh B_sh A_sh x`` exactly (up to float rounding of the rescaled
 block). A module with only one set keeps it as-is (its own r and alpha). Modules whose rank or
-alpha differ from the adapter's default are listed in ``rank_pattern`` / ``alpha_pattern`` (keys
-are the escaped full module names, which PEFT matches as regular expressions). Tensors are
+alpha differ from the adapter's default are listed in ``rank_pattern`` / ``alpha_pattern`` (keyed by
+the module's last name, e.g. ``q_proj``, when all modules of that name agree, else by the escaped
+full module name; PEFT matches the keys as regular expressions on the name's end). Tensors are
 written in float32. Without task adapters (``lora.task_specific=false``, ``model.mapping=collm``)
 every task's directory holds the shared adapter.
 
@@ -130,6 +131,27 @@ def _fmt(x: float) -> float | int:
     return int(x) if float(x).is_integer() else float(x)
 
 
+def _patterns(values: dict[str, float], default: float) -> dict[str, float]:
+    """PEFT rank/alpha pattern for modules whose value differs from ``default``.
+
+    Keyed by the module's last name (``q_proj``) when every module of that name has the same
+    value (PEFT matches ``(.*\\.)?(key)$``), else by the escaped full module name.
+    """
+    by_leaf: dict[str, set] = {}
+    for path, v in values.items():
+        by_leaf.setdefault(path.rpartition(".")[2], set()).add(v)
+    out: dict[str, float] = {}
+    for path, v in sorted(values.items()):
+        leaf = path.rpartition(".")[2]
+        if v == default:
+            continue
+        if len(by_leaf[leaf]) == 1:
+            out[leaf] = v
+        else:
+            out[re.escape(path)] = v
+    return out
+
+
 def export_peft_adapters(trainable: dict[str, torch.Tensor], cfg: Config, out_dir: str | Path) -> list[Path]:
     """Write one PEFT LoRA adapter directory per task in ``cfg.tasks``; returns their paths.
 
@@ -184,8 +206,8 @@ def export_peft_adapters(trainable: dict[str, torch.Tensor], cfg: Config, out_di
                 lora_dropout=float(dropout),
                 bias="none",
                 task_type="CAUSAL_LM",
-                rank_pattern={re.escape(p): r for p, r in ranks.items() if r != r0},
-                alpha_pattern={re.escape(p): _fmt(a) for p, a in alphas.items() if a != alpha0},
+                rank_pattern=_patterns(ranks, r0),
+                alpha_pattern={k: _fmt(v) for k, v in _patterns(alphas, alpha0).items()},
                 inference_mode=True,
                 base_model_name_or_path=str(model_dir(cfg)),
             )

@@ -52,17 +52,21 @@ def ray_worker_loop(loop_config: dict[str, Any]) -> None:
         recipe.cleanup()
 
 
-def _init_ray(cfg: Config) -> None:
+def _init_ray(cfg: Config) -> bool:
+    """Connect to `dist.ray_address` or start a local cluster; True when this call started one."""
     import ray
 
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     if ray.is_initialized():
-        return
-    if cfg.dist.ray_address:
+        return False
+    address = cfg.dist.ray_address or os.environ.get("RAY_ADDRESS")  # a `ray job submit` driver has RAY_ADDRESS
+    if address:
+        _check_reachable(address)
         try:
-            ray.init(address=cfg.dist.ray_address, log_to_driver=True)
+            ray.init(address=cfg.dist.ray_address or "auto", log_to_driver=True)
         except (ConnectionError, RuntimeError) as e:
-            raise ConfigError(f"dist.ray_address: cannot reach Ray at {cfg.dist.ray_address} ({str(e).splitlines()[0]})") from None
+            raise ConfigError(f"dist.ray_address: cannot reach Ray at {address} ({str(e).splitlines()[0]})") from None
+        return False
     else:
         needed = cfg.dist.num_workers * cfg.dist.cpus_per_worker + 1
         ray.init(
@@ -73,6 +77,25 @@ def _init_ray(cfg: Config) -> None:
             log_to_driver=True,
             _node_ip_address="127.0.0.1",
         )
+        return True
+
+
+def _check_reachable(address: str, timeout_s: float = 3.0) -> None:
+    """Fail in seconds, with one line, when a `host:port` Ray address does not answer
+    (Ray itself retries for minutes)."""
+    import socket
+    from urllib.parse import urlparse
+
+    if address in ("auto", "local"):
+        return
+    parsed = urlparse(address if "://" in address else f"ray://{address}")
+    if not parsed.hostname or not parsed.port:
+        return
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port), timeout=timeout_s):
+            pass
+    except OSError as e:
+        raise ConfigError(f"dist.ray_address: cannot reach Ray at {address} ({e.strerror or e})") from None
 
 
 def with_absolute_paths(cfg: Config) -> Config:
@@ -93,8 +116,10 @@ def fit_ray(cfg: Config) -> Any:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    import ray
+
     cfg = with_absolute_paths(cfg)
-    _init_ray(cfg)
+    started = _init_ray(cfg)
     storage = Path(cfg.dist.storage_path or (cfg.run_dir / "ray")).resolve()
     trainer = TorchTrainer(
         ray_worker_loop,
@@ -113,11 +138,17 @@ def fit_ray(cfg: Config) -> Any:
             worker_runtime_env={"env_vars": _worker_env(cfg)},
         ),
     )
-    return trainer.fit()
+    try:
+        return trainer.fit()
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def _worker_env(cfg: Config) -> dict[str, str]:
-    env = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    env = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
+           # DeepSpeed calls torch collectives that torch deprecates: once per step per rank.
+           "PYTHONWARNINGS": "ignore::FutureWarning"}
     if not cfg.dist.use_gpu:
         env.update({"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": str(cfg.dist.cpus_per_worker)})
     for k in ("TRITON_INTERPRET", "NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", "CKF_FAULT_AT_STEP"):

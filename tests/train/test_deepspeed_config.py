@@ -35,3 +35,15 @@ def test_overrides_merge_last_and_inconsistent_batch_is_an_error(tmp_path):
     bad = load_config(None, ["dist.deepspeed_overrides={train_batch_size: 7}"])
     with pytest.raises(ConfigError, match="train_batch_size 7 != micro batch 8 x grad accum 1 x world size 2"):
         deepspeed_config(bad, world_size=2, on_gpu=False)
+
+
+def test_unreachable_ray_address_is_a_one_line_error(monkeypatch):
+    from ckf_dist.train.launch import _init_ray
+
+    import ray
+
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    cfg = load_config(None, ["dist.ray_address=127.0.0.1:1"])
+    assert not ray.is_initialized()
+    with pytest.raises(ConfigError, match=r"dist.ray_address: cannot reach Ray at 127.0.0.1:1"):
+        _init_ray(cfg)

@@ -125,6 +125,9 @@ def test_each_task_adapter_reproduces_ckf_logits(tmp_path):
     conf = json.loads((d / "adapter_config.json").read_text())
     assert conf["peft_type"] == "LORA" and conf["task_type"] == "CAUSAL_LM"
     assert conf["base_model_name_or_path"] == str(cfg.model.path)
+    # default r / alpha = the shared set's (3, 6); q_proj: 2 + 3 ranks at the task scale 8; up_proj: task only
+    assert (conf["r"], conf["lora_alpha"]) == (3, 6)
+    assert conf["rank_pattern"] == {"q_proj": 5, "up_proj": 2} and conf["alpha_pattern"] == {"q_proj": 40, "up_proj": 16}
     w = load_file(str(d / "adapter_model.safetensors"))
     q = "base_model.model.model.layers.0.self_attn.q_proj"
     assert w[f"{q}.lora_A.weight"].shape == (2 + 3, 32) and w[f"{q}.lora_B.weight"].shape == (32, 2 + 3)
