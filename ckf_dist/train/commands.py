@@ -186,7 +186,7 @@ def recommend(cfg: Config, user: str, k: int, candidates: int, device: str = "cp
 
     sd = load_split(cfg)
     if user not in sd.user_ids:
-        raise ConfigError(f"--user: unknown user id {user!r} in {cfg.run_dir}")
+        raise ConfigError(f"--user: unknown user id {user!r} in {cfg.run_dir} (ids look like: {', '.join(sorted(sd.user_ids)[:3])})")
     u = sd.user_ids.index(user)
     tables = load_cf_tables(cfg.run_dir / "cf" / f"{cfg.cf.model}.safetensors")
     seen = set(sd.inter.loc[sd.inter["u"] == u, "i"].tolist())
