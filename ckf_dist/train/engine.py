@@ -140,6 +140,10 @@ class DeepSpeedEngine:
         import deepspeed  # inside the worker: the driver never needs it
 
         self.cfg = cfg
+        if ds_config.get("optimizer_torch_adam"):
+            # CPU: skip DeepSpeed's shared-memory collective op, a C++ extension JIT-compiled on
+            # first use (about a minute on a fresh machine); gloo carries the collectives.
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg.train.lr, eps=cfg.train.eps, weight_decay=cfg.train.weight_decay)
         config = {k: v for k, v in ds_config.items() if k != "optimizer_torch_adam"}
