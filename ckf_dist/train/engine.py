@@ -176,6 +176,13 @@ class DeepSpeedEngine:
         """Collective: every rank writes its shard; rank 0 writes the state JSON last."""
         folder.mkdir(parents=True, exist_ok=True)
         self.engine.save_checkpoint(str(folder), tag="engine", client_state={"ckf_state": json.dumps(state)})
+        # Per-rank RNG (dropout masks), so a resumed run repeats the uninterrupted one exactly.
+        rng = {"torch_rng": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda_rng"] = torch.cuda.get_rng_state()
+        tmp = folder / f"rng_rank{self.rank}.pt.tmp"
+        torch.save(rng, tmp)
+        tmp.replace(folder / f"rng_rank{self.rank}.pt")
         if self.rank == 0:
             tmp = folder / "state.json.tmp"
             tmp.write_text(json.dumps(state, indent=2))
@@ -186,4 +193,10 @@ class DeepSpeedEngine:
         path, client = self.engine.load_checkpoint(str(folder), tag="engine", load_optimizer_states=True, load_lr_scheduler_states=True)
         if path is None:
             raise FileNotFoundError(f"{folder}: no DeepSpeed checkpoint (tag 'engine')")
+        rng_file = folder / f"rng_rank{self.rank}.pt"
+        if rng_file.is_file():
+            rng = torch.load(rng_file, weights_only=True)
+            torch.set_rng_state(rng["torch_rng"])
+            if "cuda_rng" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state(rng["cuda_rng"])
         return json.loads(client["ckf_state"])

@@ -38,7 +38,9 @@ def ray_worker_loop(loop_config: dict[str, Any]) -> None:
         if folder is None:
             ray.train.report(metrics)
         else:
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)))
+            # Ray uploads synchronously; the per-rank temporary folder is then removed.
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)),
+                             delete_local_checkpoint_after_upload=True)
 
     recipe = CKFRecipe(cfg, rank=ctx.get_world_rank(), world_size=ctx.get_world_size(), engine="deepspeed", report=report)
     if checkpoint is not None:

@@ -120,11 +120,14 @@ class CKFRecipe:
         self.n_trainable_partition = sum(int(p.ds_tensor.numel()) if hasattr(p, "ds_tensor") else p.numel() for p in params)
         state = {}
         if resume_from is not None:
-            state = self.engine.load(Path(resume_from))
-            if state.get("world_size", self.world_size) != self.world_size:
+            # Check the world size first: ZeRO shards reload only at the same data-parallel size.
+            saved = Path(resume_from) / "state.json"
+            written_by = json.loads(saved.read_text()).get("world_size") if saved.is_file() else None
+            if written_by is not None and written_by != self.world_size:
                 raise ConfigError(
-                    f"dist.num_workers: checkpoint {resume_from} was written by {state['world_size']} workers, this run has {self.world_size}"
+                    f"dist.num_workers: checkpoint {resume_from} was written by {written_by} workers, this run has {self.world_size}"
                 )
+            state = self.engine.load(Path(resume_from))
             self.step = int(state["step"])
             log.info("rank %d: resumed from %s at step %d", self.rank, resume_from, self.step)
         self.resumed_from = self.step if resume_from is not None else None

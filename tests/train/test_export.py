@@ -179,3 +179,12 @@ def test_refuses_partitioned_or_missing_tensors(tmp_path):
     with pytest.raises(ValueError, match="both"):
         export_peft_adapters({"llm.m.q_proj.lora_shared_A": torch.ones(3, 4)}, cfg, tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_rank_patterns_by_leaf_name_or_full_path():
+    from ckf_dist.train.export import _patterns
+
+    # every q_proj agrees: keyed by the leaf name; k_proj differs between layers: escaped full paths
+    ranks = {"model.layers.0.self_attn.q_proj": 5, "model.layers.1.self_attn.q_proj": 5,
+             "model.layers.0.self_attn.k_proj": 3, "model.layers.1.self_attn.k_proj": 4, "model.layers.0.mlp.up_proj": 3}
+    assert _patterns(ranks, 3) == {"q_proj": 5, r"model\.layers\.1\.self_attn\.k_proj": 4}

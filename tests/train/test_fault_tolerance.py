@@ -111,19 +111,35 @@ def _train_workers(driver: psutil.Process) -> list[psutil.Process]:
     return found
 
 
-def _kill_tree(proc: subprocess.Popen) -> None:
-    """SIGKILL the driver we started and every process it started (by pid), if still alive."""
-    try:
-        parent = psutil.Process(proc.pid)
-        family = parent.children(recursive=True) + [parent]
-    except psutil.NoSuchProcess:
-        return
-    for p in family:
+def _kill_tree(proc: subprocess.Popen, ray_tmp: Path) -> None:
+    """SIGKILL, by pid, the driver we started and every process of its Ray instance still alive:
+    the driver's descendants, and processes naming our private Ray temp dir (gcs, raylet,
+    dashboard: re-parented if the driver died first) with their descendants."""
+    family: dict[int, psutil.Process] = {}
+    roots = []
+    if proc.poll() is None:  # not reaped yet: the pid is still ours
+        try:
+            roots.append(psutil.Process(proc.pid))
+        except psutil.NoSuchProcess:
+            pass
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(str(ray_tmp) in a for a in (p.info["cmdline"] or [])):
+                roots.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    for r in roots:
+        try:
+            family[r.pid] = r
+            family.update({c.pid: c for c in r.children(recursive=True)})
+        except psutil.NoSuchProcess:
+            pass
+    for p in family.values():
         try:
             p.kill()
         except psutil.NoSuchProcess:
             pass
-    psutil.wait_procs(family, timeout=10)
+    psutil.wait_procs(list(family.values()), timeout=10)
 
 
 def test_killed_worker_resumes_from_registered_checkpoint(prepared, tmp_path):
@@ -161,13 +177,12 @@ def test_killed_worker_resumes_from_registered_checkpoint(prepared, tmp_path):
         except subprocess.TimeoutExpired:
             pytest.fail(f"run did not finish in {RUN_TIMEOUT_S}s after the kill:\n{log_path.read_text()[-3000:]}")
     finally:
-        _kill_tree(proc)
+        _kill_tree(proc, short_tmp)
         leftover_tmp = sorted(p.name for p in short_tmp.glob("ckf-step-*"))
         shutil.rmtree(short_tmp, ignore_errors=True)
     elapsed = time.time() - t0
     out = log_path.read_text()
     assert rc == 0, out[-4000:]
-    assert not psutil.pid_exists(killed_pid) or psutil.Process(killed_pid).status() == psutil.STATUS_ZOMBIE
 
     recs = _records(run)
     resumed = [i for i, r in enumerate(recs) if "train/resumed_from_step" in r]
@@ -194,11 +209,12 @@ def test_killed_worker_resumes_from_registered_checkpoint(prepared, tmp_path):
     ref = sum(loss_before[s] for s in range(1, step0 + 1)) / step0
     assert all(0.5 * ref < v < 1.5 * ref for v in loss_after.values()), (loss_before, loss_after)
     # steps run twice (after the registered checkpoint, before the kill) see the same data and
-    # weights again: the same loss up to dropout (its RNG stream is re-seeded on a DeepSpeed resume)
+    # weights and dropout RNG again (restored per rank): exactly the same loss
     twice = sorted(set(loss_before) & set(loss_after))
     assert twice, (loss_before, loss_after)
     for s in twice:
-        assert loss_after[s] == pytest.approx(loss_before[s], rel=0.02), (s, loss_before[s], loss_after[s])
+        assert loss_after[s] == pytest.approx(loss_before[s], rel=1e-6), (s, loss_before[s], loss_after[s])
+    assert not leftover_tmp, leftover_tmp  # reported checkpoints are removed locally after upload
     lr_before = {r["step"]: r["train/lr"] for r in before if "train/lr" in r}
     lr_after = {r["step"]: r["train/lr"] for r in after if "train/lr" in r}
     # the schedule resumed (scheduler state restored): steps logged twice have the same lr

@@ -1,0 +1,269 @@
+"""`ray job submit` against a local Ray head on loopback.
+
+One head per module (`ray start --head` on 127.0.0.1, dashboard on 127.0.0.1, explicit free ports
+for every singleton service, a private --temp-dir, token authentication with a token made here:
+nothing in ~/.ray is read or written). Two jobs:
+
+- a short job, `ckf data prepare`, shipped with `--working-dir` (the config path is relative to
+  the uploaded working directory): the job succeeds and the shard manifest is written;
+- a tiny training job through `cluster/ray_job_submit.sh` (Ray Train, 2 workers, ZeRO-3): the
+  job's driver joins the head's cluster (it must not start a nested local one), the run finishes
+  and exports its adapters.
+
+While jobs run, every listening socket of the head's process tree (GCS, raylet, dashboard,
+agents, job driver, Ray Train workers) is sampled: all must be bound to 127.0.0.1. One known
+exception is tested separately as a strict xfail: torch's TCPStore (the rendezvous store that
+rank 0 hosts for torch.distributed) listens on '::' whatever MASTER_ADDR says. The head is stopped in a finalizer by the pids of its own processes (found by its
+private temp dir), never with `ray stop`, which would stop every Ray on the machine.
+"""
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
+# Same tiny run as tests/train/test_distributed.py.
+TRAIN = [
+    "data.synthetic.num_users=40", "data.synthetic.num_items=30", "data.samples_per_user=1",
+    "data.topk_candidates=3", "data.history_len=3", "tasks=[ctr,rating,explanation]",
+    "cf.epochs=3", "cf.weight_decays=[0.0001]", "cf.baselines=[mf]", "cf.dim=8",
+    "tiny.pretrain_steps=2", "tiny.hidden_size=32", "tiny.intermediate_size=64", "tiny.num_layers=1",
+    "tiny.num_heads=2", "tiny.vocab_size=600",
+    "model.max_length=256", "model.meta_hidden=8", "lora.shared.r=2", "lora.task.r=2",
+    "train.steps=4", "train.micro_batch_size=2", "train.log_every=1", "train.save_every=2", "train.data_workers=0",
+    "eval.max_samples_per_task=4", "eval.max_new_tokens=2",
+    "dist.num_workers=2", "dist.zero_stage=3", "dist.param_persistence_threshold=0", "dist.max_failures=0",
+]
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class Head:
+    """A Ray head started here; `pids()` are its processes and their descendants."""
+
+    def __init__(self, temp_dir: Path, env: dict, gcs_port: int, dashboard_port: int):
+        self.temp_dir, self.env = temp_dir, env
+        self.gcs = f"127.0.0.1:{gcs_port}"
+        self.dashboard = f"http://127.0.0.1:{dashboard_port}"
+
+    def roots(self) -> list[psutil.Process]:
+        """Processes whose command line names our private temp dir (gcs, raylet, dashboard, monitors)."""
+        out = []
+        for p in psutil.process_iter(["pid", "cmdline"]):
+            try:
+                if any(str(self.temp_dir) in a for a in (p.info["cmdline"] or [])):
+                    out.append(p)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        return out
+
+    def processes(self) -> list[psutil.Process]:
+        procs = {}
+        for r in self.roots():
+            procs[r.pid] = r
+            try:
+                for c in r.children(recursive=True):
+                    procs[c.pid] = c
+            except psutil.NoSuchProcess:
+                pass
+        return list(procs.values())
+
+    def listening(self) -> set[tuple[int, str, str, int]]:
+        """(pid, process title, ip, port) of every listening TCP / bound UDP socket of the head's tree."""
+        found = set()
+        for p in self.processes():
+            try:
+                for c in p.net_connections(kind="inet"):
+                    if c.laddr and (c.status == psutil.CONN_LISTEN or c.type == socket.SOCK_DGRAM):
+                        found.add((p.pid, p.name(), c.laddr.ip, c.laddr.port))
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        return found
+
+    def stop(self) -> None:
+        procs = self.processes()
+        for p in procs:
+            try:
+                p.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=5)
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=10)
+
+
+class SocketWatch:
+    """Samples the head's listening sockets every `every` seconds in a thread."""
+
+    def __init__(self, head: Head, every: float = 0.5):
+        self.head, self.every = head, every
+        self.seen: set[tuple[int, str, str, int]] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.seen |= self.head.listening()
+            self._stop.wait(self.every)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.seen |= self.head.listening()
+
+
+@pytest.fixture(scope="module")
+def head():
+    temp_dir = Path(tempfile.mkdtemp(prefix="ckfhead-", dir="/tmp"))  # short: Ray's socket paths
+    gcs, dash, client, agent_http, agent_grpc, metrics, runtime_env, node_manager, obj_manager = _free_ports(9)
+    env = dict(os.environ)
+    env.update(
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32),
+        # `python` in a job's entrypoint resolves on the head's PATH: this venv's interpreter
+        PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+        MASTER_ADDR="127.0.0.1", GLOO_SOCKET_IFNAME="lo", RAY_TMPDIR=str(temp_dir), TMPDIR=str(temp_dir),
+    )
+    env.pop("RAY_ADDRESS", None)
+    h = Head(temp_dir, env, gcs, dash)
+    cmd = [
+        str(VENV_BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
+        f"--port={gcs}", f"--dashboard-port={dash}", "--num-cpus=2", f"--temp-dir={temp_dir}",
+        f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent_http}",
+        f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
+        f"--runtime-env-agent-port={runtime_env}", f"--node-manager-port={node_manager}",
+        f"--object-manager-port={obj_manager}", "--disable-usage-stats",
+    ]
+    try:
+        t0 = time.time()
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        h.start_s = time.time() - t0
+        yield h
+    finally:
+        h.stop()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert not h.roots(), "the head's processes outlived the finalizer"
+
+
+def _submit(head: Head, args: list[str], timeout: int, cwd: Path = ROOT, script: bool = False) -> subprocess.CompletedProcess:
+    env = dict(head.env)
+    env["RAY_ADDRESS"] = head.dashboard
+    if script:
+        cmd = ["bash", str(ROOT / "cluster" / "ray_job_submit.sh"), *args]
+    else:
+        cmd = [str(VENV_BIN / "ray"), "job", "submit", "--address", head.dashboard, "--working-dir", str(ROOT), "--", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _assert_loopback(seen: set) -> None:
+    assert seen, "no listening socket was observed"
+    wide = sorted(s for s in seen if s[2] not in LOOPBACK)
+    assert not wide, f"sockets bound beyond loopback: {wide}"
+
+
+def test_short_job_prepares_shards(head, tmp_path):
+    run = tmp_path / "run"
+    t0 = time.time()
+    with SocketWatch(head) as watch:
+        proc = _submit(head, [
+            "python", "-m", "ckf_dist.cli", "data", "prepare", "--config", "configs/quickstart.yaml", f"run.dir={run}",
+            "data.synthetic.num_users=30", "data.synthetic.num_items=20", "data.samples_per_user=1",
+        ], timeout=240)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "succeeded" in out, out[-3000:]
+    manifest = json.loads((run / "data" / "shards" / "manifest.json").read_text())
+    for split in ("train", "valid", "test"):
+        shards = manifest["splits"][split]["shards"]
+        assert shards and len(shards) % 4 == 0  # data.shard_multiple
+        assert all((run / "data" / "shards" / s["path"]).is_file() for s in shards)
+        assert sum(s["samples"] for s in shards) == manifest["splits"][split]["samples"] > 0
+    assert set(manifest["splits"]["train"]["tasks"]) == {"ctr", "topk", "rating", "review_rating", "explanation"}
+    _assert_loopback(watch.seen)
+    names = {n for _, n, _, _ in watch.seen}
+    assert {"gcs_server", "raylet"} <= names, names
+    print(f"\nray start: {head.start_s:.0f}s; short job: {time.time() - t0:.0f}s; listening: {sorted(watch.seen)}")
+
+
+@pytest.fixture(scope="module")
+def training_job(head, tmp_path_factory):
+    """A tiny training job submitted through cluster/ray_job_submit.sh, run once for several tests."""
+    run = tmp_path_factory.mktemp("jobtrain") / "run"
+    t0 = time.time()
+    with SocketWatch(head) as watch:
+        proc = _submit(head, ["configs/quickstart.yaml", f"run.dir={run}", *TRAIN], timeout=420, script=True)
+    yield {"proc": proc, "out": proc.stdout + proc.stderr, "seen": watch.seen, "run": run, "seconds": time.time() - t0}
+    shutil.rmtree(run / "ray", ignore_errors=True)
+
+
+def _train_worker_pids(seen: set) -> set[int]:
+    """Processes seen titled as a Ray Train worker at some sample (the title follows the running
+    method, e.g. `ray::RayTrainWorker.run_train_fn`, `ray::execute._propagate_data_context`)."""
+    return {pid for pid, name, _, _ in seen if "RayTrainWor" in name}
+
+
+def test_training_job_via_script_joins_the_head(head, training_job):
+    out, run = training_job["out"], training_job["run"]
+    assert training_job["proc"].returncode == 0, out[-5000:]
+    assert "succeeded" in out, out[-3000:]
+    # the job's driver joined this cluster instead of starting a nested local one
+    assert f"Connecting to existing Ray cluster at address: {head.gcs}" in out, out[-5000:]
+    assert "Started a local Ray instance" not in out
+    assert "RayTrainWorker" in out
+    final = run / "train" / "final"
+    assert (final / "trainable.safetensors").is_file()
+    for task in ("ctr", "rating", "explanation"):
+        assert (final / "peft" / task / "adapter_model.safetensors").is_file()
+    assert json.loads((run / "metrics.json").read_text()).keys() == {"ctr", "rating", "explanation"}
+    seen = training_job["seen"]
+    workers = _train_worker_pids(seen)
+    assert len(workers) >= 2, sorted(seen)  # the workers were sampled
+    # Ray's own services, the job driver and the Train workers' gloo sockets: loopback only (the
+    # workers' any-address listener is torch's TCPStore: the xfail test below)
+    _assert_loopback({s for s in seen if s[0] not in workers or s[2] not in ("::", "0.0.0.0")})
+    print(f"\ntraining job: {training_job['seconds']:.0f}s; listening: {sorted(seen)}")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "torch's TCPStore server (rank 0's rendezvous store, created by Ray Train's process-group setup) "
+    "listens on '::' whatever MASTER_ADDR says; binding it to 127.0.0.1 needs a pre-bound socket "
+    "(TCPStore(master_listen_fd=...)) in the launcher. Remove this marker when that lands."))
+def test_training_job_workers_listen_on_loopback_only(training_job):
+    assert training_job["proc"].returncode == 0
+    workers = _train_worker_pids(training_job["seen"])
+    _assert_loopback({s for s in training_job["seen"] if s[0] in workers})
