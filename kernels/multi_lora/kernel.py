@@ -56,7 +56,7 @@ def _shrink_kernel(
     row_mask = offs_p < p1
     rows = tl.load(order_ptr + offs_p, mask=row_mask, other=0).to(tl.int64)
     cols = tl.arange(0, R_PAD)
-    is_t = (cols < R_T) & (seg < NUM_TASKS)
+    is_t = (cols < R_T) & ((cols * 0 + seg) < NUM_TASKS)  # explicit broadcast: Triton 3.9 interpreter
     is_sh = (cols >= R_T) & (cols < R_T + R_SH)
     c_t = tl.where(is_t, cols, 0)
     c_sh = tl.where(is_sh, cols - R_T, 0)
@@ -123,7 +123,7 @@ def _expand_kernel(
     out_mask = row_mask[:, None] & n_mask[None, :]
     if HAS_LORA:
         cols = tl.arange(0, R_PAD)
-        is_t = (cols < R_T) & (seg < NUM_TASKS)
+        is_t = (cols < R_T) & ((cols * 0 + seg) < NUM_TASKS)  # explicit broadcast: Triton 3.9 interpreter
         is_sh = (cols >= R_T) & (cols < R_T + R_SH)
         c_t = tl.where(is_t, cols, 0)
         c_sh = tl.where(is_sh, cols - R_T, 0)
@@ -173,7 +173,7 @@ def _seg_wgrad_kernel(
         hh = tl.load(h_ptr + rows[:, None] * stride_hm + cols[None, :], mask=pm[:, None], other=0.0)
         acc = tl.dot(lt, hh.to(DOT_DTYPE), acc, input_precision=PREC)
 
-    is_t = (cols < R_T) & (seg < NUM_TASKS)
+    is_t = (cols < R_T) & ((cols * 0 + seg) < NUM_TASKS)  # explicit broadcast: Triton 3.9 interpreter
     c_t = tl.where(is_t, cols, 0)
     seg_t = tl.where(seg < NUM_TASKS, seg, 0).to(tl.int64)
     tl.store(ot_ptr + seg_t * stride_ot_t + ns[:, None] * stride_ot_n + c_t[None, :] * stride_ot_c,
