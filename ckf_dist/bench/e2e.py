@@ -22,7 +22,13 @@ the ratios compare like with like. Rows (CPU):
   ckf_ray_wN          the recipe under ``dist.launcher=ray`` with ``dist.num_workers=N`` (DeepSpeed
                       ZeRO-``dist.zero_stage`` on gloo), read from run.dir/train/tb/metrics.jsonl.
   data_pipeline_*     TrainStream + Collator through the recipe's DataLoader (no model): samples/s
-                      and tokens/s the pipeline can supply, vs what the trainer consumed.
+                      and tokens/s the pipeline can supply, vs what the trainer consumed; and what
+                      one ready batch costs the consumer (``next()`` when the loader is ahead).
+
+The diagnosis (default mode; ``bench.diagnose=true|false``) times one step without the DataLoader
+on the same samples batched three ways (stream-order mixed, single-task, length-grouped mixed)
+for ckf_dist's model and for the PEFT step: it separates the cost of mixed-batch padding from the
+cost of the step itself.
 
 Rates come from the recipe's own ``perf/*`` windows (``train.log_every`` steps each) with the first
 window dropped as warm-up; the baseline drops the same number of leading steps. The default mode
@@ -31,7 +37,7 @@ shared); all values are in the JSON.
 
 Bench-only options go with the config overrides as ``bench.<key>=<value>``:
   bench.workers=[1,2]   Ray worker counts (``[]`` skips Ray);   bench.repeats=N
-  bench.data_batches=N  micro-batches timed for the data pipeline
+  bench.data_batches=N  micro-batches timed for the data pipeline;   bench.diagnose=true|false
   (cuda) bench.seq_len=1024 bench.micro_batch=4 bench.steps=10 bench.warmup=3 bench.target_len=16
 
 ``--device cuda`` (a GPU machine with torch, transformers and peft; no ray, deepspeed or
@@ -81,12 +87,12 @@ CPU_DEFAULTS = [
     "dist.launcher=local", "dist.num_workers=1", "cf.baselines=[mf]", "cf.weight_decays=[0.001]",
     "tiny.pretrain_steps=20", "train.eval_every=0",
 ]
-BENCH_KEYS = {"workers", "repeats", "data_batches", "seq_len", "micro_batch", "steps", "warmup", "target_len"}
+BENCH_KEYS = {"workers", "repeats", "data_batches", "diagnose", "seq_len", "micro_batch", "steps", "warmup", "target_len"}
 
 COLUMNS = [
     "row", "launcher", "workers", "tokens_per_s", "samples_per_s", "tokens_per_s_per_worker",
     "ratio_tokens_vs_baseline", "ratio_samples_vs_baseline", "data_wait_frac", "step_s",
-    "windows", "all_tokens_per_s", "includes",
+    "windows", "load_avg_1m", "all_tokens_per_s", "includes",
 ]
 
 
@@ -118,9 +124,9 @@ def split_bench_overrides(overrides: Sequence[str]) -> tuple[list[str], dict[str
     config, bench = [], {}
     for text in overrides:
         if text.startswith("bench."):
-            key, _, raw = text.partition("=")
+            key, sep, raw = text.partition("=")
             name = key[len("bench."):]
-            if name not in BENCH_KEYS or not _:
+            if name not in BENCH_KEYS or not sep:
                 raise ConfigError(f"command line: unknown bench option {key!r} (known: {', '.join(sorted('bench.' + k for k in BENCH_KEYS))})")
             bench[name] = yaml.safe_load(raw)
         else:
@@ -131,19 +137,32 @@ def split_bench_overrides(overrides: Sequence[str]) -> tuple[list[str], dict[str
         if not all(isinstance(x, int) and x >= 1 for x in w):
             raise ConfigError(f"command line: bench.workers: expected a list of worker counts, got {bench['workers']!r}")
         bench["workers"] = list(w)
+    if "diagnose" in bench and not isinstance(bench["diagnose"], bool):
+        raise ConfigError(f"command line: bench.diagnose: expected true or false, got {bench['diagnose']!r}")
     for k in ("repeats", "data_batches", "seq_len", "micro_batch", "steps", "warmup", "target_len"):
         if k in bench and not (isinstance(bench[k], int) and bench[k] >= (0 if k == "warmup" else 1)):
             raise ConfigError(f"command line: bench.{k}: expected a positive integer, got {bench[k]!r}")
     return config, bench
 
 
-def _with(cfg_args: tuple[Optional[str], list[str]], extra: Sequence[str]) -> Config:
-    path, overrides = cfg_args
-    return load_config(path, [*overrides, *extra])
+MARKER = ".ckf_bench"
+"""File the bench leaves in its run.dir: only such a run.dir has its training outputs deleted."""
+
+
+def _claim_run_dir(cfg: Config) -> None:
+    """Refuse a run.dir holding someone's training run (the bench deletes train/ and ray/ between
+    measurements); mark it as the bench's otherwise."""
+    d = cfg.run_dir
+    if not (d / MARKER).is_file() and any((d / sub).exists() for sub in ("train", "ray")):
+        raise ConfigError(f"run.dir {d}: holds a training run the bench did not make (it would delete train/ and ray/); "
+                          "give the bench its own run.dir")
+    d.mkdir(parents=True, exist_ok=True)
+    (d / MARKER).write_text("run.dir of `ckf bench e2e`: train/ and ray/ are deleted before each measurement\n")
 
 
 def _clean_training(cfg: Config) -> None:
     """Drop a previous measurement's training outputs so the next one starts fresh (no resume)."""
+    _claim_run_dir(cfg)
     for sub in ("train", "ray"):
         shutil.rmtree(cfg.run_dir / sub, ignore_errors=True)
 
@@ -207,6 +226,7 @@ def measure_recipe(cfg: Config) -> dict[str, Any]:
     launch(cfg)
     out = rates_from_metrics(cfg.run_dir)
     out["wall_s"] = round(time.perf_counter() - t0, 1)
+    out["load_avg_1m"] = _load_avg()
     return out
 
 
@@ -249,6 +269,36 @@ def _peft_config(cfg: Config):
     )
 
 
+def encode_text(tok, samples: Sequence[dict], max_len: int) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, target ids + EOS) of each sample's text-only prompt; over-long prompts lose their
+    oldest tokens after BOS (the history side)."""
+    eos = int(tok.eos_token_id)
+    p_ids = tok([s["prompt_text"] for s in samples], add_special_tokens=True)["input_ids"]
+    t_ids = tok([str(s.get("target") or "") for s in samples], add_special_tokens=False)["input_ids"]
+    rows = []
+    for p, t in zip(p_ids, t_ids):
+        p, t = list(p), list(t) + [eos]
+        budget = max(1, max_len - len(t))
+        if len(p) > budget:
+            p = p[:1] + p[len(p) - budget + 1:]
+        rows.append((p, t))
+    return rows
+
+
+def collate_text(rows: Sequence[tuple[list[int], list[int]]], pad: int) -> dict[str, torch.Tensor]:
+    """Right-padded input_ids / attention_mask / labels (-100 except on the target), as HF expects."""
+    width = max(len(p) + len(t) for p, t in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    for r, (p, t) in enumerate(rows):
+        n = len(p) + len(t)
+        ids[r, :n] = torch.tensor(p + t)
+        mask[r, :n] = 1
+        labels[r, len(p):n] = torch.tensor(t)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
 def measure_peft_per_task(cfg: Config, warmup_steps: int) -> dict[str, Any]:
     """The per-task HF + PEFT loop on the same shards and LLM; ``cfg.train.steps`` steps in all."""
     from peft import get_peft_model
@@ -262,21 +312,13 @@ def measure_peft_per_task(cfg: Config, warmup_steps: int) -> dict[str, Any]:
     mdir = model_dir(cfg)
     tok = AutoTokenizer.from_pretrained(mdir, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(mdir, local_files_only=True, dtype=torch.float32)
-    eos = int(tok.eos_token_id)
-    pad = int(tok.pad_token_id if tok.pad_token_id is not None else eos)
+    pad = int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
     samples = [s for s in read_split(cfg.run_dir / "data" / "shards", "train") if s["task"] in cfg.tasks]
 
     # Tokenize up front (datasets.map style): text prompt + target + EOS, loss on the target only.
-    max_len = int(cfg.model.max_length)
     by_task: dict[str, list[tuple[list[int], list[int]]]] = {}
-    p_ids = tok([s["prompt_text"] for s in samples], add_special_tokens=True)["input_ids"]
-    t_ids = tok([str(s.get("target") or "") for s in samples], add_special_tokens=False)["input_ids"]
-    for s, p, t in zip(samples, p_ids, t_ids):
-        p, t = list(p), list(t) + [eos]
-        budget = max(1, max_len - len(t))
-        if len(p) > budget:
-            p = p[:1] + p[len(p) - budget + 1:]  # keep BOS, drop the oldest history tokens
-        by_task.setdefault(s["task"], []).append((p, t))
+    for s, row in zip(samples, encode_text(tok, samples, int(cfg.model.max_length))):
+        by_task.setdefault(s["task"], []).append(row)
     mix = {t: cfg.task_mix.get(t, 1.0) for t in cfg.tasks}
     top = max(mix.values()) if mix else 1.0
     plan = steps_per_task({t: len(v) for t, v in by_task.items()}, {t: w / top for t, w in mix.items()}, cfg.train.steps)
@@ -291,16 +333,7 @@ def measure_peft_per_task(cfg: Config, warmup_steps: int) -> dict[str, Any]:
                 yield [rows[j] for j in order[i:i + mb]]
 
     def collate(rows):
-        width = max(len(p) + len(t) for p, t in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        labels = torch.full((len(rows), width), -100, dtype=torch.long)
-        for r, (p, t) in enumerate(rows):
-            n = len(p) + len(t)
-            ids[r, :n] = torch.tensor(p + t)
-            mask[r, :n] = 1
-            labels[r, len(p):n] = torch.tensor(t)
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        return collate_text(rows, pad)
 
     lcfg = _peft_config(cfg)
     clip = cfg.train.grad_clip if cfg.train.grad_clip > 0 else float("inf")
@@ -354,6 +387,7 @@ def measure_peft_per_task(cfg: Config, warmup_steps: int) -> dict[str, Any]:
         "windows": step - warmup_steps,
         "steps_per_task": plan,
         "adapter_switch_s": round(switch_s, 4),
+        "load_avg_1m": _load_avg(),
         "pad_efficiency": tokens / max(1, padded),
     }
 
@@ -390,10 +424,130 @@ def measure_data_pipeline(cfg: Config, n_batches: int, workers: int, warmup: int
                 padded += int(b[pre + "attention_mask"].numel())
         samples += len(b["keys"])
     wall = time.perf_counter() - t0
+    # What one batch costs the consumer when the loader is ahead (the trainer's data wait when
+    # the pipeline is not the bottleneck): main-thread CPU and wall time of next() after a pause.
+    cpu_ms, wall_ms = [], []
+    for _ in range(12):
+        time.sleep(0.05)
+        c, t = time.thread_time(), time.perf_counter()
+        next(it)
+        cpu_ms.append((time.thread_time() - c) * 1e3)
+        wall_ms.append((time.perf_counter() - t) * 1e3)
     del it
     return {"tokens_per_s": tokens / wall, "samples_per_s": samples / wall, "tokens_per_s_per_worker": tokens / wall,
             "data_wait_frac": None, "step_s": wall / n_batches, "windows": n_batches, "loader_workers": workers,
-            "pad_efficiency": tokens / max(1, padded)}
+            "pad_efficiency": tokens / max(1, padded), "load_avg_1m": _load_avg(), "next_cpu_ms": statistics.median(cpu_ms),
+            "next_wall_ms": statistics.median(wall_ms)}
+
+
+# ------------------------------------------------------------------------------------------------
+# Diagnosis: where the recipe's step loses to the per-task loop (padding of mixed batches)
+# ------------------------------------------------------------------------------------------------
+
+
+def diagnose_batching(cfg: Config, n_batches: int = 30, warmup: int = 3) -> list[dict]:
+    """Step throughput without the DataLoader, on the same samples batched three ways.
+
+    ckf_dist's model + LocalEngine (the recipe's step, twin included when configured) on: mixed
+    batches in stream order (what the recipe trains on), single-task batches (what the per-task
+    loop trains on) and mixed batches grouped by prompt length; and the PEFT single-adapter step on
+    the single-task and the mixed text batches. Every variant batches the same pool of samples
+    (single-task batching drops each task's last partial batch).
+    """
+    import random
+
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from ckf_dist.cf.tables import load_cf_tables
+    from ckf_dist.data.shards import read_split
+    from ckf_dist.models.ckf import CKFModel
+    from ckf_dist.models.collate import Collator
+    from ckf_dist.models.tiny import load_llm
+    from ckf_dist.train.engine import LocalEngine
+    from ckf_dist.train.recipe import model_dir
+
+    torch.manual_seed(cfg.seed)
+    mb = cfg.train.micro_batch_size
+    samples = [s for s in read_split(cfg.run_dir / "data" / "shards", "train") if s["task"] in cfg.tasks]
+    random.Random(cfg.seed).shuffle(samples)
+    pool = samples[: (n_batches + warmup) * mb]
+
+    def chunks(rows: list[dict]) -> list[list[dict]]:
+        return [rows[i:i + mb] for i in range(0, len(rows) - mb + 1, mb)]
+
+    by_task: dict[str, list[dict]] = {}
+    for s in pool:
+        by_task.setdefault(s["task"], []).append(s)
+    groups = {
+        "mixed (stream order)": chunks(pool),
+        "single-task": [c for rows in by_task.values() for c in chunks(rows)],
+        "mixed, length-grouped": chunks(sorted(pool, key=lambda s: len(s["prompt"]))),
+    }
+    random.Random(cfg.seed + 1).shuffle(groups["single-task"])
+    random.Random(cfg.seed + 2).shuffle(groups["mixed, length-grouped"])
+
+    def pad_eff(batches, keys=("attention_mask", "text_attention_mask")) -> float:
+        nz = sum(int(b[k].sum()) for b in batches for k in keys if k in b)
+        return nz / max(1, sum(b[k].numel() for b in batches for k in keys if k in b))
+
+    tables = load_cf_tables(cfg.run_dir / "cf" / f"{cfg.cf.model}.safetensors")
+    llm, tok = load_llm(model_dir(cfg), cfg.model.placeholder_token)
+    model = CKFModel(llm, tok, torch.from_numpy(tables.user_emb), torch.from_numpy(tables.item_emb), cfg)
+    collator = Collator(tok, cfg, tok.convert_tokens_to_ids(cfg.model.placeholder_token))
+    engine = LocalEngine(model, cfg)
+    model.train()
+    total = cfg.train.steps
+
+    def ckf_step(b):
+        o = model(b, step=total // 2, total_steps=total)
+        engine.backward(o.loss)
+        engine.step()
+        float(o.loss.detach())
+
+    def ckf_tokens(b):
+        return int(b["attention_mask"].sum()) + (int(b["text_attention_mask"].sum()) if "text_attention_mask" in b else 0)
+
+    hf = AutoModelForCausalLM.from_pretrained(model_dir(cfg), local_files_only=True, dtype=torch.float32)
+    peft_model = get_peft_model(hf, _peft_config(cfg), adapter_name="bench")
+    peft_model.train()
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.train.lr, eps=cfg.train.eps, weight_decay=cfg.train.weight_decay)
+    pad = int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+    clip = cfg.train.grad_clip if cfg.train.grad_clip > 0 else float("inf")
+
+    def peft_step(b):
+        o = peft_model(**b, use_cache=False)
+        o.loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        float(o.loss.detach())
+
+    def peft_tokens(b):
+        return int(b["attention_mask"].sum())
+
+    variants = [("ckf_dist step", name, ckf_step, ckf_tokens, [collator(c) for c in rows]) for name, rows in groups.items()]
+    variants += [("HF + PEFT step", name, peft_step, peft_tokens,
+                  [collate_text(encode_text(tok, c, int(cfg.model.max_length)), pad) for c in groups[name]])
+                 for name in ("single-task", "mixed (stream order)")]
+    # Interleaved step by step, so a change of machine load hits every variant alike.
+    for _, _, step, _, batches in variants:
+        for b in batches[:warmup]:
+            step(b)
+    acc = [[0.0, 0, 0, 0] for _ in variants]  # seconds, tokens, samples, steps
+    for i in range(warmup, max(len(v[4]) for v in variants)):
+        for k, (_, _, step, count, batches) in enumerate(variants):
+            if i < len(batches):
+                t0 = time.perf_counter()
+                step(batches[i])
+                acc[k][0] += time.perf_counter() - t0
+                acc[k][1] += count(batches[i])
+                acc[k][2] += int(batches[i]["attention_mask"].shape[0])
+                acc[k][3] += 1
+    return [{"model": m, "batches": name, "tokens_per_s": a[1] / a[0], "samples_per_s": a[2] / a[0],
+             "step_s": a[0] / max(1, a[3]), "steps": a[3], "pad_efficiency": pad_eff(batches)}
+            for (m, name, _, _, batches), a in zip(variants, acc)]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -401,7 +555,7 @@ def measure_data_pipeline(cfg: Config, n_batches: int, workers: int, warmup: int
 # ------------------------------------------------------------------------------------------------
 
 
-def measure_ray(cfg_args, base: Sequence[str], workers: Sequence[int]) -> dict[int, dict[str, Any]]:
+def measure_ray(config: Optional[str], base: Sequence[str], workers: Sequence[int]) -> dict[int, dict[str, Any]]:
     """The recipe under dist.launcher=ray for each worker count (one local Ray cluster, on 127.0.0.1)."""
     for k, v in (("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0"), ("DS_ACCELERATOR", "cpu"), ("GLOO_SOCKET_IFNAME", "lo"),
                  ("HF_HUB_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false")):
@@ -414,9 +568,9 @@ def measure_ray(cfg_args, base: Sequence[str], workers: Sequence[int]) -> dict[i
     out: dict[int, dict[str, Any]] = {}
     try:
         # Start the local cluster sized for the largest worker count (later fits reuse it).
-        _init_ray(_with(cfg_args, [*base, "dist.launcher=ray", f"dist.num_workers={max(workers)}"]))
+        _init_ray(load_config(config, [*base, "dist.launcher=ray", f"dist.num_workers={max(workers)}"]))
         for n in workers:
-            cfg = _with(cfg_args, [*base, "dist.launcher=ray", f"dist.num_workers={n}"])
+            cfg = load_config(config, [*base, "dist.launcher=ray", f"dist.num_workers={n}"])
             out[n] = measure_recipe(cfg)
     finally:
         if started and ray.is_initialized():
@@ -456,6 +610,7 @@ def _row(name: str, launcher: str, workers: int, res: dict, includes: str, basel
         "data_wait_frac": "" if res.get("data_wait_frac") is None else round(res["data_wait_frac"], 4),
         "step_s": round(res["step_s"], 4),
         "windows": res.get("windows", ""),
+        "load_avg_1m": res.get("load_avg_1m", ""),
         "all_tokens_per_s": " ".join(str(x) for x in res.get("all_tokens_per_s", [round(res["tokens_per_s"], 1)])),
         "includes": includes,
     }
@@ -471,6 +626,7 @@ def run_e2e_bench(
     workers: Optional[Sequence[int]] = None,
     repeats: Optional[int] = None,
     data_batches: Optional[int] = None,
+    diagnose: Optional[bool] = None,
 ) -> dict[str, Any]:
     """Run the benchmark; print a table; write ``e2e_<device>[_quick].csv`` and ``.json`` under out_dir.
 
@@ -488,17 +644,13 @@ def run_e2e_bench(
     workers = list(bench.get("workers", workers if workers is not None else [1, 2]))
     repeats = int(bench.get("repeats", repeats if repeats is not None else (1 if quick else 2)))
     data_batches = int(bench.get("data_batches", data_batches if data_batches is not None else (40 if quick else 200)))
+    diagnose = bool(bench.get("diagnose", diagnose if diagnose is not None else not quick))
     steps, log_every = (12, 3) if quick else (60, 10)
     ray_steps, ray_log = (8, 2) if quick else (30, 5)
+    # The bench's settings first, then the user's overrides (they win; run.dir defaults to --out/run).
     user = [f"run.dir={out_dir / 'run'}", *cfg_overrides]
     base_local = [*CPU_DEFAULTS, f"train.steps={steps}", f"train.log_every={log_every}", f"train.save_every={10**6}"]
-    # The user's overrides go last (they win), the bench's run.dir default first.
-    cfg_args = (config, [])
-
-    def make(extra: Sequence[str]) -> Config:
-        return _with(cfg_args, [*base_local, *extra, *user])
-
-    cfg = make([])
+    cfg = load_config(config, [*base_local, *user])
     meta = dict(
         device=device, device_name=_device_name(device), cpus=os.cpu_count(), quick=quick,
         torch=torch.__version__, threads=torch.get_num_threads(), omp_num_threads=os.environ.get("OMP_NUM_THREADS"),
@@ -512,6 +664,7 @@ def run_e2e_bench(
           f"OMP_NUM_THREADS={meta['omp_num_threads']}, load average {meta['load_avg_1m_start']})"
           f"{' [quick]' if quick else ''}", flush=True)
     t_all = time.perf_counter()
+    _claim_run_dir(cfg)
     prepare_inputs(cfg)
     from ckf_dist.config import save_config
 
@@ -523,7 +676,7 @@ def run_e2e_bench(
     twin = bool(cfg.train.curriculum and cfg.model.cf_fusion)
     variants = {"ckf_local": cfg}
     if twin:
-        variants["ckf_local_no_twin"] = _with(cfg_args, [*base_local, *user, "train.curriculum=false"])
+        variants["ckf_local_no_twin"] = load_config(config, [*base_local, *user, "train.curriculum=false"])
     res: dict[str, list[dict]] = {k: [] for k in [*variants, "hf_peft_per_task"]}
     for _ in range(repeats):
         for name, c in variants.items():
@@ -541,12 +694,17 @@ def run_e2e_bench(
     for w in dict.fromkeys([cfg.train.data_workers, 0]):
         data_rows[w] = measure_data_pipeline(cfg, data_batches, w)
 
+    diag: list[dict] = []
+    if diagnose:
+        print("diagnosing: the step on mixed / single-task / length-grouped batches (no DataLoader)", flush=True)
+        diag = diagnose_batching(cfg)
+
     # (b) Ray 1 vs 2 workers
     ray_res: dict[int, dict] = {}
     if workers:
         print(f"measuring: Ray Train workers {workers}", flush=True)
         ray_base = [*CPU_DEFAULTS, f"train.steps={ray_steps}", f"train.log_every={ray_log}", f"train.save_every={10**6}"]
-        ray_res = measure_ray(cfg_args, [*ray_base, *user, "dist.max_failures=0"], workers)
+        ray_res = measure_ray(config, [*ray_base, *user, "dist.max_failures=0"], workers)
 
     inc_local = INCLUDES["ckf_local"] if twin else INCLUDES["ckf_local"].replace(" + text-only curriculum twin (tokens = both)", " only (no twin)")
     rows = [_row("ckf_local", "local", 1, best["ckf_local"], inc_local, base)]
@@ -566,6 +724,9 @@ def run_e2e_bench(
         "ratio_samples_ckf_vs_peft": round(trainer["samples_per_s"] / base["samples_per_s"], 3),
         "data_wait_frac": round(trainer["data_wait_frac"], 4),
         "data_supply_vs_consumption": round(cfg_loader["samples_per_s"] / trainer["samples_per_s"], 2),
+        "next_batch_cpu_ms": round(cfg_loader["next_cpu_ms"], 2),
+        "next_batch_wall_ms": round(cfg_loader["next_wall_ms"], 2),
+        "next_batch_vs_step": round(cfg_loader["next_wall_ms"] / 1e3 / trainer["step_s"], 4),
         "pad_efficiency_ckf_batches": round(cfg_loader["pad_efficiency"], 3),
         "pad_efficiency_peft_batches": round(base["pad_efficiency"], 3),
         "peft_steps_per_task": base["steps_per_task"],
@@ -586,9 +747,20 @@ def run_e2e_bench(
     meta["load_avg_1m_end"] = _load_avg()
     meta["wall_s"] = round(time.perf_counter() - t_all, 1)
     meta["includes"] = INCLUDES
-    result = {"meta": meta, "rows": rows, "summary": summary, "raw": {k: v for k, v in res.items()},
+    if diag:
+        ref = {d["model"]: d["tokens_per_s"] for d in diag if d["batches"] == "mixed (stream order)"}
+        peft_single = next(d["tokens_per_s"] for d in diag if d["model"] == "HF + PEFT step" and d["batches"] == "single-task")
+        for d in diag:
+            d["vs_mixed_same_model"] = round(d["tokens_per_s"] / ref[d["model"]], 3)
+            d["vs_peft_single_task"] = round(d["tokens_per_s"] / peft_single, 3)
+            for k in ("tokens_per_s", "samples_per_s"):
+                d[k] = round(d[k], 1)
+            d["step_s"], d["pad_efficiency"] = round(d["step_s"], 4), round(d["pad_efficiency"], 3)
+    result = {"meta": meta, "rows": rows, "summary": summary, "diagnosis": diag, "raw": {k: v for k, v in res.items()},
               "ray": {str(k): v for k, v in ray_res.items()}, "data": {str(k): v for k, v in data_rows.items()}}
     _print_table(rows)
+    if diag:
+        _print_diagnosis(diag)
     _print_summary(summary, meta)
     _write(out_dir, f"e2e_{device}{'_quick' if quick else ''}", rows, result)
     return result
@@ -606,6 +778,15 @@ def _print_table(rows: list[dict]) -> None:
         print(f"  {r['row']}: {r['includes']}")
 
 
+def _print_diagnosis(diag: list[dict]) -> None:
+    cols = ["model", "batches", "tokens_per_s", "samples_per_s", "step_s", "pad_efficiency", "vs_mixed_same_model", "vs_peft_single_task"]
+    widths = {c: max(len(c), *(len(str(d.get(c, ""))) for d in diag)) for c in cols}
+    print("\ndiagnosis: one step (fwd + bwd + optimizer) without the DataLoader, the same samples batched differently")
+    print("  ".join(c.ljust(widths[c]) for c in cols))
+    for d in diag:
+        print("  ".join(str(d.get(c, "")).ljust(widths[c]) for c in cols))
+
+
 def _print_summary(s: dict, meta: dict) -> None:
     print()
     no_twin = (f" (no twin: {s['ratio_tokens_ckf_no_twin_vs_peft']}x tokens/s, {s['ratio_samples_ckf_no_twin_vs_peft']}x samples/s)"
@@ -615,7 +796,8 @@ def _print_summary(s: dict, meta: dict) -> None:
     wait_nt = f" (no twin {s['data_wait_frac_no_twin']:.2%})" if "data_wait_frac_no_twin" in s else ""
     print(f"data-wait fraction {s['data_wait_frac']:.2%}{wait_nt}; target < {TARGET_DATA_WAIT:.0%}: "
           f"{'met' if s['target_data_wait_met'] else 'MISSED'}; pipeline supplies {s['data_supply_vs_consumption']}x "
-          f"the samples/s the trainer consumes")
+          f"the samples/s the trainer consumes; a ready batch costs the trainer {s['next_batch_wall_ms']} ms "
+          f"({s['next_batch_cpu_ms']} ms CPU) = {s['next_batch_vs_step']:.1%} of its step")
     print(f"non-pad share of padded tokens: ckf mixed batches {s['pad_efficiency_ckf_batches']}, per-task batches {s['pad_efficiency_peft_batches']}")
     if "ray_scaling" in s:
         print(f"Ray scaling (tokens/s, summed over workers): {s['ray_scaling']} on {meta['cpus']} cores"
