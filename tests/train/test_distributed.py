@@ -13,30 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from ckf_dist.cli import main
+from dist_testutils import ROOT, clone_run, loopback_env, prepare_run, records, tiny_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
-BASE = [
-    "data.synthetic.num_users=40", "data.synthetic.num_items=30", "data.samples_per_user=1",
-    "data.topk_candidates=3", "data.history_len=3", "tasks=[ctr,rating,explanation]",
-    "cf.epochs=3", "cf.weight_decays=[0.0001]", "cf.baselines=[mf]", "cf.dim=8",
-    "tiny.pretrain_steps=2", "tiny.hidden_size=32", "tiny.intermediate_size=64", "tiny.num_layers=1",
-    "tiny.num_heads=2", "tiny.vocab_size=600",
-    "model.max_length=256", "model.meta_hidden=8", "lora.shared.r=2", "lora.task.r=2",
-    "train.steps=4", "train.micro_batch_size=2", "train.log_every=1", "train.save_every=2", "train.data_workers=0",
-    "eval.max_samples_per_task=4", "eval.max_new_tokens=2",
-    "dist.num_workers=2", "dist.zero_stage=3", "dist.param_persistence_threshold=0", "dist.max_failures=0",
-]
+BASE = tiny_run(steps=4)
 
 
-def _env() -> dict:
-    env = dict(os.environ)
-    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
-               MASTER_ADDR="127.0.0.1", GLOO_SOCKET_IFNAME="lo", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               PYTHONPATH=str(ROOT))
-    return env
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    return prepare_run(tmp_path_factory.mktemp("dist"), BASE)
 
 
 def _free_port() -> int:
@@ -45,30 +31,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    """data -> CF -> tiny LLM for a small run, built once."""
-    d = tmp_path_factory.mktemp("dist")
-    args = ["--config", "configs/quickstart.yaml", f"run.dir={d}", *BASE]
-    assert main(["data", "prepare", *args]) == 0
-    assert main(["cf", "train", *args]) == 0
-    assert main(["model", "init-tiny", *args]) == 0
-    return d
-
-
-def _clone(src: Path, dst: Path) -> Path:
-    dst.mkdir(parents=True)
-    for sub in ("data", "cf", "llm"):
-        os.symlink(src / sub, dst / sub)
-    return dst
-
-
-def _records(run: Path) -> list[dict]:
-    return [json.loads(x) for x in (run / "train" / "tb" / "metrics.jsonl").read_text().splitlines()]
-
-
 def _check_zero3_run(run: Path) -> None:
-    recs = _records(run)
+    recs = records(run)
     setup = next(r for r in recs if "model/trainable_params" in r)
     assert setup["dist/world_size"] == 2
     # ZeRO-3 with threshold 0: outside the gather window every trainable tensor is empty on the
@@ -87,13 +51,13 @@ def _check_zero3_run(run: Path) -> None:
 
 
 def test_deepspeed_launcher_two_ranks_zero3(prepared, tmp_path):
-    run = _clone(prepared, tmp_path / "ds")
+    run = clone_run(prepared, tmp_path / "ds")
     cmd = [
         sys.executable, "-m", "deepspeed.launcher.runner", "--num_accelerators", "2", "--num_gpus", "2",
         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
         "--module", "ckf_dist.train", "--config", "configs/quickstart.yaml", f"run.dir={run}", *BASE, "dist.launcher=deepspeed",
     ]
-    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=400)
+    proc = subprocess.run(cmd, cwd=ROOT, env=loopback_env(), capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     _check_zero3_run(run)
     # every rank wrote its ZeRO shard into the checkpoint
@@ -102,12 +66,12 @@ def test_deepspeed_launcher_two_ranks_zero3(prepared, tmp_path):
 
 
 def test_ray_train_two_workers_zero3(prepared, tmp_path):
-    run = _clone(prepared, tmp_path / "ray")
+    run = clone_run(prepared, tmp_path / "ray")
     # a run.dir relative to the working directory, as users write it: Ray workers run elsewhere
     rel = os.path.relpath(run, ROOT)
     cmd = [sys.executable, "-m", "ckf_dist.cli", "train", "--config", "configs/quickstart.yaml", f"run.dir={rel}",
            *BASE, "dist.launcher=ray"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=400)
+    proc = subprocess.run(cmd, cwd=ROOT, env=loopback_env(), capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     _check_zero3_run(run)
     metrics = json.loads((run / "metrics.json").read_text())

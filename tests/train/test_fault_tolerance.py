@@ -27,65 +27,23 @@ from pathlib import Path
 import psutil
 import pytest
 
-from ckf_dist.cli import main
+from dist_testutils import ROOT, clone_run, loopback_env, prepare_run, records, tiny_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
-# Same small run as tests/train/test_distributed.py, 12 steps (margin for the kill), a checkpoint every 2.
-BASE = [
-    "data.synthetic.num_users=40", "data.synthetic.num_items=30", "data.samples_per_user=1",
-    "data.topk_candidates=3", "data.history_len=3", "tasks=[ctr,rating,explanation]",
-    "cf.epochs=3", "cf.weight_decays=[0.0001]", "cf.baselines=[mf]", "cf.dim=8",
-    "tiny.pretrain_steps=2", "tiny.hidden_size=32", "tiny.intermediate_size=64", "tiny.num_layers=1",
-    "tiny.num_heads=2", "tiny.vocab_size=600",
-    "model.max_length=256", "model.meta_hidden=8", "lora.shared.r=2", "lora.task.r=2",
-    "train.steps=12", "train.micro_batch_size=2", "train.log_every=1", "train.save_every=2", "train.data_workers=0",
-    "eval.max_samples_per_task=4", "eval.max_new_tokens=2",
-    "dist.num_workers=2", "dist.zero_stage=3", "dist.param_persistence_threshold=0", "dist.max_failures=1",
-]
+# 12 steps (margin for the kill), a checkpoint every 2, one restart allowed.
+BASE = tiny_run(steps=12, max_failures=1)
 RUN_TIMEOUT_S = 420
 
 
 def _env(tmp: Path) -> dict:
-    env = dict(os.environ)
-    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
-               MASTER_ADDR="127.0.0.1", GLOO_SOCKET_IFNAME="lo", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               PYTHONPATH=str(ROOT), RAY_TMPDIR=str(tmp), TMPDIR=str(tmp),
-               # the controller polls workers (and registers their checkpoints) this often (default 2 s)
-               RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.25")
-    return env
+    # the controller polls workers (and registers their checkpoints) this often (default 2 s)
+    return loopback_env(RAY_TMPDIR=str(tmp), TMPDIR=str(tmp), RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.25")
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    """data -> CF -> tiny LLM for a small run, built once."""
-    d = tmp_path_factory.mktemp("ft")
-    args = ["--config", "configs/quickstart.yaml", f"run.dir={d}", *BASE]
-    assert main(["data", "prepare", *args]) == 0
-    assert main(["cf", "train", *args]) == 0
-    assert main(["model", "init-tiny", *args]) == 0
-    return d
-
-
-def _clone(src: Path, dst: Path) -> Path:
-    dst.mkdir(parents=True)
-    for sub in ("data", "cf", "llm"):
-        os.symlink(src / sub, dst / sub)
-    return dst
-
-
-def _records(run: Path) -> list[dict]:
-    p = run / "train" / "tb" / "metrics.jsonl"
-    if not p.is_file():
-        return []
-    out = []
-    for line in p.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:  # a line being written
-            pass
-    return out
+    return prepare_run(tmp_path_factory.mktemp("ft"), BASE)
 
 
 def _registered_step(run: Path):
@@ -143,7 +101,7 @@ def _kill_tree(proc: subprocess.Popen, ray_tmp: Path) -> None:
 
 
 def test_killed_worker_resumes_from_registered_checkpoint(prepared, tmp_path):
-    run = _clone(prepared, tmp_path / "run")
+    run = clone_run(prepared, tmp_path / "run")
     short_tmp = Path(tempfile.mkdtemp(prefix="ckfft-", dir="/tmp"))  # short: Ray's socket paths
     log_path = tmp_path / "driver.log"
     cmd = [sys.executable, "-m", "ckf_dist.cli", "train", "--config", "configs/quickstart.yaml", f"run.dir={run}",
@@ -158,14 +116,14 @@ def test_killed_worker_resumes_from_registered_checkpoint(prepared, tmp_path):
         # (so some steps run twice: before the kill and after the resume), then kill one worker.
         while time.time() - t0 < RUN_TIMEOUT_S and proc.poll() is None:
             reg = _registered_step(run)
-            done = max([r["step"] for r in _records(run) if "train/loss" in r], default=0)
+            done = max([r["step"] for r in records(run) if "train/loss" in r], default=0)
             if reg is not None and reg >= 2 and done > reg:
                 workers = _train_workers(driver)
                 assert len(workers) == 2, [w.cmdline() for w in workers]
                 victim = sorted(workers, key=lambda p: p.pid)[-1]
                 killed_pid = victim.pid
                 os.kill(killed_pid, signal.SIGKILL)
-                killed_at_step = max(r["step"] for r in _records(run) if "train/loss" in r)
+                killed_at_step = max(r["step"] for r in records(run) if "train/loss" in r)
                 # a registration already under way when the worker died lands within a poll
                 time.sleep(1.0)
                 registered_at_kill = _registered_step(run)
@@ -184,7 +142,7 @@ def test_killed_worker_resumes_from_registered_checkpoint(prepared, tmp_path):
     out = log_path.read_text()
     assert rc == 0, out[-4000:]
 
-    recs = _records(run)
+    recs = records(run)
     resumed = [i for i, r in enumerate(recs) if "train/resumed_from_step" in r]
     assert resumed, f"no resume was logged (killed pid {killed_pid} at step {killed_at_step}):\n{out[-3000:]}"
     first_resume = resumed[0]

@@ -31,24 +31,13 @@ from pathlib import Path
 
 import psutil
 import pytest
+from dist_testutils import ROOT, tiny_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
-# Same tiny run as tests/train/test_distributed.py.
-TRAIN = [
-    "data.synthetic.num_users=40", "data.synthetic.num_items=30", "data.samples_per_user=1",
-    "data.topk_candidates=3", "data.history_len=3", "tasks=[ctr,rating,explanation]",
-    "cf.epochs=3", "cf.weight_decays=[0.0001]", "cf.baselines=[mf]", "cf.dim=8",
-    "tiny.pretrain_steps=2", "tiny.hidden_size=32", "tiny.intermediate_size=64", "tiny.num_layers=1",
-    "tiny.num_heads=2", "tiny.vocab_size=600",
-    "model.max_length=256", "model.meta_hidden=8", "lora.shared.r=2", "lora.task.r=2",
-    "train.steps=4", "train.micro_batch_size=2", "train.log_every=1", "train.save_every=2", "train.data_workers=0",
-    "eval.max_samples_per_task=4", "eval.max_new_tokens=2",
-    "dist.num_workers=2", "dist.zero_stage=3", "dist.param_persistence_threshold=0", "dist.max_failures=0",
-]
+TRAIN = tiny_run(steps=4)
 
 
 def _free_ports(n: int) -> list[int]:

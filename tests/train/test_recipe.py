@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from ckf_dist.cli import main
+from dist_testutils import clone_run
 from ckf_dist.config import ConfigError, load_config
 
 pytestmark = pytest.mark.integration
@@ -45,13 +46,6 @@ def _losses(run_dir: Path) -> dict[int, float]:
         if "train/loss" in rec:
             out[rec["step"]] = rec["train/loss"]
     return out
-
-
-def _clone_inputs(src: Path, dst: Path) -> None:
-    """A fresh run dir that reuses src's data, CF tables and LLM (nothing trained yet)."""
-    dst.mkdir(parents=True, exist_ok=True)
-    for sub in ("data", "cf", "llm"):
-        os.symlink(src / sub, dst / sub)
 
 
 def test_train_end_to_end_writes_all_five_tasks(run):
@@ -87,8 +81,8 @@ def _recipe(run_dir: Path, *extra: str):
 
 def test_first_steps_deterministic_and_resume_gives_same_next_losses(run, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
-    _clone_inputs(run, a)
-    _clone_inputs(run, b)
+    clone_run(run, a)
+    clone_run(run, b)
     r = _recipe(a)
     r.setup()
     r.train()
@@ -117,7 +111,7 @@ def test_non_finite_loss_stops_naming_step_and_keeps_checkpoint(run, tmp_path):
     from ckf_dist.train.recipe import TrainingError
 
     d = tmp_path / "nan"
-    _clone_inputs(run, d)
+    clone_run(run, d)
     r = _recipe(d)
     r.setup()
     with torch.no_grad():
@@ -129,7 +123,7 @@ def test_non_finite_loss_stops_naming_step_and_keeps_checkpoint(run, tmp_path):
 
 def test_tasks_missing_from_shards_fail_before_training(run, tmp_path):
     d = tmp_path / "bad"
-    _clone_inputs(run, d)
+    clone_run(run, d)
     from ckf_dist.train.recipe import CKFRecipe
 
     cfg = load_config("configs/quickstart.yaml", [f"run.dir={d}", *QUICK])
@@ -173,7 +167,7 @@ def test_triton_backend_trains_like_torch(run, tmp_path):
     losses = {}
     for backend in ("torch", "triton"):
         d = tmp_path / backend
-        _clone_inputs(run, d)
+        clone_run(run, d)
         r = _recipe(d, f"kernels.backend={backend}", "train.curriculum=false")
         r.setup()
         before = launch_count()

@@ -1,0 +1,64 @@
+"""Shared by the distributed tests: one tiny run's settings, a loopback-only environment, and
+a run directory prepared once (data -> CF -> tiny LLM) that each test clones by symlink."""
+
+import json
+import os
+from pathlib import Path
+
+from ckf_dist.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tiny_run(steps: int = 4, max_failures: int = 0) -> list[str]:
+    """Overrides of configs/quickstart.yaml for a 2-worker ZeRO-3 run that takes seconds."""
+    return [
+        "data.synthetic.num_users=40", "data.synthetic.num_items=30", "data.samples_per_user=1",
+        "data.topk_candidates=3", "data.history_len=3", "tasks=[ctr,rating,explanation]",
+        "cf.epochs=3", "cf.weight_decays=[0.0001]", "cf.baselines=[mf]", "cf.dim=8",
+        "tiny.pretrain_steps=2", "tiny.hidden_size=32", "tiny.intermediate_size=64", "tiny.num_layers=1",
+        "tiny.num_heads=2", "tiny.vocab_size=600",
+        "model.max_length=256", "model.meta_hidden=8", "lora.shared.r=2", "lora.task.r=2",
+        f"train.steps={steps}", "train.micro_batch_size=2", "train.log_every=1", "train.save_every=2",
+        "train.data_workers=0", "eval.max_samples_per_task=4", "eval.max_new_tokens=2",
+        # threshold 0: else the tiny LoRA tensors are never partitioned
+        "dist.num_workers=2", "dist.zero_stage=3", "dist.param_persistence_threshold=0", f"dist.max_failures={max_failures}",
+    ]
+
+
+def loopback_env(**extra: str) -> dict:
+    """The environment of a subprocess that must talk to 127.0.0.1 only."""
+    env = dict(os.environ)
+    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+               MASTER_ADDR="127.0.0.1", GLOO_SOCKET_IFNAME="lo", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               PYTHONPATH=str(ROOT), **extra)
+    return env
+
+
+def prepare_run(d: Path, overrides: list[str]) -> Path:
+    args = ["--config", "configs/quickstart.yaml", f"run.dir={d}", *overrides]
+    assert main(["data", "prepare", *args]) == 0
+    assert main(["cf", "train", *args]) == 0
+    assert main(["model", "init-tiny", *args]) == 0
+    return d
+
+
+def clone_run(src: Path, dst: Path) -> Path:
+    """A fresh run dir reusing src's data, CF tables and LLM (nothing trained yet)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for sub in ("data", "cf", "llm"):
+        os.symlink(src / sub, dst / sub)
+    return dst
+
+
+def records(run: Path) -> list[dict]:
+    p = run / "train" / "tb" / "metrics.jsonl"
+    if not p.is_file():
+        return []
+    out = []
+    for line in p.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:  # a line being written
+            pass
+    return out
