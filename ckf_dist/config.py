@@ -208,6 +208,9 @@ class TrainConfig:
     """DataLoader worker processes per training worker (0 = collate in the training process)."""
     shuffle_buffer: int = 1000
     """Shuffle-buffer size of the streaming pipeline."""
+    length_group: int = 16
+    """Micro-batches pooled, sorted by prompt length and cut into batches of similar length, then
+    yielded in seeded random order (mixed tasks pad less); 0 or 1 = stream order."""
 
 
 @dataclass
@@ -321,6 +324,9 @@ class Config:
             ("train.steps", self.train.steps >= 1),
             ("train.micro_batch_size", self.train.micro_batch_size >= 1),
             ("train.grad_accum", self.train.grad_accum >= 1),
+            ("train.data_workers", self.train.data_workers >= 0),
+            ("train.shuffle_buffer", self.train.shuffle_buffer >= 0),
+            ("train.length_group", self.train.length_group >= 0),
             ("dist.num_workers", self.dist.num_workers >= 1),
             ("dist.zero_stage", self.dist.zero_stage in (0, 1, 2, 3)),
         ]

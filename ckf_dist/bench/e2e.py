@@ -464,6 +464,7 @@ def diagnose_batching(cfg: Config, n_batches: int = 30, warmup: int = 3) -> list
     from ckf_dist.models.ckf import CKFModel
     from ckf_dist.models.collate import Collator
     from ckf_dist.models.tiny import load_llm
+    from ckf_dist.train.data import sample_length
     from ckf_dist.train.engine import LocalEngine
     from ckf_dist.train.recipe import model_dir
 
@@ -482,7 +483,7 @@ def diagnose_batching(cfg: Config, n_batches: int = 30, warmup: int = 3) -> list
     groups = {
         "mixed (stream order)": chunks(pool),
         "single-task": [c for rows in by_task.values() for c in chunks(rows)],
-        "mixed, length-grouped": chunks(sorted(pool, key=lambda s: len(s["prompt"]))),
+        "mixed, length-grouped": chunks(sorted(pool, key=sample_length)),
     }
     random.Random(cfg.seed + 1).shuffle(groups["single-task"])
     random.Random(cfg.seed + 2).shuffle(groups["mixed, length-grouped"])

@@ -167,15 +167,19 @@ def _split_by_rank(src: Iterable, rank: int, world_size: int) -> Iterator:
             yield item
 
 
-def _split_by_dataloader_worker(src: Iterable) -> Iterator:
+def _split_by_dataloader_worker(src: Iterable, reader: Optional[tuple[int, int]] = None) -> Iterator:
+    """Keep the items of this DataLoader worker; `reader` = (id, count) overrides the worker info."""
     import torch.utils.data
 
-    info = torch.utils.data.get_worker_info()
-    if info is None or info.num_workers <= 1:
+    if reader is None:
+        info = torch.utils.data.get_worker_info()
+        reader = (info.id, info.num_workers) if info is not None else (0, 1)
+    wid, n = reader
+    if n <= 1:
         yield from src
         return
     for i, item in enumerate(src):
-        if i % info.num_workers == info.id:
+        if i % n == wid:
             yield item
 
 
@@ -214,6 +218,7 @@ def sample_stream(
     epoch: int = 0,
     epoch_len: Optional[int] = None,
     bad_shards: Optional[BadShardCounter] = None,
+    reader: Optional[tuple[int, int]] = None,
 ):
     """A webdataset pipeline yielding sample dicts.
 
@@ -223,6 +228,9 @@ def sample_stream(
     - resampled: each reader draws its shards with replacement from all urls (seeded by
       seed, rank and worker), endlessly; pair it with `epoch_len` so every rank runs the same
       number of samples (equal step counts avoid collective hangs).
+
+    `reader` = (id, count) names the DataLoader worker whose share of a rank's shards to read
+    (default: the calling worker's own).
     """
     import webdataset as wds
 
@@ -240,7 +248,7 @@ def sample_stream(
         stages = [
             wds.SimpleShardList(order),
             wds.filters.pipelinefilter(_split_by_rank)(rank, world_size),
-            wds.filters.pipelinefilter(_split_by_dataloader_worker)(),
+            wds.filters.pipelinefilter(_split_by_dataloader_worker)(reader),
         ]
     stages.append(wds.tarfile_to_samples(handler=handler))
     if shuffle_buffer:
