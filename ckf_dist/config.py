@@ -235,6 +235,8 @@ class DistConfig:
     """One GPU per worker when true."""
     cpus_per_worker: int = 1
     """CPUs reserved per Ray worker."""
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    """Ray placement of the workers: PACK fills nodes first; STRICT_SPREAD puts each worker on its own node."""
     zero_stage: int = 3
     """DeepSpeed ZeRO stage (3 default; 2 avoids all-gathering frozen weights every step)."""
     offload: Literal["none", "cpu"] = "none"

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from ckf_dist.config import Config, save_config, to_dict
+from ckf_dist.fsutil import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +74,7 @@ class Stage:
         t0 = time.time()
         summary = fn(self.folder)
         rec = {"key": self.key, "seconds": round(time.time() - t0, 2), "summary": summary}
-        tmp = self.record.with_suffix(".tmp")
-        tmp.write_text(json.dumps(rec, indent=2, default=str))
-        tmp.replace(self.record)
+        atomic_write_text(self.record, json.dumps(rec, indent=2, default=str))
         return summary
 
 

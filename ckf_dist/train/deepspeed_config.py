@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ckf_dist.config import Config, ConfigError
+from ckf_dist.fsutil import atomic_write_text
 
 
 def resolve_dtype(cfg: Config, on_gpu: bool) -> str:
@@ -87,9 +88,4 @@ def check_batch_consistency(ds: dict, world_size: int) -> None:
 
 def write_deepspeed_config(ds: dict, run_dir: str | Path) -> Path:
     """Write beside the resolved config (atomically)."""
-    p = Path(run_dir) / "deepspeed.json"
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({k: v for k, v in ds.items() if k != "optimizer_torch_adam"}, indent=2))
-    tmp.replace(p)
-    return p
+    return atomic_write_text(Path(run_dir) / "deepspeed.json", json.dumps({k: v for k, v in ds.items() if k != "optimizer_torch_adam"}, indent=2))

@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from ckf_dist.config import Config
+from ckf_dist.fsutil import atomic_write_text
 
 
 def lr_lambda(cfg: Config) -> Callable[[int], float]:
@@ -184,9 +185,7 @@ class DeepSpeedEngine:
         torch.save(rng, tmp)
         tmp.replace(folder / f"rng_rank{self.rank}.pt")
         if self.rank == 0:
-            tmp = folder / "state.json.tmp"
-            tmp.write_text(json.dumps(state, indent=2))
-            tmp.replace(folder / "state.json")
+            atomic_write_text(folder / "state.json", json.dumps(state, indent=2))
         return folder
 
     def load(self, folder: Path) -> dict[str, Any]:

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 def ray_worker_loop(loop_config: dict[str, Any]) -> None:
     """Body of each Ray Train worker: rebuild the config, resume, run the recipe."""
+    import ray
     import ray.train
 
     from ckf_dist.train.recipe import CKFRecipe
@@ -42,7 +43,8 @@ def ray_worker_loop(loop_config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)),
                              delete_local_checkpoint_after_upload=True)
 
-    recipe = CKFRecipe(cfg, rank=ctx.get_world_rank(), world_size=ctx.get_world_size(), engine="deepspeed", report=report)
+    recipe = CKFRecipe(cfg, rank=ctx.get_world_rank(), world_size=ctx.get_world_size(), engine="deepspeed", report=report,
+                       node=ray.get_runtime_context().get_node_id())
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             recipe.setup(resume_from=Path(d))
@@ -116,7 +118,9 @@ def with_absolute_paths(cfg: Config) -> Config:
 def fit_ray(cfg: Config) -> Any:
     """Run training with Ray Train; returns the Ray `Result`."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
+
+    from ckf_dist.train.ray_backend import BoundStoreTorchConfig
 
     import ray
 
@@ -126,11 +130,12 @@ def fit_ray(cfg: Config) -> Any:
     trainer = TorchTrainer(
         ray_worker_loop,
         train_loop_config={"config": to_dict(cfg)},
-        torch_config=TorchConfig(backend="nccl" if cfg.dist.use_gpu else "gloo"),
+        torch_config=BoundStoreTorchConfig(backend="nccl" if cfg.dist.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=cfg.dist.num_workers,
             use_gpu=cfg.dist.use_gpu,
             resources_per_worker={"CPU": cfg.dist.cpus_per_worker, **({"GPU": 1} if cfg.dist.use_gpu else {})},
+            placement_strategy=cfg.dist.placement_strategy,
         ),
         run_config=RunConfig(
             name="train",
@@ -159,10 +164,10 @@ def _worker_env(cfg: Config) -> dict[str, str]:
     return env
 
 
-def _run_recipe(cfg: Config, rank: int, world_size: int, engine: str) -> None:
+def _run_recipe(cfg: Config, rank: int, world_size: int, engine: str, node: Optional[str] = None) -> None:
     from ckf_dist.train.recipe import CKFRecipe
 
-    recipe = CKFRecipe(cfg, rank=rank, world_size=world_size, engine=engine)
+    recipe = CKFRecipe(cfg, rank=rank, world_size=world_size, engine=engine, node=node)
     recipe.setup(resume_from=recipe.latest_checkpoint())
     try:
         recipe.train()
@@ -178,9 +183,15 @@ def run_deepspeed_process(cfg: Config) -> None:
     """One process started by the `deepspeed` launcher (RANK / WORLD_SIZE from the environment)."""
     import torch.distributed as dist
 
+    from ckf_dist.train.rendezvous import init_from_env
+
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cfg.dist.use_gpu else "gloo")
-    _run_recipe(cfg, int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), "deepspeed")
+        init_from_env("nccl" if cfg.dist.use_gpu else "gloo")
+    import socket
+
+    # the launcher's node rank (CROSS_RANK): hosts may share a name, e.g. several nodes on one machine
+    node = f"{socket.gethostname()}/node-{os.environ.get('CROSS_RANK', '0')}"
+    _run_recipe(cfg, int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), "deepspeed", node)
 
 
 def launch(cfg: Config) -> None:

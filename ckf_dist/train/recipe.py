@@ -10,7 +10,8 @@ the `report` callback differ. It reads what earlier stages left in `run.dir`:
     model.path or run.dir/llm/      the base LLM (HF directory)
 
 and writes `run.dir/train/`: checkpoints (`checkpoints/step-N`, atomic), TensorBoard events +
-`metrics.jsonl` (`tb/`), and the final trainable weights (`final/trainable.safetensors`).
+`metrics.jsonl` (`tb/`), the final trainable weights (`final/trainable.safetensors`), and
+`ranks.json` (where each rank ran: host, pid, the launcher's node id).
 
 Failure rules: a non-finite loss stops training with a message naming the step, tasks and sample
 keys, after the last good checkpoint; a config whose tasks are absent from the shards or a CF
@@ -29,6 +30,7 @@ from typing import Callable, Optional
 import torch
 
 from ckf_dist.config import Config, ConfigError
+from ckf_dist.fsutil import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +50,12 @@ def train_dir(cfg: Config) -> Path:
 
 
 class CKFRecipe:
-    def __init__(self, cfg: Config, rank: int = 0, world_size: int = 1, engine: str = "local", report: Optional[ReportFn] = None):
+    def __init__(self, cfg: Config, rank: int = 0, world_size: int = 1, engine: str = "local", report: Optional[ReportFn] = None,
+                 node: Optional[str] = None):
+        """`node`: the launcher's name for this rank's node (Ray node id; default: the hostname)."""
         self.cfg, self.rank, self.world_size, self.engine_kind = cfg, rank, world_size, engine
         self.report = report
+        self.node = node
         self.step = 0
         self.out = train_dir(cfg)
         self.device = torch.device("cuda", torch.cuda.current_device()) if (cfg.dist.use_gpu and torch.cuda.is_available()) else torch.device("cpu")
@@ -111,6 +116,7 @@ class CKFRecipe:
             from ckf_dist.train.engine import LocalEngine
 
             self.engine = LocalEngine(self.model, cfg)
+        self._record_placement()
         params = list(self.model.trainable_parameters())
         self.n_trainable = sum(int(getattr(p, "ds_numel", p.numel())) for p in params)
         self.n_frozen = sum(int(getattr(p, "ds_numel", p.numel())) for p in self.model.parameters()) - self.n_trainable
@@ -145,6 +151,26 @@ class CKFRecipe:
                                     "model/trainable_params_resident_rank0": self.n_trainable_resident,
                                     "model/trainable_params_partition_rank0": self.n_trainable_partition, "dist/world_size": self.world_size,
                                     **({"train/resumed_from_step": self.resumed_from} if self.resumed_from is not None else {})})
+
+    def _record_placement(self) -> None:
+        """Rank 0 writes `ranks.json`: every rank's host, pid and node (gathered as JSON bytes)."""
+        import os
+        import socket
+
+        me = {"rank": self.rank, "host": socket.gethostname(), "pid": os.getpid(), "node": self.node or socket.gethostname()}
+        ranks = [me]
+        if self.world_size > 1 and torch.distributed.is_initialized():
+            raw = json.dumps(me).encode()[:1024]
+            buf = torch.zeros(1024, dtype=torch.uint8)
+            buf[: len(raw)] = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+            bufs = [torch.zeros_like(buf) for _ in range(self.world_size)]
+            torch.distributed.all_gather(bufs, buf)
+            ranks = [json.loads(bytes(b.tolist()).rstrip(b"\0")) for b in bufs]
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out / "ranks.json", json.dumps(ranks, indent=1))
+            nodes = len({r["node"] for r in ranks})
+            log.info("%d ranks on %d node(s): %s", len(ranks), nodes, ", ".join(f"{r['rank']}@{r['host']}/{r['node'][:12]}" for r in ranks))
 
     # ------------------------------------------------------------------ train
     def _all_reduce(self, values: list[float]) -> list[float]:
@@ -283,9 +309,7 @@ class CKFRecipe:
         self.engine.save(folder, state)
         if self.rank == 0 and self.report is None:
             pointer = self.out / "checkpoints" / "latest"
-            tmp = pointer.with_suffix(".tmp")
-            tmp.write_text(name)
-            tmp.replace(pointer)
+            atomic_write_text(pointer, name)
             self._prune(keep=self.cfg.dist.keep_checkpoints)
         seconds = time.perf_counter() - t0
         self.logger.log(self.step, {"ckpt/save_s": seconds})
