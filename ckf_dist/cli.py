@@ -10,6 +10,8 @@ Verbs, grouped by stage:
     ckf recommend     --run DIR --user ID [--k N]     CF retrieval + LLM re-ranking
     ckf report        RUN_DIR ...                     one markdown table over runs and seeds
     ckf bench         kernels|e2e ...                 benchmarks
+    ckf cluster check-hostfile --hostfile FILE --config FILE [key=value ...]
+                                                      validate a deepspeed hostfile against a config
     ckf config keys                                   every config key with its documentation
 
 Commands that build from a config take `--config FILE` then `key.sub=value` overrides;
@@ -78,6 +80,17 @@ def cmd_cf_train(args) -> int:
     summary = train_cf_stage(cfg, force=args.force)
     print(summary["table"])
     print(f"CF tables and baselines: {cfg.run_dir / 'cf'}")
+    return 0
+
+
+def cmd_cluster_check_hostfile(args) -> int:
+    from ckf_dist.train.hostfile import check_launch
+
+    cfg = load_config(args.config, args.overrides)
+    hosts, world = check_launch(args.hostfile, cfg, on_gpu=cfg.dist.use_gpu)
+    ds_batch = cfg.train.micro_batch_size * cfg.train.grad_accum * world
+    print(f"{args.hostfile}: {len(hosts)} node(s), {world} rank(s); global batch {ds_batch} "
+          f"(micro {cfg.train.micro_batch_size} x accum {cfg.train.grad_accum} x {world})")
     return 0
 
 
@@ -167,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/bench/e2e")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=_resolve("ckf_dist.bench.e2e:cmd_bench_e2e", _not_yet("bench e2e")))
+
+    cl = sub.add_parser("cluster", help="launch checks").add_subparsers(dest="verb", required=True)
+    p = cl.add_parser("check-hostfile", help="validate a deepspeed hostfile and its world size against the batch settings")
+    p.add_argument("--hostfile", required=True)
+    p.add_argument("--config", "-c")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=cmd_cluster_check_hostfile)
 
     cfgp = sub.add_parser("config", help="configuration").add_subparsers(dest="verb", required=True)
     p = cfgp.add_parser("keys", help="list every key with its documentation")

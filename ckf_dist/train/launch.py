@@ -181,14 +181,14 @@ def run_local(cfg: Config) -> None:
 
 def run_deepspeed_process(cfg: Config) -> None:
     """One process started by the `deepspeed` launcher (RANK / WORLD_SIZE from the environment)."""
+    import socket
+
     import torch.distributed as dist
 
     from ckf_dist.train.rendezvous import init_from_env
 
     if not dist.is_initialized():
         init_from_env("nccl" if cfg.dist.use_gpu else "gloo")
-    import socket
-
     # the launcher's node rank (CROSS_RANK): hosts may share a name, e.g. several nodes on one machine
     node = f"{socket.gethostname()}/node-{os.environ.get('CROSS_RANK', '0')}"
     _run_recipe(cfg, int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), "deepspeed", node)
