@@ -97,6 +97,8 @@ class Throughput:
             "perf/tokens_per_s_per_worker": self.tokens / wall / max(1, world_size),
             "perf/data_wait_frac": self.data_wait_s / max(1e-9, self.data_wait_s + self.compute_s),
             "perf/step_s": (self.data_wait_s + self.compute_s) / max(1, self.steps),
+            "perf/tokens": float(self.tokens),
+            "perf/window_s": wall,
         }
         self.tokens = self.samples = self.steps = 0
         self.data_wait_s = self.compute_s = 0.0

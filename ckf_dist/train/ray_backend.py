@@ -38,9 +38,10 @@ class BoundStoreBackend(_TorchBackend):
             worker_group.execute(_set_torch_distributed_env_vars)
         n = len(worker_group)
         ray.get([
+            # positional: execute_single_async has a `rank` parameter of its own
             worker_group.execute_single_async(
-                i, init_process_group, backend=backend_config.backend, rank=i, world_size=n, addr=addr,
-                port=port, listen_fd=fd if i == 0 else None, timeout_s=backend_config.timeout_s)
+                i, init_process_group, backend_config.backend, i, n, addr, port, fd if i == 0 else None,
+                backend_config.timeout_s)
             for i in range(n)
         ])
 

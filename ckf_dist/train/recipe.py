@@ -56,6 +56,8 @@ class CKFRecipe:
         self.cfg, self.rank, self.world_size, self.engine_kind = cfg, rank, world_size, engine
         self.report = report
         self.node = node
+        self.tokens_total = 0.0
+        """Non-pad tokens processed by all ranks since this process started (TensorBoard `perf/tokens_total`)."""
         self.step = 0
         self.out = train_dir(cfg)
         self.device = torch.device("cuda", torch.cuda.current_device()) if (cfg.dist.use_gpu and torch.cuda.is_available()) else torch.device("cpu")
@@ -248,12 +250,14 @@ class CKFRecipe:
         from ckf_dist.config import ALL_TASKS
 
         rates = meter.report(self.world_size)
-        # Sum token/sample rates over ranks; average the rest.
-        keys = ["perf/tokens_per_s", "perf/samples_per_s"]
+        # Sum token/sample rates and counts over ranks; average the rest.
+        keys = ["perf/tokens_per_s", "perf/samples_per_s", "perf/tokens"]
         summed = self._all_reduce([rates[k] for k in keys] + [loss, float(bad_shards)])
         for k, v in zip(keys, summed):
             rates[k] = v
         rates["perf/tokens_per_s_per_worker"] = rates["perf/tokens_per_s"] / self.world_size
+        self.tokens_total += rates["perf/tokens"]
+        rates["perf/tokens_total"] = self.tokens_total
         scalars = {**rates, "train/loss": summed[len(keys)] / self.world_size, "train/lr": self.engine.lr, "data/bad_shards": summed[-1]}
         if grad_norm is not None and math.isfinite(grad_norm):
             scalars["train/grad_norm"] = grad_norm

@@ -62,3 +62,24 @@ def records(run: Path) -> list[dict]:
         except json.JSONDecodeError:  # a line being written
             pass
     return out
+
+
+def shard_tokens(run: Path, overrides: list[str], world_size: int, steps: int) -> int:
+    """Non-pad tokens (CF prompt + text twin) of the micro-batches that `world_size` ranks take
+    from run's shards in `steps` steps, rebuilt from the shards with the run's own tokenizer."""
+    from ckf_dist.config import load_config
+    from ckf_dist.data.shards import shard_urls
+    from ckf_dist.models.collate import Collator
+    from ckf_dist.models.tiny import load_llm
+    from ckf_dist.train.data import TrainStream, train_loader
+
+    cfg = load_config(str(ROOT / "configs" / "quickstart.yaml"), [f"run.dir={run}", *overrides])
+    _, tok = load_llm(run / "llm", cfg.model.placeholder_token)
+    collate = Collator(tok, cfg, tok.convert_tokens_to_ids(cfg.model.placeholder_token))
+    total = 0
+    for rank in range(world_size):
+        it = iter(train_loader(TrainStream(shard_urls(run / "data" / "shards", "train"), cfg, collate, rank, world_size, 0)))
+        for _ in range(steps * cfg.train.grad_accum):
+            b = next(it)
+            total += int(b["attention_mask"].sum()) + int(b["text_attention_mask"].sum() if "text_attention_mask" in b else 0)
+    return total

@@ -11,10 +11,9 @@ nothing in ~/.ray is read or written). Two jobs:
   and exports its adapters.
 
 While jobs run, every listening socket of the head's process tree (GCS, raylet, dashboard,
-agents, job driver, Ray Train workers) is sampled: all must be bound to 127.0.0.1. One known
-exception is tested separately as a strict xfail: torch's TCPStore (the rendezvous store that
-rank 0 hosts for torch.distributed) listens on '::' whatever MASTER_ADDR says. The head is stopped in a finalizer by the pids of its own processes (found by its
-private temp dir), never with `ray stop`, which would stop every Ray on the machine.
+agents, job driver, Ray Train workers with torch's rendezvous store) is sampled: all must be
+bound to 127.0.0.1. The head is stopped in a finalizer by the pids of its own processes (found by
+its private temp dir), never with `ray stop`, which would stop every Ray on the machine.
 """
 
 import json
@@ -242,16 +241,12 @@ def test_training_job_via_script_joins_the_head(head, training_job):
     seen = training_job["seen"]
     workers = _train_worker_pids(seen)
     assert len(workers) >= 2, sorted(seen)  # the workers were sampled
-    # Ray's own services, the job driver and the Train workers' gloo sockets: loopback only (the
-    # workers' any-address listener is torch's TCPStore: the xfail test below)
-    _assert_loopback({s for s in seen if s[0] not in workers or s[2] not in ("::", "0.0.0.0")})
+    # Ray's own services, the job driver, the Train workers' rendezvous store and gloo sockets:
+    # loopback only
+    _assert_loopback(seen)
     print(f"\ntraining job: {training_job['seconds']:.0f}s; listening: {sorted(seen)}")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "torch's TCPStore server (rank 0's rendezvous store, created by Ray Train's process-group setup) "
-    "listens on '::' whatever MASTER_ADDR says; binding it to 127.0.0.1 needs a pre-bound socket "
-    "(TCPStore(master_listen_fd=...)) in the launcher. Remove this marker when that lands."))
 def test_training_job_workers_listen_on_loopback_only(training_job):
     assert training_job["proc"].returncode == 0
     workers = _train_worker_pids(training_job["seen"])
