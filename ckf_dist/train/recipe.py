@@ -100,7 +100,14 @@ class CKFRecipe:
         manifest = load_manifest(shard_dir)
         tables = load_cf_tables(cfg.run_dir / "cf" / f"{cfg.cf.model}.safetensors")
         self._check_inputs(manifest, tables)
-        llm, tok = load_llm(model_dir(cfg), cfg.model.placeholder_token)
+        # The local engine trains in the LLM's dtype (`train.dtype`: bf16 on GPU, fp32 on CPU);
+        # DeepSpeed casts the fp32-loaded model itself and keeps fp32 master weights.
+        dtype = torch.float32
+        if self.engine_kind == "local":
+            from ckf_dist.train.deepspeed_config import resolve_dtype
+
+            dtype = torch.bfloat16 if resolve_dtype(cfg, on_gpu=self.device.type == "cuda") == "bf16" else torch.float32
+        llm, tok = load_llm(model_dir(cfg), cfg.model.placeholder_token, dtype=dtype)
         self.tokenizer = tok
         self.model = CKFModel(llm, tok, torch.from_numpy(tables.user_emb), torch.from_numpy(tables.item_emb), cfg).to(self.device)
         placeholder_id = tok.convert_tokens_to_ids(cfg.model.placeholder_token)

@@ -213,3 +213,14 @@ def test_triton_backend_trains_like_torch(run, tmp_path):
     assert sorted(losses["triton"]) == [1, 2, 3]
     for step, v in losses["torch"].items():
         assert losses["triton"][step] == pytest.approx(v, rel=1e-4)
+
+
+def test_local_engine_trains_in_train_dtype(run, tmp_path):
+    d = tmp_path / "bf16"
+    clone_run(run, d)
+    r = _recipe(d, "train.dtype=bf16")
+    r.setup()
+    assert {p.dtype for p in r.model.llm.parameters()} == {torch.bfloat16}
+    r.train()
+    r.cleanup()
+    assert sorted(_losses(d)) == [1, 2, 3, 4] and all(math.isfinite(v) for v in _losses(d).values())
