@@ -76,7 +76,7 @@ def _init_ray(cfg: Config) -> bool:
         ray.init(
             address="local",
             num_cpus=max(needed, os.cpu_count() or 1),
-            include_dashboard=False,
+            include_dashboard=True,  # on dist.dashboard_host; Ray Train's state queries need it
             dashboard_host=cfg.dist.dashboard_host,
             log_to_driver=True,
             _node_ip_address="127.0.0.1",
