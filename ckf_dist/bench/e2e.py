@@ -56,7 +56,6 @@ import json
 import logging
 import math
 import os
-import platform
 import shutil
 import statistics
 import time
@@ -66,6 +65,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from ckf_dist.bench.common import device_name, load_avg
 from ckf_dist.config import ALL_TASKS, Config, ConfigError, load_config
 
 log = logging.getLogger(__name__)
@@ -99,22 +99,6 @@ COLUMNS = [
 # ------------------------------------------------------------------------------------------------
 # Helpers
 # ------------------------------------------------------------------------------------------------
-
-
-def _device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
-
-
-def _load_avg() -> Optional[float]:
-    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
 
 
 def split_bench_overrides(overrides: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
@@ -226,7 +210,7 @@ def measure_recipe(cfg: Config) -> dict[str, Any]:
     launch(cfg)
     out = rates_from_metrics(cfg.run_dir)
     out["wall_s"] = round(time.perf_counter() - t0, 1)
-    out["load_avg_1m"] = _load_avg()
+    out["load_avg_1m"] = load_avg()
     return out
 
 
@@ -387,7 +371,7 @@ def measure_peft_per_task(cfg: Config, warmup_steps: int) -> dict[str, Any]:
         "windows": step - warmup_steps,
         "steps_per_task": plan,
         "adapter_switch_s": round(switch_s, 4),
-        "load_avg_1m": _load_avg(),
+        "load_avg_1m": load_avg(),
         "pad_efficiency": tokens / max(1, padded),
     }
 
@@ -436,7 +420,7 @@ def measure_data_pipeline(cfg: Config, n_batches: int, workers: int, warmup: int
     del it
     return {"tokens_per_s": tokens / wall, "samples_per_s": samples / wall, "tokens_per_s_per_worker": tokens / wall,
             "data_wait_frac": None, "step_s": wall / n_batches, "windows": n_batches, "loader_workers": workers,
-            "pad_efficiency": tokens / max(1, padded), "load_avg_1m": _load_avg(), "next_cpu_ms": statistics.median(cpu_ms),
+            "pad_efficiency": tokens / max(1, padded), "load_avg_1m": load_avg(), "next_cpu_ms": statistics.median(cpu_ms),
             "next_wall_ms": statistics.median(wall_ms)}
 
 
@@ -653,9 +637,9 @@ def run_e2e_bench(
     base_local = [*CPU_DEFAULTS, f"train.steps={steps}", f"train.log_every={log_every}", f"train.save_every={10**6}"]
     cfg = load_config(config, [*base_local, *user])
     meta = dict(
-        device=device, device_name=_device_name(device), cpus=os.cpu_count(), quick=quick,
+        device=device, device_name=device_name(device), cpus=os.cpu_count(), quick=quick,
         torch=torch.__version__, threads=torch.get_num_threads(), omp_num_threads=os.environ.get("OMP_NUM_THREADS"),
-        date=datetime.now(timezone.utc).strftime("%Y-%m-%d"), load_avg_1m_start=_load_avg(),
+        date=datetime.now(timezone.utc).strftime("%Y-%m-%d"), load_avg_1m_start=load_avg(),
         config=config, overrides=list(overrides), run_dir=str(cfg.run_dir),
         steps=cfg.train.steps, log_every=cfg.train.log_every, micro_batch_size=cfg.train.micro_batch_size,
         warmup="first logged window (train.log_every steps) dropped; baseline drops as many steps",
@@ -745,7 +729,7 @@ def run_e2e_bench(
         summary["ray_w1_vs_local"] = round(ray_res[1]["tokens_per_s"] / trainer["tokens_per_s"], 3)
     summary["target_ratio_met"] = summary["ratio_tokens_ckf_vs_peft"] >= TARGET_RATIO
     summary["target_data_wait_met"] = summary["data_wait_frac"] < TARGET_DATA_WAIT
-    meta["load_avg_1m_end"] = _load_avg()
+    meta["load_avg_1m_end"] = load_avg()
     meta["wall_s"] = round(time.perf_counter() - t_all, 1)
     meta["includes"] = INCLUDES
     if diag:
@@ -919,7 +903,7 @@ def measure_llm_shape(
             p.grad = None
         if dev.type == "cuda":
             torch.cuda.empty_cache()
-    peak = peak_flops(torch.cuda.get_device_name()) if dev.type == "cuda" else None
+    peak = peak_flops(torch.cuda.getdevice_name()) if dev.type == "cuda" else None
     layers, hidden = shape["num_hidden_layers"], shape["hidden_size"]
     f_lora = flops_per_token(n_params, layers, hidden, seq_len, True)
     f_6n = flops_per_token(n_params, layers, hidden, seq_len, False)
@@ -938,6 +922,7 @@ def _time_steps(model, cfg, tok, shape, dev, seq_len, mb, steps, warmup, target_
 
     batches = [synthetic_batch(mb, seq_len, shape["vocab_size"], tok.placeholder_id, target_len=target_len,
                                n_users=n_users, n_items_table=n_items, seed=cfg.seed + i, device=dev) for i in range(2)]
+    batch_tokens = [int(b["attention_mask"].sum()) for b in batches]  # outside the timed loop: no sync per step
     engine = LocalEngine(model, cfg)
     model.train()
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
@@ -954,7 +939,7 @@ def _time_steps(model, cfg, tok, shape, dev, seq_len, mb, steps, warmup, target_
         engine.backward(out.loss)
         engine.step()
         if step >= warmup:
-            tokens += int(batch["attention_mask"].sum())
+            tokens += batch_tokens[step % len(batches)]
     sync()
     wall = time.perf_counter() - t0
     loss = float(out.loss.detach())
@@ -971,7 +956,7 @@ def run_gpu_bench(out_dir: Path, quick: bool, overrides: Sequence[str], bench: d
     steps = int(bench.get("steps", 4 if quick else 10))
     warm = int(bench.get("warmup", 2 if quick else 3))
     mb = int(bench.get("micro_batch", 4))
-    meta = dict(device="cuda", device_name=_device_name("cuda"), quick=quick, torch=torch.__version__,
+    meta = dict(device="cuda", device_name=device_name("cuda"), quick=quick, torch=torch.__version__,
                 date=datetime.now(timezone.utc).strftime("%Y-%m-%d"), overrides=list(overrides), shape=LLAMA_7B,
                 note="random-init LLaMA 7B shape, bf16, synthetic mixed-task batches, no activation checkpointing, "
                      "train.curriculum=false (one path per sample), launcher=local engine (torch AdamW)")

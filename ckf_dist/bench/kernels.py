@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import platform
 import statistics
 import time
 from datetime import datetime, timezone
@@ -39,6 +37,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ckf_dist.bench.common import device_name, load_avg
 from ckf_dist.kernels.meta_proj import meta_proj
 from ckf_dist.kernels.multi_lora import build_segments, multi_lora_linear
 
@@ -257,18 +256,6 @@ COLUMNS = [
 ]
 
 
-def _device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
-
-
 def _print_table(rows: list[dict]) -> None:
     cols = ["op", "impl", "tokens", "users", "d", "T", "r", "h", "ms", "ms_median", "speedup_vs_baseline",
             "speedup_vs_best_unfused", "overhead_vs_base_pct"]
@@ -292,10 +279,10 @@ def run_kernel_bench(device: str, quick: bool, out_dir: Path) -> list[dict]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = dict(
-        device=device, device_name=_device_name(device), dtype=str(dtype).replace("torch.", ""),
+        device=device, device_name=device_name(device), dtype=str(dtype).replace("torch.", ""),
         quick=quick, torch=torch.__version__, threads=torch.get_num_threads(),
         date=datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-        load_avg_1m=round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        load_avg_1m=load_avg(),
         timing="ms = min (ms_median = median) wall ms of forward+backward per layer call after warm-up; ratios from ms",
     )
     print(f"kernel bench on {meta['device_name']} ({device}, {meta['dtype']}, torch {meta['torch']}, "
@@ -305,7 +292,7 @@ def run_kernel_bench(device: str, quick: bool, out_dir: Path) -> list[dict]:
         rows += _bench_multi_lora(cfg, device, dtype, quick)
     for cfg in _meta_proj_grid(device, quick):
         rows += _bench_meta_proj(cfg, device, dtype, quick)
-    meta["load_avg_1m_end"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    meta["load_avg_1m_end"] = load_avg()
     _print_table(rows)
     stem = f"kernels_{device}{'_quick' if quick else ''}"
     with open(out_dir / f"{stem}.csv", "w", newline="") as f:

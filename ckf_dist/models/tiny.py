@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -26,6 +24,7 @@ from typing import Optional, Sequence
 import torch
 
 from ckf_dist.config import Config, ConfigError
+from ckf_dist.fsutil import replace_dir, temp_dir_beside
 
 log = logging.getLogger(__name__)
 
@@ -168,10 +167,7 @@ def init_tiny(texts: list[str], cfg: Config, out_dir: str | Path) -> Path:
         model = LlamaForCausalLM(mcfg)
         losses = _pretrain(model, stream, cfg, cfg.seed)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tmp = temp_dir_beside(out)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     info = {
@@ -185,12 +181,7 @@ def init_tiny(texts: list[str], cfg: Config, out_dir: str | Path) -> Path:
         "seed": cfg.seed,
     }
     (tmp / INFO_FILE).write_text(json.dumps(info, indent=2))
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    if old.exists():
-        shutil.rmtree(old)
+    replace_dir(tmp, out)
     log.info("init-tiny: wrote %s (%d texts, %d tokens, loss %s -> %s, %.0fs)", out, info["texts"],
              info["tokens"], info["first_loss"], info["last_loss"], info["seconds"])
     return out

@@ -109,7 +109,8 @@ class TrainStream(torch.utils.data.IterableDataset):
                 continue
             out = self.collate(batch)
             out["bad_shards"] = self.bad_shards.count
-            yield pack_batch(out)
+            # packing pays only where the batch crosses a process boundary
+            yield pack_batch(out) if self.num_workers > 0 else out
 
 
 def sample_length(sample: dict) -> int:

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
 
 from ckf_dist.config import Config
-from ckf_dist.fsutil import atomic_write_text
+from ckf_dist.fsutil import atomic_write_text, replace_dir, temp_dir_beside
 
 
 def lr_lambda(cfg: Config) -> Callable[[int], float]:
@@ -39,22 +38,6 @@ def lr_lambda(cfg: Config) -> Callable[[int], float]:
         return max(0.0, 1.0 - progress)
 
     return f
-
-
-def atomic_dir(final: Path) -> Path:
-    """A temporary sibling folder; call :func:`commit_dir` to move it into place."""
-    tmp = final.parent / (final.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    return tmp
-
-
-def commit_dir(tmp: Path, final: Path) -> Path:
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-    return final
 
 
 def _named_trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
@@ -98,7 +81,7 @@ class LocalEngine:
         """Trainable weights (safetensors), optimizer + scheduler + RNG (weights-only torch file), state JSON."""
         from safetensors.torch import save_file
 
-        tmp = atomic_dir(folder)
+        tmp = temp_dir_beside(folder)
         save_file({k: v.detach().contiguous().cpu() for k, v in _named_trainable(self.model).items()}, str(tmp / "trainable.safetensors"))
         torch.save(
             {
@@ -109,7 +92,7 @@ class LocalEngine:
             tmp / "optimizer.pt",
         )
         (tmp / "state.json").write_text(json.dumps(state, indent=2))
-        return commit_dir(tmp, folder)
+        return replace_dir(tmp, folder)
 
     def load(self, folder: Path) -> dict[str, Any]:
         from safetensors.torch import load_file

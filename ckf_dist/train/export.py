@@ -45,7 +45,6 @@ records that path.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from collections import Counter
@@ -56,6 +55,7 @@ from typing import Optional
 import torch
 
 from ckf_dist.config import ALL_TASKS, Config, ConfigError
+from ckf_dist.fsutil import replace_dir, temp_dir_beside
 
 _SUFFIXES = ("lora_shared_A", "lora_shared_B", "lora_task_A", "lora_task_B")
 
@@ -178,11 +178,7 @@ def export_peft_adapters(trainable: dict[str, torch.Tensor], cfg: Config, out_di
     has_task = any(m.task_A is not None for m in mods.values())
     dropout = cfg.lora.task.dropout if has_task else cfg.lora.shared.dropout
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    tmp = temp_dir_beside(out)
     written: list[str] = []
     try:
         for task in cfg.tasks:
@@ -224,12 +220,7 @@ def export_peft_adapters(trainable: dict[str, torch.Tensor], cfg: Config, out_di
                 "cf_mapping": "not included: see trainable.safetensors (mapper.*)",
             }, indent=2))
             written.append(task)
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        if out.exists():
-            out.rename(old)
-        tmp.rename(out)
-        if old.exists():
-            shutil.rmtree(old)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

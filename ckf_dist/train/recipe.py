@@ -217,6 +217,8 @@ class CKFRecipe:
                     raise TrainingError(f"rank {self.rank}: the training stream ran dry at step {self.step} (no readable shard)") from None
                 t1 = time.perf_counter()
                 bad_count = batch.pop("bad_shards", 0)
+                # counted on the host copy: a device-side sum would sync the GPU every micro-step
+                tokens += int(batch["attention_mask"].sum()) + int(batch["text_attention_mask"].sum() if "text_attention_mask" in batch else 0)
                 batch = batch_to(batch, self.device)
                 out = self.model(batch, step=self.step, total_steps=total)
                 if not torch.isfinite(out.loss):
@@ -228,7 +230,6 @@ class CKFRecipe:
                 compute_s += time.perf_counter() - t1
                 wait_s += t1 - t0
                 loss_sum += float(out.loss.detach())
-                tokens += int(batch["attention_mask"].sum()) + int(batch["text_attention_mask"].sum() if "text_attention_mask" in batch else 0)
                 samples += len(batch["keys"])
                 for k, v in out.task_losses.items():
                     task_sums.setdefault(k, []).append(float(v))
@@ -331,7 +332,7 @@ class CKFRecipe:
     def _prune(self, keep: int) -> None:
         import shutil
 
-        folders = sorted(p for p in (self.out / "checkpoints").glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+        folders = sorted(p for p in (self.out / "checkpoints").glob("step-*") if p.is_dir())  # temp folders are hidden
         for p in folders[:-keep] if keep > 0 else []:
             shutil.rmtree(p, ignore_errors=True)
 
