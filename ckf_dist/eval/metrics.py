@@ -11,9 +11,29 @@ Conventions
 - Ties are never broken in the model's favour: AUC gives a tied (positive, negative) pair 1/2;
   HR@k / NDCG@k are the *expected* values when tied candidates are ordered uniformly at random
   (a constant scorer gets HR@k = k / N, not 1).
-- The breakdown: every task dict holds the metrics over all samples, then ``warm`` and ``cold``
-  sub-dicts over the samples whose user is warm / cold (``sample["warm"]``), each with its
-  sample count ``n``; an empty group is ``{"auc": null, ..., "n": 0}``.
+- The breakdown: every task dict holds the metrics over all samples, then ``warm``, ``cold`` and
+  ``new`` sub-dicts over the samples of each user group, each with its sample count ``n``; an
+  empty group is ``{"auc": null, ..., "n": 0}``. The group is ``sample["group"]`` ("warm",
+  "cold" or "new": a user with 0 training interactions is new, 1..``data.cold_threshold`` cold,
+  more warm); a sample without ``group`` falls back to ``sample["warm"]`` (warm / cold).
+
+Each hand-written metric is pinned by ``tests/eval/test_metrics_reference.py`` to a well-kept
+implementation on random inputs:
+- ``auc`` = ``sklearn.metrics.roc_auc_score``; ``uauc`` = its unweighted mean over the users
+  having both labels (CoLLM / BinLLM's UAUC);
+- ``ndcg_at_k`` = ``sklearn.metrics.ndcg_score(k=k)`` with one relevant candidate (ties are
+  averaged the same way, ``ignore_ties=False``); ``hit_rate_at_k`` =
+  ``sklearn.metrics.top_k_accuracy_score`` when no score is tied;
+- ``mae`` / ``rmse`` = ``sklearn.metrics.mean_absolute_error`` / sqrt(``mean_squared_error``);
+- ``bleu4`` = NLTK's ``corpus_bleu`` (weights 0.25 x 4, ``SmoothingFunction().method2``) on the
+  tokens of :func:`tokenize`, one reference per hypothesis;
+- ``rouge_n`` / ``rouge_l`` = Google's ``rouge-score`` (``RougeScorer(use_stemmer=False)``),
+  F-measure averaged over samples. Its default tokenizer gives the same tokens as
+  :func:`tokenize` on any text whose lowercase form has no non-ASCII letter or digit; on other
+  text :func:`tokenize` keeps the Unicode letters and digits inside tokens (``"Café crème"`` ->
+  ``["café", "crème"]``) where rouge-score splits on them and keeps ASCII runs only
+  (``["caf", "cr", "me"]``). With ``RougeScorer(tokenizer=...)`` wrapping :func:`tokenize` the
+  scores are equal on any text.
 
 Text metrics tokenize with :func:`tokenize`: lowercase, every run of characters that are not
 letters or digits (punctuation, whitespace, underscore) is a separator. So ``"Don't stop!"`` ->
@@ -40,7 +60,9 @@ __all__ = [
     "bleu4",
     "rouge_n",
     "rouge_l",
+    "GROUPS",
     "grouped",
+    "sample_groups",
     "metric_names",
     "task_metrics",
 ]
@@ -188,14 +210,17 @@ def _ngrams(tokens: list[str], n: int) -> Counter:
 
 
 def bleu4(references: Sequence[str], hypotheses: Sequence[str]) -> Optional[float]:
-    """Corpus BLEU-4 in [0, 1], one reference per hypothesis, uniform weights, brevity penalty.
+    """Corpus BLEU-4 in [0, 1], one reference per hypothesis, uniform weights, brevity penalty:
+    NLTK's ``corpus_bleu([[tokenize(r)] for r in references], [tokenize(h) for h in hypotheses],
+    weights=(0.25,) * 4, smoothing_function=SmoothingFunction().method2)``.
 
-    p_n = (clipped n-gram matches summed over the corpus) / (hypothesis n-grams over the corpus);
-    BLEU = BP * exp(mean_n log p_n), BP = 1 if c > r else exp(1 - r / c) with c, r the total
-    hypothesis / reference lengths. Smoothing (Lin & Och 2004, NLTK's ``method2`` for n >= 2):
-    p_n = (m_n + 1) / (l_n + 1) for n = 2, 3, 4, so a small corpus without any 4-gram match is not
-    zeroed; p_1 is unsmoothed (no unigram match at all gives 0). Empty corpus -> None; empty
-    hypotheses overall -> 0.
+    p_n = (clipped n-gram matches summed over the corpus) / (sum over hypotheses of
+    max(1, hypothesis n-grams)): as in NLTK, a hypothesis with fewer than n tokens (an empty one
+    included) still adds 1 to the n-gram denominator. BLEU = BP * exp(mean_n log p_n),
+    BP = 1 if c > r else exp(1 - r / c) with c, r the total hypothesis / reference token counts.
+    Smoothing (Lin & Och 2004, NLTK's ``method2``): p_n = (m_n + 1) / (l_n + 1) for n = 2, 3, 4,
+    so a small corpus without any 4-gram match is not zeroed; p_1 is unsmoothed (no unigram
+    match at all gives 0). Empty corpus -> None; empty hypotheses overall -> 0.
     """
     if len(references) != len(hypotheses):
         raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
@@ -211,7 +236,7 @@ def bleu4(references: Sequence[str], hypotheses: Sequence[str]) -> Optional[floa
         for n in range(1, 5):
             hg, rg = _ngrams(ht, n), _ngrams(rt, n)
             matches[n - 1] += sum(min(cnt, rg[g]) for g, cnt in hg.items())
-            totals[n - 1] += max(len(ht) - n + 1, 0)
+            totals[n - 1] += max(len(ht) - n + 1, 1)
     if c == 0 or matches[0] == 0:
         return 0.0
     log_p = math.log(matches[0] / totals[0])
@@ -280,18 +305,36 @@ def _take(col: Any, idx: np.ndarray) -> Any:
     return [col[j] for j in idx.tolist()]
 
 
-def grouped(metric_fn: Callable[..., dict], warm_mask: Sequence[bool], *columns: Any) -> dict:
-    """Apply ``metric_fn(*columns) -> {metric: value}`` to all samples, the warm ones and the
-    cold ones. columns: per-sample sequences (numpy arrays or lists, ragged rows allowed), all of
-    length n; warm_mask: [n] bool.
+GROUPS = ("warm", "cold", "new")
+"""The user groups of the breakdown: warm (more than ``data.cold_threshold`` training
+interactions), cold (1..cold_threshold), new (none)."""
 
-    Returns ``{**metrics, "n": n, "warm": {**metrics, "n": n_warm}, "cold": {...}}``. An empty
-    group has every metric None (metric_fn must return None values for empty input, as every
-    metric of this module does)."""
-    warm = np.asarray(warm_mask, dtype=bool).reshape(-1)
+
+def _group_labels(groups: Any) -> np.ndarray:
+    """[n] bool (True = warm, False = cold) or [n] str in GROUPS -> [n] str array."""
+    g = np.asarray(groups).reshape(-1)
+    if g.dtype == bool:
+        return np.where(g, "warm", "cold")
+    g = g.astype(str)
+    bad = sorted(set(g.tolist()) - set(GROUPS))
+    if bad:
+        raise ValueError(f"unknown user group(s) {bad}; expected one of {list(GROUPS)}")
+    return g
+
+
+def grouped(metric_fn: Callable[..., dict], groups: Sequence[Any], *columns: Any) -> dict:
+    """Apply ``metric_fn(*columns) -> {metric: value}`` to all samples and to each user group.
+    columns: per-sample sequences (numpy arrays or lists, ragged rows allowed), all of length n;
+    groups: [n] group names ("warm", "cold", "new"), or [n] bool warm flags (True = "warm",
+    False = "cold"; the "new" group is then empty).
+
+    Returns ``{**metrics, "n": n, "warm": {**metrics, "n": n_warm}, "cold": {...}, "new": {...}}``.
+    An empty group has every metric None (metric_fn must return None values for empty input, as
+    every metric of this module does)."""
+    labels = _group_labels(groups)
     for c in columns:
-        if len(c) != len(warm):
-            raise ValueError(f"column of length {len(c)} but {len(warm)} warm flags")
+        if len(c) != len(labels):
+            raise ValueError(f"column of length {len(c)} but {len(labels)} group labels")
 
     def one(idx: np.ndarray) -> dict:
         if len(idx) == 0:
@@ -299,14 +342,24 @@ def grouped(metric_fn: Callable[..., dict], warm_mask: Sequence[bool], *columns:
             return {**{k: None for k in keys}, "n": 0}
         return {**metric_fn(*[_take(c, idx) for c in columns]), "n": int(len(idx))}
 
-    out = one(np.arange(len(warm)))
-    out["warm"] = one(np.flatnonzero(warm))
-    out["cold"] = one(np.flatnonzero(~warm))
+    out = one(np.arange(len(labels)))
+    for name in GROUPS:
+        out[name] = one(np.flatnonzero(labels == name))
+    return out
+
+
+def sample_groups(samples: Sequence[Mapping]) -> list[str]:
+    """Each sample's user group: ``sample["group"]`` when present (and not None), else "warm" /
+    "cold" from ``sample["warm"]``."""
+    out = []
+    for s in samples:
+        g = s.get("group")
+        out.append(str(g) if g is not None else ("warm" if s["warm"] else "cold"))
     return out
 
 
 def metric_names(task: str, ks: Sequence[int] = (1, 5, 10)) -> list[str]:
-    """The metric keys :func:`task_metrics` writes for a task (besides n, warm, cold)."""
+    """The metric keys :func:`task_metrics` writes for a task (besides n and the GROUPS)."""
     if task == "ctr":
         return ["auc", "uauc", "uauc_users"]
     if task == "topk":
@@ -357,9 +410,10 @@ def _explanation(refs: list, hyps: list) -> dict:
 
 
 def task_metrics(task: str, samples: Sequence[Mapping], preds: Sequence[Any], ks: Sequence[int] = (1, 5, 10)) -> dict:
-    """Turn per-sample predictions of one task into its metrics dict, with the warm/cold breakdown.
+    """Turn per-sample predictions of one task into its metrics dict, with the user-group breakdown.
 
-    samples: the sample dicts (keys used: ``user``, ``label``, ``answer``, ``target``, ``warm``).
+    samples: the sample dicts (keys used: ``user``, ``label``, ``answer``, ``target``, and
+    ``group``, or ``warm`` where a sample has no ``group``; see :func:`sample_groups`).
     preds, one per sample:
       - ctr: a score, higher = more likely liked (P(Yes), a CF score, a predicted rating).
         -> auc, uauc (+ uauc_users: users with both labels that uauc averages).
@@ -370,16 +424,16 @@ def task_metrics(task: str, samples: Sequence[Mapping], preds: Sequence[Any], ks
       - rating / review_rating: the predicted rating. -> mae, rmse.
       - explanation: the generated text. -> bleu4, rouge1, rouge2, rougeL.
     Returns e.g. ``{"auc": 0.71, "uauc": 0.68, "uauc_users": 512, "n": 943,
-    "warm": {"auc": ..., "uauc": ..., "uauc_users": ..., "n": 900}, "cold": {...}}``.
+    "warm": {"auc": ..., "uauc": ..., "uauc_users": ..., "n": 900}, "cold": {...}, "new": {...}}``.
     """
     if len(samples) != len(preds):
         raise ValueError(f"{task}: {len(samples)} samples but {len(preds)} predictions")
-    warm = np.array([bool(s["warm"]) for s in samples], dtype=bool)
+    groups = _group_labels(sample_groups(samples))
     if task == "ctr":
         users = np.array([int(s["user"]) for s in samples], dtype=np.int64)
         labels = np.array([float(s["label"]) for s in samples], dtype=np.float64)
         scores = np.array([float(p) for p in preds], dtype=np.float64)
-        return grouped(_ctr, warm, users, labels, scores)
+        return grouped(_ctr, groups, users, labels, scores)
     if task == "topk":
         answers = np.array([int(s["answer"]) for s in samples], dtype=np.int64)
         scores, choices = [], []
@@ -390,13 +444,13 @@ def task_metrics(task: str, samples: Sequence[Mapping], preds: Sequence[Any], ks
             else:
                 scores.append(np.asarray(p, dtype=np.float64))
                 choices.append(-2)  # -2: no greedy choice given
-        return grouped(_topk_fn(ks), warm, scores, answers, np.array(choices, dtype=np.int64))
+        return grouped(_topk_fn(ks), groups, scores, answers, np.array(choices, dtype=np.int64))
     if task in ("rating", "review_rating"):
         labels = np.array(
             [float(s["label"]) if s.get("label") is not None else float(s["target"]) for s in samples],
             dtype=np.float64,
         )
-        return grouped(_rating, warm, labels, np.array([float(p) for p in preds], dtype=np.float64))
+        return grouped(_rating, groups, labels, np.array([float(p) for p in preds], dtype=np.float64))
     if task == "explanation":
-        return grouped(_explanation, warm, [str(s["target"]) for s in samples], [str(p) for p in preds])
+        return grouped(_explanation, groups, [str(s["target"]) for s in samples], [str(p) for p in preds])
     raise ValueError(f"unknown task {task!r}")

@@ -16,6 +16,7 @@ from ckf_dist.eval.metrics import (
     rmse,
     rouge_l,
     rouge_n,
+    sample_groups,
     task_metrics,
     tokenize,
     uauc,
@@ -128,13 +129,18 @@ def test_bleu4_single_pair():
 
 
 def test_bleu4_brevity_penalty_and_corpus():
-    # "the cat" vs a 6-token reference: p1 = 2/2, p2 = (1+1)/(1+1), p3 = p4 = (0+1)/(0+1) = 1;
+    # "the cat" vs a 6-token reference: p1 = 2/2, p2 = (1+1)/(1+1); no trigram or 4-gram in the
+    # hypothesis, but (as in NLTK) it still counts 1 in those denominators: p3 = p4 = (0+1)/(1+1);
     # c = 2 < r = 6 -> BP = exp(1 - 6/2)
-    assert bleu4([REF], ["the cat"]) == pytest.approx(math.exp(-2))
+    assert bleu4([REF], ["the cat"]) == pytest.approx(math.exp(-2) * 0.5 ** 0.5)
     # corpus: counts are summed before dividing: p1 = (5+2)/(6+2), p2 = (3+1+1)/(5+1+1),
-    # p3 = (2+0+1)/(4+0+1), p4 = (1+0+1)/(3+0+1); c = 8, r = 12 -> BP = exp(1 - 12/8)
-    expected = math.exp(-0.5) * (7 / 8 * 5 / 7 * 3 / 5 * 2 / 4) ** 0.25
+    # p3 = (2+0+1)/(4+1+1), p4 = (1+0+1)/(3+1+1); c = 8, r = 12 -> BP = exp(1 - 12/8)
+    expected = math.exp(-0.5) * (7 / 8 * 5 / 7 * 3 / 6 * 2 / 5) ** 0.25
     assert bleu4([REF, REF], [HYP, "the cat"]) == pytest.approx(expected)
+    # an empty hypothesis adds 1 to every denominator and 0 to c: "the cat" / "" vs "the cat" /
+    # "a dog": p1 = 2/(2+1), p2 = (1+1)/(1+1+1), p3 = p4 = (0+1)/(1+1+1); c = 2, r = 4
+    expected = math.exp(1 - 4 / 2) * (2 / 3 * 2 / 3 * 1 / 3 * 1 / 3) ** 0.25
+    assert bleu4(["the cat", "a dog"], ["the cat", ""]) == pytest.approx(expected)
 
 
 def test_bleu4_degenerate():
@@ -164,12 +170,32 @@ def test_rouge():
 
 def test_grouped_writes_empty_group_as_null():
     out = grouped(lambda y, s: {"auc": auc(y, s)}, [True, True, True], np.array([1, 0, 1]), np.array([0.9, 0.2, 0.1]))
-    # all: positives 0.9, 0.1 vs negative 0.2 -> 1/2
-    assert out == {"auc": pytest.approx(0.5), "n": 3, "warm": {"auc": pytest.approx(0.5), "n": 3}, "cold": {"auc": None, "n": 0}}
+    # all: positives 0.9, 0.1 vs negative 0.2 -> 1/2; bool flags: True = warm, False = cold, no new
+    assert out == {
+        "auc": pytest.approx(0.5), "n": 3, "warm": {"auc": pytest.approx(0.5), "n": 3},
+        "cold": {"auc": None, "n": 0}, "new": {"auc": None, "n": 0},
+    }
     # a non-empty group whose metric is undefined keeps its n
     out = grouped(lambda y, s: {"auc": auc(y, s)}, [True, False, False], np.array([1, 0, 1]), [0.9, 0.2, 0.1])
     assert out["warm"] == {"auc": None, "n": 1}
     assert out["cold"] == {"auc": pytest.approx(0.0), "n": 2}  # 0.1 < 0.2
+    assert out["new"] == {"auc": None, "n": 0}
+
+
+def test_grouped_by_group_names():
+    y = np.array([1, 0, 1, 0, 1, 0])
+    s = np.array([0.9, 0.2, 0.1, 0.3, 0.8, 0.7])
+    out = grouped(lambda y, s: {"auc": auc(y, s)}, ["warm", "warm", "cold", "cold", "new", "new"], y, s)
+    assert list(out) == ["auc", "n", "warm", "cold", "new"]
+    assert out["warm"] == {"auc": pytest.approx(1.0), "n": 2}  # 0.9 > 0.2
+    assert out["cold"] == {"auc": pytest.approx(0.0), "n": 2}  # 0.1 < 0.3
+    assert out["new"] == {"auc": pytest.approx(1.0), "n": 2}   # 0.8 > 0.7
+    # all: positives 0.9, 0.1, 0.8 vs negatives 0.2, 0.3, 0.7: wins 3 + 0 + 3 = 6 of 9
+    assert out["auc"] == pytest.approx(6 / 9) and out["n"] == 6
+    with pytest.raises(ValueError, match="unknown user group"):
+        grouped(lambda y, s: {"auc": auc(y, s)}, ["warm", "hot"], y[:2], s[:2])
+    with pytest.raises(ValueError):
+        grouped(lambda y, s: {"auc": auc(y, s)}, ["warm"], y, s)
 
 
 def _s(task, user, warm, **kw):
@@ -192,13 +218,15 @@ def test_task_metrics_ctr_shape_and_values():
     # warm: positives 0.8, 0.2 vs negatives 0.3, 0.6 -> 2/4
     assert out["warm"] == {"auc": pytest.approx(0.5), "uauc": pytest.approx(0.5), "uauc_users": 2, "n": 4}
     assert out["cold"] == {"auc": None, "uauc": None, "uauc_users": 0, "n": 2}
-    assert set(out) == set(metric_names("ctr")) | {"n", "warm", "cold"}
+    # no sample has "group": new is empty, written like any empty group (every metric null)
+    assert out["new"] == {"auc": None, "uauc": None, "uauc_users": None, "n": 0}
+    assert set(out) == set(metric_names("ctr")) | {"n", "warm", "cold", "new"}
 
 
 def test_task_metrics_topk_scores_and_greedy_choice():
     samples = [_s("topk", u, u != 2, answer=a, candidates=list(range(len(sc)))) for u, (sc, a) in enumerate(zip(SCORES, ANSWERS))]
     out = task_metrics("topk", samples, SCORES, ks=[2, 3])
-    assert list(k for k in out if k not in ("n", "warm", "cold")) == ["hr@1", "hr@2", "ndcg@2", "hr@3", "ndcg@3"]
+    assert list(k for k in out if k not in ("n", "warm", "cold", "new")) == ["hr@1", "hr@2", "ndcg@2", "hr@3", "ndcg@3"]
     assert out["hr@2"] == pytest.approx(hit_rate_at_k(SCORES, ANSWERS, 2))
     assert out["ndcg@3"] == pytest.approx(ndcg_at_k(SCORES, ANSWERS, 3))
     assert out["cold"]["n"] == 1 and out["cold"]["hr@1"] == pytest.approx(0.0)  # s3: rank >= 2
@@ -219,6 +247,31 @@ def test_task_metrics_rating_and_explanation():
     assert out["rouge2"] == pytest.approx(0.3)
     assert out["bleu4"] == pytest.approx(bleu4([REF, "a b c d"], [HYP, "d c b a"]))
     assert out["cold"] == {"bleu4": None, "rouge1": None, "rouge2": None, "rougeL": None, "n": 0}
+
+
+def test_task_metrics_group_key_wins_over_warm_flag():
+    # "group" decides when present; a sample without it falls back to its warm flag
+    samples = [
+        _s("rating", 0, True, label=1.0, group="warm"),   # error 1
+        _s("rating", 1, False, label=2.0, group="cold"),  # error 0
+        _s("rating", 2, False, label=3.0, group="new"),   # error 2
+        _s("rating", 3, False, label=4.0, group="new"),   # error 1
+        _s("rating", 4, True, label=5.0),                 # no group, warm -> warm; error 3
+        _s("rating", 5, False, label=1.0, group=None),    # group None, cold -> cold; error 4
+    ]
+    out = task_metrics("rating", samples, [2.0, 2.0, 5.0, 3.0, 2.0, 5.0])
+    assert out["n"] == 6 and out["mae"] == pytest.approx((1 + 0 + 2 + 1 + 3 + 4) / 6)
+    assert out["warm"] == {"mae": pytest.approx(2.0), "rmse": pytest.approx(math.sqrt(5)), "n": 2}
+    assert out["cold"] == {"mae": pytest.approx(2.0), "rmse": pytest.approx(math.sqrt(8)), "n": 2}
+    assert out["new"] == {"mae": pytest.approx(1.5), "rmse": pytest.approx(math.sqrt(2.5)), "n": 2}
+    assert sample_groups(samples) == ["warm", "cold", "new", "new", "warm", "cold"]
+    # groups of every task: the n add up
+    for task, preds in (("ctr", [0.1] * 6), ("explanation", ["a"] * 6)):
+        ss = [{**s, "task": task, "label": float(j % 2), "target": "a b"} for j, s in enumerate(samples)]
+        out = task_metrics(task, ss, preds)
+        assert [out[g]["n"] for g in ("warm", "cold", "new")] == [2, 2, 2]
+    with pytest.raises(ValueError, match="unknown user group"):
+        task_metrics("rating", [_s("rating", 0, True, label=1.0, group="tepid")], [1.0])
 
 
 def test_task_metrics_rejects_bad_input():
