@@ -9,6 +9,8 @@ Verbs, grouped by stage:
     ckf eval          --run DIR                       evaluate a finished run
     ckf recommend     --run DIR --user ID [--k N]     CF retrieval + LLM re-ranking
     ckf report        RUN_DIR ...                     one markdown table over runs and seeds
+    ckf sweep         --grid FILE [--out DIR] [--max-concurrent N] [--dry-run]
+                                                      variants x seeds as Ray Tune trials, one table
     ckf bench         kernels|e2e ...                 benchmarks
     ckf cluster check-hostfile --hostfile FILE --config FILE [key=value ...]
                                                       validate a deepspeed hostfile against a config
@@ -165,6 +167,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+")
     p.add_argument("--out", help="also write the table to this file")
     p.set_defaults(func=_resolve("ckf_dist.eval.report:cmd_report", _not_yet("report")))
+
+    p = sub.add_parser("sweep", help="a grid of variants x seeds as parallel Ray Tune trials; one mean ± sd table, resumable")
+    p.add_argument("--grid", "-g", required=True, help="grid YAML (configs/sweeps/*.yaml)")
+    p.add_argument("--out", help="sweep folder (default: the grid's `out`)")
+    p.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as the cores / GPUs allow)")
+    p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (default 1 for dist.launcher=local)")
+    p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, fractions allowed (default 1 when CUDA is visible, else 0)")
+    p.add_argument("--dry-run", action="store_true", help="list the trials, their status and commands; run nothing")
+    p.add_argument("--report-only", action="store_true", help="only rebuild results.md/json, the plot and tb/ from finished trials")
+    p.set_defaults(func=_resolve("ckf_dist.sweep:cmd_sweep", _not_yet("sweep")))
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="verb", required=True)
     p = bench.add_parser("kernels", help="multi_lora and meta_proj vs their torch baselines")

@@ -5,6 +5,12 @@ Metric names follow one scheme everywhere: `train/<task>/loss`, `train/loss`, `t
 `perf/tokens_per_s_per_worker`, `perf/mfu`, `perf/mfu_6n`, `perf/data_wait_frac`,
 `perf/step_s`, `mem/peak_gib`, `data/bad_shards`, `ckpt/save_s`.
 
+TensorBoard sorts scalar groups (the part of a tag before its first `/`) alphabetically, so the
+housekeeping groups (`ckpt`, `data`, `dist`, `mem`, `model`) used to come before `eval`, `perf`
+and `train`. In TensorBoard they are filed under those three (:data:`TB_TAGS`, :func:`tb_tag`:
+`ckpt/save_s` -> `perf/ckpt_save_s`, `data/bad_shards` -> `train/bad_shards`, ...); the
+`metrics.jsonl` twin keeps the names above, which scripts and tests read.
+
 Tokens are the non-pad tokens actually processed (attention-mask sum), not padded lengths.
 MFU uses the LoRA-aware count (frozen base: forward 2N + backward-to-inputs 2N = 4N per token,
 plus attention 12 * layers * seq * hidden for fwd+bwd), and logs the 6N convention beside it.
@@ -35,8 +41,30 @@ def flops_per_token(n_params: int, n_layers: int, hidden: int, seq_len: int, lor
     return (4 if lora_aware else 6) * n_params + attn
 
 
+TB_TAGS = {
+    "ckpt/save_s": "perf/ckpt_save_s",
+    "mem/peak_gib": "perf/mem_peak_gib",
+    "data/bad_shards": "train/bad_shards",
+    "dist/world_size": "train/world_size",
+}
+"""TensorBoard tag for a logged name whose group would sort before eval/perf/train."""
+TB_GROUP_PREFIXES = {"model/": "train/model_", "ckpt/": "perf/ckpt_", "mem/": "perf/mem_", "data/": "train/data_", "dist/": "train/dist_"}
+"""Fallback for other names of those groups: `model/trainable_params` -> `train/model_trainable_params`."""
+
+
+def tb_tag(name: str) -> str:
+    """The TensorBoard tag of a logged scalar (see the module docstring); other names pass unchanged."""
+    if name in TB_TAGS:
+        return TB_TAGS[name]
+    for prefix, repl in TB_GROUP_PREFIXES.items():
+        if name.startswith(prefix):
+            return repl + name[len(prefix):].replace("/", "_")
+    return name
+
+
 class MetricsLogger:
-    """Writes scalars to TensorBoard (rank 0 only) and to `metrics.jsonl` beside it."""
+    """Writes scalars to TensorBoard (rank 0 only, tags through :func:`tb_tag`) and to
+    `metrics.jsonl` beside it (names as logged)."""
 
     def __init__(self, log_dir: str | Path, rank: int = 0):
         self.rank = rank
@@ -55,7 +83,7 @@ class MetricsLogger:
             return
         for k, v in scalars.items():
             if v is not None:
-                self.writer.add_scalar(k, float(v), step)
+                self.writer.add_scalar(tb_tag(k), float(v), step)
         self.jsonl.write(json.dumps({"step": step, **{k: float(v) for k, v in scalars.items() if v is not None}}) + "\n")
         self.jsonl.flush()
 
