@@ -25,11 +25,8 @@ the issue's grid in bf16: d in {1024, 4096}, T in {1, 4, 8, 32}, r in {8, 16, 64
 
 from __future__ import annotations
 
-import csv
-import json
 import statistics
 import time
-from datetime import datetime, timezone
 from itertools import product
 from pathlib import Path
 from typing import Callable
@@ -37,7 +34,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ckf_dist.bench.common import device_name, load_avg
+from ckf_dist.bench.common import DeviceProbe, load_avg, utc_date, write_rows
 from ckf_dist.kernels.meta_proj import meta_proj
 from ckf_dist.kernels.multi_lora import build_segments, multi_lora_linear
 
@@ -73,8 +70,7 @@ def _meta_proj_grid(device: str, quick: bool) -> list[dict]:
 
 
 def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
+    DeviceProbe(device).sync()
 
 
 def _time_ms(fn: Callable[[], object], device: str, quick: bool) -> tuple[float, float]:
@@ -271,17 +267,15 @@ def run_kernel_bench(device: str, quick: bool, out_dir: Path) -> list[dict]:
     Returns the rows. speedup_vs_baseline is against peft_loop (multi_lora) or materialize_bmm
     (meta_proj); overhead_vs_base_pct is the time over the bare base GEMM of the same shape.
     """
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("bench kernels --device cuda: no CUDA device is available")
+    probe = DeviceProbe(device)
+    probe.require("bench kernels")
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = dict(
-        device=device, device_name=device_name(device), dtype=str(dtype).replace("torch.", ""),
+        device=device, device_name=probe.name(), dtype=str(dtype).replace("torch.", ""),
         quick=quick, torch=torch.__version__, threads=torch.get_num_threads(),
-        date=datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        date=utc_date(),
         load_avg_1m=load_avg(),
         timing="ms = min (ms_median = median) wall ms of forward+backward per layer call after warm-up; ratios from ms",
     )
@@ -294,11 +288,5 @@ def run_kernel_bench(device: str, quick: bool, out_dir: Path) -> list[dict]:
         rows += _bench_meta_proj(cfg, device, dtype, quick)
     meta["load_avg_1m_end"] = load_avg()
     _print_table(rows)
-    stem = f"kernels_{device}{'_quick' if quick else ''}"
-    with open(out_dir / f"{stem}.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
-    (out_dir / f"{stem}.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
-    print(f"wrote {out_dir / (stem + '.csv')} and {out_dir / (stem + '.json')}")
+    write_rows(out_dir, f"kernels_{device}{'_quick' if quick else ''}", rows, dict(meta=meta, rows=rows), COLUMNS)
     return rows

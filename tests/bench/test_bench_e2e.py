@@ -62,7 +62,7 @@ def test_quick_local_comparison_reports_positive_rates_and_ratios(tmp_path):
 
 
 def test_steps_per_task_follows_the_stream_mix():
-    from ckf_dist.bench.e2e import steps_per_task
+    from ckf_dist.bench.e2e_peft import steps_per_task
 
     plan = steps_per_task({"ctr": 400, "topk": 100, "rating": 0}, {"ctr": 1.0, "topk": 1.0, "rating": 1.0}, 10)
     assert plan == {"ctr": 8, "topk": 2}
@@ -71,16 +71,22 @@ def test_steps_per_task_follows_the_stream_mix():
 
 
 def test_bench_options_are_split_from_config_overrides():
-    from ckf_dist.bench.e2e import split_bench_overrides
+    from ckf_dist.bench.e2e_options import E2EOptions, split_bench_overrides
     from ckf_dist.config import ConfigError
 
-    cfg, bench = split_bench_overrides(["train.steps=3", "bench.workers=[]", "bench.repeats=2"])
-    assert cfg == ["train.steps=3"] and bench == {"workers": [], "repeats": 2}
-    assert split_bench_overrides(["bench.workers=2"])[1] == {"workers": [2]}
+    cfg, opts = split_bench_overrides(["train.steps=3", "bench.workers=[]", "bench.repeats=2"])
+    assert cfg == ["train.steps=3"] and opts == E2EOptions(workers=[], repeats=2)
+    assert opts.get("repeats", 5) == 2 and opts.get("data_batches", 40) == 40
+    assert split_bench_overrides(["bench.workers=2"])[1].workers == [2]
+    assert split_bench_overrides(["bench.diagnose=false"])[1].diagnose is False
     with pytest.raises(ConfigError):
         split_bench_overrides(["bench.nope=1"])
     with pytest.raises(ConfigError):
         split_bench_overrides(["bench.workers=[0]"])
+    with pytest.raises(ConfigError, match="bench.steps"):
+        split_bench_overrides(["bench.steps=0"])
+    with pytest.raises(ConfigError, match="bench.diagnose"):
+        split_bench_overrides(["bench.diagnose=3"])
 
 
 def test_gpu_path_runs_on_a_tiny_shape_without_ray_deepspeed_webdataset():
@@ -91,7 +97,7 @@ import sys
 for name in ("ray", "deepspeed", "webdataset"):
     sys.modules[name] = None  # any import of them raises ImportError
 import torch
-from ckf_dist.bench.e2e import measure_llm_shape
+from ckf_dist.bench.e2e_gpu import measure_llm_shape
 shape = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
              intermediate_size=64, vocab_size=300)
 r = measure_llm_shape("cpu", shape, seq_len=48, micro_batch=2, steps=2, warmup=1, dtype=torch.float32,
