@@ -74,11 +74,12 @@ def test_e2e_cuda_branch_metadata_mfu_and_files(fake_cuda, tmp_path):
     """run_gpu_bench end to end on a tiny shape whose tensors stay on the CPU: the CUDA queries
     feed the metadata (device name), MFU (the H100's peak) and peak memory."""
     from ckf_dist.bench.e2e_gpu import TARGET_GPU_TOKENS, run_gpu_bench
+    from ckf_dist.bench.gpu_check import e2e_numbers
     from ckf_dist.bench.e2e_options import E2EOptions
     from ckf_dist.metrics.logger import peak_flops
 
     opts = E2EOptions(seq_len=48, micro_batch=2, steps=2, warmup=1, target_len=8)
-    res = run_gpu_bench(tmp_path, True, ["lora.shared.r=2", "lora.task.r=2", "kernels.backend=torch"], opts,
+    res = run_gpu_bench(tmp_path / "bench_e2e", True, ["lora.shared.r=2", "lora.task.r=2", "kernels.backend=torch"], opts,
                         shape=TINY_SHAPE, place="cpu", dtype=torch.float32)
     meta, row, raw = res["meta"], res["rows"][0], res["raw"]
     assert meta["device"] == "cuda" and meta["device_name"] == H100
@@ -87,33 +88,48 @@ def test_e2e_cuda_branch_metadata_mfu_and_files(fake_cuda, tmp_path):
     assert row["peak_mem_gib"] == 3.0 and row["micro_batch"] == 2 and row["seq_len"] == 48
     assert res["summary"]["target_tokens_per_s"] == TARGET_GPU_TOKENS
     assert {"synchronize", "reset_peak_memory_stats", "max_memory_allocated"} <= set(fake_cuda)
-    blob = json.loads((tmp_path / "e2e_cuda_quick.json").read_text())
+    blob = json.loads((tmp_path / "bench_e2e" / "e2e_cuda_quick.json").read_text())
     assert blob["rows"][0]["tokens_per_s"] == row["tokens_per_s"] > 0
-    assert (tmp_path / "e2e_cuda_quick.csv").read_text().startswith("row,")
+    assert (tmp_path / "bench_e2e" / "e2e_cuda_quick.csv").read_text().startswith("row,")
+    # what `make gpu-check` reads from this file
+    nums = e2e_numbers(tmp_path)
+    assert nums["tokens_per_s_per_gpu"] == row["tokens_per_s"] and nums["mfu"] == row["mfu"] and raw["mfu"] > 0
+    assert nums["peak_mem_gib"] == 3.0 and nums["target_met"] is False
 
 
 def test_kernel_bench_cuda_metadata(fake_cuda, monkeypatch, tmp_path):
     """bench kernels' CUDA branch up to the grid (the grid itself needs CUDA tensors)."""
     from ckf_dist.bench import kernels
+    from ckf_dist.bench.gpu_check import kernel_numbers
 
     seen = []
 
     def fake_bench(op):
         def bench(cfg, device, dtype, quick):
             seen.append((op, device, dtype))
-            return [dict(op=op, impl="triton", device=device, ms=1.0)]
+            k = len(seen)
+            return [dict(op=op, impl="triton", device=device, ms=1.0, speedup_vs_baseline=float(k),
+                         speedup_vs_best_unfused=k / 2 if op == "multi_lora" else "",
+                         overhead_vs_base_pct=10.0 * k if op == "multi_lora" else ""),
+                    dict(op=op, impl="base_gemm", device=device, ms=0.5, speedup_vs_baseline=9.0)]
         return bench
 
     monkeypatch.setattr(kernels, "_bench_multi_lora", fake_bench("multi_lora"), raising=True)
     monkeypatch.setattr(kernels, "_bench_meta_proj", fake_bench("meta_proj"), raising=True)
-    rows = kernels.run_kernel_bench("cuda", False, tmp_path)
-    blob = json.loads((tmp_path / "kernels_cuda.json").read_text())
+    rows = kernels.run_kernel_bench("cuda", False, tmp_path / "bench_kernels")
+    blob = json.loads((tmp_path / "bench_kernels" / "kernels_cuda.json").read_text())
     assert blob["meta"]["device_name"] == H100 and blob["meta"]["dtype"] == "bfloat16"
     assert blob["rows"] == rows and {op for op, _, _ in seen} == {"multi_lora", "meta_proj"}
     assert all(dev == "cuda" and dtype == torch.bfloat16 for _, dev, dtype in seen)
     assert len(seen) == len(kernels._multi_lora_grid("cuda", False)) + len(kernels._meta_proj_grid("cuda", False))
     kernels._sync("cuda")
     assert fake_cuda.count("synchronize") == 1
+    # what `make gpu-check` reads from this file: triton rows only
+    nums = kernel_numbers(tmp_path)
+    n_lora = len(kernels._multi_lora_grid("cuda", False))
+    assert nums["device_name"] == H100 and nums["shapes"] == len(seen)
+    assert nums["multi_lora_triton_vs_peft_loop"] == {"min": 1.0, "median": (1 + n_lora) / 2, "max": float(n_lora)}
+    assert nums["meta_proj_triton_vs_materialize"]["min"] == n_lora + 1.0
 
 
 def _cuda_attributes(path: Path) -> set[tuple[str, int, str]]:
