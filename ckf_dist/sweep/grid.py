@@ -263,7 +263,7 @@ def _stages_fresh(cfg: Config) -> Optional[bool]:
         return None
     try:
         return bool(eval_stage(cfg).fresh())
-    except (OSError, ValueError, KeyError, AttributeError):
+    except Exception:  # noqa: BLE001 - advisory: the config comparison still decides
         return None
 
 

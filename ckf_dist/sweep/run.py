@@ -231,7 +231,8 @@ def run_trials(grid: Grid, trials: list[Trial], res: Resources, address: Optiona
             if r.error is not None:
                 name = (r.config or {}).get("trial", {}).get("name", "?")
                 msg = str(r.error).strip().splitlines()
-                errors[name] = next((ln for ln in reversed(msg) if "`ckf train` exited" in ln), msg[-1] if msg else type(r.error).__name__)
+                line = next((ln for ln in reversed(msg) if "`ckf train` exited" in ln), msg[-1] if msg else type(r.error).__name__)
+                errors[name] = line.removeprefix("RuntimeError: ")
         return errors
     finally:
         if started:
@@ -336,11 +337,12 @@ def cmd_sweep(args) -> int:
     print(f"TensorBoard: tensorboard --logdir {grid.out / 'tb'} --host 127.0.0.1")
     if errors:
         first = next(iter(errors.items()))
-        print(f"error: {len(errors)} of {len(todo)} trial(s) failed; {first[0]}: {first[1]}", file=sys.stderr)
+        print(f"error: {len(errors)} of {len(todo)} trial(s) failed (rerun to retry them); {first[0]}: {first[1]}", file=sys.stderr)
         return 1
     left = [t.name for t in trials if statuses[t.name] != "done"]
     if left and not args.report_only:
-        print(f"error: {len(left)} trial(s) not done: {', '.join(left[:5])}", file=sys.stderr)
+        print(f"error: {len(left)} trial(s) not done: {', '.join(left[:5])}{' ...' if len(left) > 5 else ''}; "
+              "rerun the same command to resume", file=sys.stderr)
         return 1
     return 0
 
