@@ -3,7 +3,6 @@ and HParams, the validation plot, resources, and (integration) a real smoke grid
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
