@@ -57,13 +57,25 @@ class DataConfig:
     meta_path: Optional[str] = None
     """Optional Amazon metadata JSON-lines file with item titles (asin, title)."""
     history_len: int = 10
-    """History = the last `history_len` training items before the target."""
-    samples_per_user: int = 4
-    """Cap on training samples per user and task (valid/test keep one per held-out interaction and task)."""
+    """History = the user's last `history_len` interactions strictly before the target in time that are
+    known at prediction time (train rows; for valid/test rows also earlier held-out rows)."""
+    split: Literal["auto", "leave_last", "global_time", "column"] = "auto"
+    """leave_last: per user, the last interactions go to valid/test; global_time: one cut in time for
+    everybody (fractions in `split_fractions`; later users and items are kept as 'new'); column: the
+    source's `split` column; auto = column when the source has one, else leave_last."""
+    split_fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    """train / valid / test shares of the interactions, in time order (data.split=global_time)."""
+    ctr_negatives: Literal["auto", "explicit", "sampled"] = "auto"
+    """ctr rows: explicit = every labelled interaction of the split is a row, label = rating >= like_threshold
+    (or the given label), no synthetic negatives (CoLLM / TALLRec); sampled = each interaction plus one
+    sampled unseen item labelled No; auto = explicit when the data have ratings or labels."""
+    samples_per_user: int = 0
+    """Cap on training samples per user and task (0 = every eligible training interaction; valid/test are never capped)."""
     on_bad_record: Literal["error", "skip"] = "error"
     """A malformed record: stop with a one-line error, or skip it and count it."""
-    topk_candidates: int = 10
-    """Candidates per topk sample: the true item plus N-1 sampled negatives."""
+    topk_candidates: int = 20
+    """Candidates per topk sample: the true item plus N-1 sampled negatives (20 = LLaRA / A-LLMRec's 1 + 19
+    with HR@1; 100 = P5 / POD's 1 + 99 with HR@10 / NDCG@10)."""
     cold_threshold: int = 5
     """Users with at most this many training interactions are 'cold'."""
     valid_per_user: int = 1
@@ -114,6 +126,8 @@ class ModelConfig:
     """HF-format causal LM directory; unset = the embedded tiny model from `ckf model init-tiny`."""
     cf_fusion: bool = True
     """Splice CF vectors into the prompt; false = text-only LLM + LoRA (TALLRec-style)."""
+    cf_biases: bool = True
+    """Feed the CF model's user / item biases (MF) as one more coordinate of its vectors."""
     mapping: Literal["ckf", "collm"] = "ckf"
     """ckf = meta-network bridge + separate projections; collm = one shared MLP mapping."""
     meta_net: bool = True
@@ -196,6 +210,9 @@ class TrainConfig:
     """Gradient-norm clipping (0 = off)."""
     curriculum: bool = True
     """Text-to-CF curriculum: loss = w L_text + (1 - w) L_cf with w decaying (ckf.md section 6)."""
+    curriculum_mode: Literal["sample", "mix"] = "sample"
+    """sample: each step trains one path, the text-only twin with probability w (same expected loss, half
+    the cost); mix: every step runs both prompts and mixes the losses (twice the cost)."""
     dtype: Literal["auto", "fp32", "bf16"] = "auto"
     """auto = bf16 on GPU, fp32 on CPU."""
     log_every: int = 10
@@ -222,7 +239,11 @@ class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [1, 5, 10])
     """Cut-offs for HR@k and NDCG@k."""
     max_samples_per_task: int = 0
-    """Cap on evaluated samples per task (0 = all)."""
+    """Cap on test samples scored per task (0 = all); the LLM and every baseline score the same rows."""
+    task_caps: dict[str, int] = field(default_factory=dict)
+    """Per-task override of max_samples_per_task, e.g. {topk: 500} (topk scores every candidate)."""
+    valid_max_samples_per_task: int = 300
+    """Cap per task for the validations during training (train.eval_every); 0 = all."""
 
 
 @dataclass
@@ -310,9 +331,14 @@ class Config:
         for t in self.task_mix:
             if t not in ALL_TASKS:
                 raise ConfigError(f"{source}: key 'task_mix.{t}': unknown task")
+        for t, cap in self.eval.task_caps.items():
+            if t not in ALL_TASKS or cap < 0:
+                raise ConfigError(f"{source}: key 'eval.task_caps.{t}': unknown task or negative cap {cap!r}")
         checks = [
             ("data.history_len", self.data.history_len >= 1),
-            ("data.samples_per_user", self.data.samples_per_user >= 1),
+            ("data.samples_per_user", self.data.samples_per_user >= 0),
+            ("data.split_fractions", len(self.data.split_fractions) == 3 and all(f >= 0 for f in self.data.split_fractions)
+             and self.data.split_fractions[0] > 0 and abs(sum(self.data.split_fractions) - 1.0) < 1e-6),
             ("data.topk_candidates", self.data.topk_candidates >= 2),
             ("data.shard_multiple", self.data.shard_multiple >= 1),
             ("data.samples_per_shard", self.data.samples_per_shard >= 1),

@@ -84,7 +84,7 @@ def data_stage(cfg: Config) -> Stage:
 
 
 def cf_stage(cfg: Config) -> Stage:
-    key = _hash([data_stage(cfg).key, to_dict(cfg.cf), cfg.eval.ks])
+    key = _hash([data_stage(cfg).key, to_dict(cfg.cf), cfg.eval.ks, cfg.eval.max_samples_per_task, cfg.eval.task_caps])
     return Stage("cf", cfg.run_dir / "cf", key)
 
 

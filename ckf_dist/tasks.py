@@ -39,8 +39,14 @@ def _quoted(titles: list[str]) -> str:
 
 
 def ctr_template(f: dict, ph: Optional[str]) -> str:
-    """fields: history (liked titles, oldest first), title."""
-    hist = f"The user liked these items: {_quoted(f['history'])}. " if f["history"] else "The user has not liked any items yet. "
+    """fields: history (liked titles, oldest first), title; with explicit feedback also disliked
+    (disliked titles, oldest first; TALLRec's liked / disliked lists)."""
+    if "disliked" in f:
+        hist = "".join(f"The user {verb} these items: {_quoted(f[key])}. "
+                       for verb, key in (("liked", "history"), ("disliked", "disliked")) if f[key])
+        hist = hist or "The user has no earlier interactions. "
+    else:
+        hist = f"The user liked these items: {_quoted(f['history'])}. " if f["history"] else "The user has not liked any items yet. "
     return f"{_user(ph)}{hist}Will the user enjoy {_item(f['title'], ph)}? Answer Yes or No."
 
 
@@ -48,9 +54,10 @@ def topk_template(f: dict, ph: Optional[str]) -> str:
     """fields: history (liked titles, oldest first), candidates (titles, in slot order)."""
     hist = (f"The user recently liked these items: {_quoted(f['history'])}. " if f["history"]
             else "The user has not liked any items yet. ")
-    cands = "; ".join(f'"{t}"' + (f" with encoded feature {ph}" if ph else "") for t in f["candidates"])
+    cands = "; ".join(f'"{t}"' + (f" {ph}" if ph else "") for t in f["candidates"])
+    feature = " (each title followed by its encoded feature)" if ph else ""
     return (f"{_user(ph)}{hist}Which of these candidate items will the user choose next? "
-            f"Candidates: {cands}. Answer with the title of one candidate.")
+            f"Candidates{feature}: {cands}. Answer with the title of one candidate.")
 
 
 def rating_template(f: dict, ph: Optional[str]) -> str:

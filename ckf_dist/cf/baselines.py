@@ -11,7 +11,8 @@ Models and what they predict (statistics from ``split == "train"`` only):
       rating, review_rating: the item's damped mean rating (sum_i + a mu) / (n_i + a), mu the
               global mean; an unseen item gets mu.
       topk:   the item's training interaction count (most popular first).
-  - ``mf`` (``ckf_dist.cf.train``, tuned on validation):
+  - ``mf`` (``ckf_dist.cf.train``, tuned on validation; a user without training interactions is
+    folded in from the sample's history, :meth:`CFTables.user_vectors`, as the CKF model does):
       ctr and topk: ``CFTables.score`` (for an MSE-trained MF that is the predicted rating:
       higher = more likely liked).
       rating, review_rating: the predicted rating clipped to the training rating range (MSE-trained
@@ -34,6 +35,7 @@ from ckf_dist.cf.train import train_cf
 from ckf_dist.config import ALL_TASKS, Config
 from ckf_dist.data.table import SplitData
 from ckf_dist.eval.metrics import task_metrics
+from ckf_dist.eval.selection import eval_cap, select
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +93,13 @@ class CFBaseline:
     def predict(self, task: str, samples: Sequence[Mapping]) -> list:
         if not samples:
             return []
-        users = np.array([s["user"] for s in samples], dtype=np.int64)
+        users = [s["user"] for s in samples]
+        histories = [s["history"] for s in samples]
         if task == "topk":
-            return [self.tables.score(s["user"], np.asarray(s["candidates"], dtype=np.int64)) for s in samples]
+            return [self.tables.score_with_history([s["user"]], [s["history"]], np.asarray([s["candidates"]], dtype=np.int64))[0]
+                    for s in samples]
         items = np.array([s["items"][0] for s in samples], dtype=np.int64)
-        scores = self.tables.score(users, items)
+        scores = self.tables.score_with_history(users, histories, items)
         if task == "ctr":
             return scores.tolist()
         if task in RATING_TASKS and self.loss == "mse":
@@ -126,6 +130,8 @@ def run_baselines(
     by_task: dict[str, list] = {}
     for s in samples_by_split.get(split, []):
         by_task.setdefault(s["task"], []).append(s)
+    # the rows the LLM evaluator scores (eval_cap), so every table row shares them
+    by_task = {t: select(v, eval_cap(cfg.eval, t), cfg.seed) for t, v in by_task.items()}
     models: list[Any] = [Popularity(split_data)]
     for name in cfg.cf.baselines:
         t = (tables or {}).get(name)
@@ -143,7 +149,7 @@ def run_baselines(
     return results
 
 
-_NOT_COLUMNS = ("n", "warm", "cold", "uauc_users")
+_NOT_COLUMNS = ("n", "warm", "cold", "new", "uauc_users")
 
 
 def _fmt(v: Any) -> str:
@@ -152,7 +158,7 @@ def _fmt(v: Any) -> str:
 
 def baseline_table_markdown(results: Mapping[str, Mapping[str, Mapping]], group: str = "all") -> str:
     """A markdown table: one row per model, one column per (task, metric), for the split the
-    results were computed on. group: "all", "warm" or "cold" users. A model that does not
+    results were computed on. group: "all", "warm", "cold" or "new" users. A model that does not
     predict a task shows "–"; so does an undefined metric (e.g. UAUC with no user having both
     labels)."""
     tasks = [t for t in ALL_TASKS if any(t in r for r in results.values())]

@@ -12,6 +12,13 @@ each row, so a table can be checked against a SplitData), and the training facts
 dim, chosen weight decay, validation metric and score, ...). Keeping ids and tensors in one file
 keeps the write atomic.
 
+**Rows without training data.** A user or item with no training interaction (new after a global
+time split, or a held-out-only item) has an all-zero row (and zero biases): no untrained random
+vector ever leaves CF training. Consumers fold such a *user* in from the history of the row being
+predicted: its vector is the mean of its history items' rows (:meth:`CFTables.user_vectors`, and
+the same rule in the CKF model), the classic fold-in of item-based CF. A zero item row scores as
+the global prior.
+
 Arrays are numpy (``torch.from_numpy`` is zero-copy for consumers that want tensors). This module
 knows nothing of how the tables were trained nor of the LLM.
 """
@@ -78,6 +85,46 @@ class CFTables:
             path, self.user_emb, self.item_emb, self.user_ids, self.item_ids, self.meta,
             user_bias=self.user_bias, item_bias=self.item_bias, global_bias=self.global_bias if has_bias else None,
         )
+
+    def model_inputs(self, with_biases: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(users [U, d'], items [I, d']) float32: the vectors the CKF model is fed. With biases (MF),
+        each row gets its bias as one more coordinate (d' = d + 1): the per-user and per-item rating
+        offsets are part of what the CF model learned, and e_u . e_i alone would hide them. A row
+        without training data stays all zero (its bias is zero too)."""
+        if not with_biases or self.user_bias is None or self.item_bias is None:
+            return self.user_emb.astype(np.float32), self.item_emb.astype(np.float32)
+        u = np.concatenate([self.user_emb, self.user_bias[:, None]], 1).astype(np.float32)
+        i = np.concatenate([self.item_emb, self.item_bias[:, None]], 1).astype(np.float32)
+        return u, i
+
+    def user_vectors(self, users: Sequence[int], histories: Sequence[Sequence[int]]) -> np.ndarray:
+        """[n, d] float64: each user's trained row, or, for a user whose row is all zero (no
+        training interaction), the mean of its history items' rows (zeros if that is empty too)."""
+        u = np.asarray(users, dtype=np.int64)
+        out = self.user_emb[u].astype(np.float64)
+        unknown = ~np.any(out != 0.0, axis=1)
+        for k in np.flatnonzero(unknown):
+            h = np.asarray(histories[k], dtype=np.int64)
+            if len(h):
+                out[k] = self.item_emb[h].astype(np.float64).mean(0)
+        return out
+
+    def score_with_history(self, users: Sequence[int], histories: Sequence[Sequence[int]], items: Any) -> np.ndarray:
+        """Like :meth:`score`, with users folded in from their histories (:meth:`user_vectors`).
+
+        items: [n] (one per user) or [n, C] (C candidates per user)."""
+        u = np.asarray(users, dtype=np.int64)
+        i = np.asarray(items, dtype=np.int64)
+        vec = self.user_vectors(u, histories)  # [n, d]
+        if i.ndim == 1:
+            s = np.einsum("nd,nd->n", vec, self.item_emb[i].astype(np.float64))
+            ub = self.user_bias[u] if self.user_bias is not None else 0.0
+        else:
+            s = np.einsum("nd,ncd->nc", vec, self.item_emb[i].astype(np.float64))
+            ub = self.user_bias[u][:, None] if self.user_bias is not None else 0.0
+        if self.item_bias is not None:
+            s = s + self.item_bias[i]
+        return s + ub + self.global_bias
 
     def score(self, users: Any, items: Any) -> np.ndarray:
         """MF-style score e_u . e_i + b_u + b_i + b (biases where present), float64.

@@ -17,6 +17,7 @@ Objectives (``cfg.loss``; ``auto`` = ``mse`` when the data has ratings, else ``b
 always BPR):
   - mse: mean (r_ui - score(u, i))^2 over training ratings. Validation: RMSE on validation ratings
     (predictions clipped to the training rating range), lower is better.
+  (Validation uses the rows of users with training data; see ``_Data``.)
   - bpr: -log sigmoid(score(u, i) - score(u, j)) over training *positives* (``pos == 1``), one
     negative j per positive per epoch, drawn uniformly from the items that are not among u's
     training positives. Validation: sampled AUC, i.e. for every validation positive the fraction
@@ -36,8 +37,9 @@ CPU threads: training runs with one torch thread (restored afterwards). NOTE: th
 with another job busy on the 2-core machine an ML-100K epoch took 3.1-3.7 s (MF) and 2.0-3.2 s
 (LightGCN) with 2 threads but 0.3-0.8 s and 0.3-0.5 s with 1.
 
-Exported rows of users (and, for MSE, items) with no training interaction are zeroed (biases
-too), so they score as the global / item prior instead of a random initialisation.
+Exported rows of users and items with no training interaction (for BPR: no training positive)
+are zeroed (biases too), so they score as the global / item prior instead of a random
+initialisation; users are folded in from their history by the consumers (see cf/tables.py).
 
 This module knows SplitData and CFConfig; it knows nothing of prompts or the LLM.
 """
@@ -99,10 +101,17 @@ class _Data:
             train, valid = train[train["pos"] >= 0.5], valid[valid["pos"] >= 0.5]
         self.u = torch.from_numpy(train["u"].to_numpy(np.int64, copy=True))  # [N] training pairs
         self.i = torch.from_numpy(train["i"].to_numpy(np.int64, copy=True))
-        self.valid_u = valid["u"].to_numpy(np.int64)
-        self.valid_i = valid["i"].to_numpy(np.int64)
         self.user_seen = np.bincount(self.u.numpy(), minlength=self.num_users) > 0
         self.item_seen = np.bincount(self.i.numpy(), minlength=self.num_items) > 0
+        # Validation rows of users the model has a vector for (after a global time split most
+        # validation users are new: their zero rows would only add ties); all rows if none is known.
+        known = self.user_seen[valid["u"].to_numpy(np.int64)]
+        if known.any():
+            valid = valid[known]
+            if loss == "mse":
+                self.valid_r = valid["rating"].to_numpy(np.float64)
+        self.valid_u = valid["u"].to_numpy(np.int64)
+        self.valid_i = valid["i"].to_numpy(np.int64)
         if loss == "bpr":
             # Sorted keys u * I + i of the training positives, for negative rejection.
             self.pos_keys = np.unique(self.u.numpy() * self.num_items + self.i.numpy())
@@ -151,9 +160,9 @@ def _tables_of(model: torch.nn.Module, data: _Data, loss: str) -> dict[str, Any]
     t["user_emb"][unseen_u] = 0.0
     if "user_bias" in t:
         t["user_bias"][unseen_u] = 0.0
-    if loss == "mse":
-        unseen_i = ~data.item_seen
-        t["item_emb"][unseen_i] = 0.0
+    unseen_i = ~data.item_seen
+    t["item_emb"][unseen_i] = 0.0
+    if "item_bias" in t:
         t["item_bias"][unseen_i] = 0.0
     return t
 

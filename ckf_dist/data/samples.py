@@ -14,34 +14,37 @@ Sample schema (exactly these keys; the CKF model, shards and CF baselines read t
     label        ctr 0/1; rating / review_rating the true rating; None otherwise
     candidates   topk candidate item ids ([] otherwise);  answer: index of the true one (-1 otherwise)
     warm         user has more than data.cold_threshold train interactions
+    group        "warm" | "cold" | "new" (no train interaction)
 
 Protocol:
 
-- **History** = the user's last ``data.history_len`` *train* interactions that precede the target
-  in the user's time order (ties in time keep file order). For a train sample that is before
-  the interaction itself; valid/test rows never enter a history. ctr and topk list *liked*
-  (``pos`` = 1) items; rating lists items with their ratings ("title, rating: r");
-  review_rating and explanation keep the recent train items in ``history`` (for the
-  meta-network) without listing them in the prompt.
+- **History** of a row = the user's last ``data.history_len`` interactions *strictly before* it in
+  time that are known when it is predicted: a train row sees earlier train rows; a valid row also
+  earlier valid rows; a test row every earlier row (train, valid, test). A row never sees itself,
+  nor anything at or after its timestamp. ctr (explicit) lists the history as liked and disliked
+  titles (TALLRec / CoLLM); ctr (sampled) and topk list *liked* (``pos`` = 1) items; rating lists
+  items with their ratings ("title, rating: r"); review_rating and explanation keep the history
+  in ``history`` (for the meta-network) without listing it.
 - **Negatives** are sampled uniformly (seeded) from items the user never interacted with in
   any split, so a negative is never a hidden positive. topk negatives also avoid titles already
   among the candidates, so exact-match HR@1 is unambiguous.
-- **ctr**: every held-out (valid/test) interaction gives one sample labelled by ``pos`` plus
-  ONE sampled unseen item labelled 0 with the same history. Every user whose held-out item is
-  liked therefore has both labels, so UAUC is defined for them; users whose held-out item is
-  disliked contribute negatives only and UAUC skips them. Train samples pair the same way.
+- **ctr** (``data.ctr_negatives``): ``explicit`` (the default on rated or labelled data) makes
+  every interaction of the split one row labelled by ``pos``, with no synthetic negative, as
+  CoLLM / TALLRec / BinLLM; ``sampled`` pairs every interaction with ONE sampled unseen item
+  labelled 0 and the same history.
 - **topk**: only *liked* interactions are targets; the true item plus ``data.topk_candidates
   - 1`` negatives, shuffled (seeded); ``answer`` = the true item's slot; target = its title.
 - **rating / review_rating**: interactions with a rating (review_rating: and a non-empty
   review, cut to its first ``data.review_words`` words); target = the rounded rating digit.
 - **explanation**: interactions with a non-empty summary; the summary is the target. Empty
   summaries are skipped and counted.
-- **Caps**: train keeps at most ``data.samples_per_user`` samples per user and task, drawn as a
-  *seeded uniform sample* of the user's eligible train interactions (kept in time order), not
-  the most recent ones: that covers the whole history and item catalogue rather than only the
-  period right before the held-out items. For ctr that is ceil(cap / 2) interactions, each with
-  its negative, truncated to the cap. valid/test keep one sample per held-out interaction and
-  task (ctr: plus its negative).
+- **Caps**: by default every eligible training interaction gives a sample. ``data.samples_per_user``
+  > 0 keeps at most that many per user and task, a *seeded uniform sample* of the eligible train
+  interactions (kept in time order); for sampled ctr that is ceil(cap / 2) interactions, each with
+  its negative, truncated to the cap. valid/test are never capped.
+- **Groups**: ``group`` is the user's group, ``warm`` (more than ``data.cold_threshold`` training
+  interactions), ``cold`` (1 to that many) or ``new`` (none: first seen after training);
+  ``warm`` is the same as a bool.
 - **Seeds**: each (split, task) draws from its own ``random.Random("ckf-samples/<seed>/<split>/<task>")``
   stream (string seeds hash deterministically), so adding a task or
   changing one split's settings leaves the other samples unchanged.
@@ -77,19 +80,23 @@ __all__ = ["build_samples", "count_placeholders", "SAMPLE_KEYS", "check_sample"]
 log = logging.getLogger(__name__)
 
 SAMPLE_KEYS = ("key", "task", "split", "user", "user_id", "items", "history", "prompt", "prompt_text",
-               "target", "label", "candidates", "answer", "warm")
+               "target", "label", "candidates", "answer", "warm", "group")
+SPLIT_LEVEL = {"train": 0, "valid": 1, "test": 2, "serve": 2}
+"""A row of split S may see earlier rows of splits whose level is <= S's (serving sees everything)."""
 
 
 class _User:
     """One user's interactions in time order, as arrays (positions index into these)."""
 
-    __slots__ = ("u", "i", "split", "pos", "rating", "digit", "review", "summary", "has_review", "has_summary",
-                 "train_at", "liked_at", "rated_at", "seen")
+    __slots__ = ("u", "i", "ts", "level", "split", "pos", "rating", "digit", "review", "summary", "has_review",
+                 "has_summary", "liked", "rated", "seen")
 
     def __init__(self, u: int, rows: dict[str, np.ndarray]):
         self.u = u
         self.i = rows["i"]
+        self.ts = rows["timestamp"]
         self.split = rows["split"]
+        self.level = np.array([SPLIT_LEVEL[x] for x in self.split], dtype=np.int64)
         self.pos = rows["pos"]
         self.rating = rows["rating"]
         self.digit = rows["digit"]
@@ -97,16 +104,18 @@ class _User:
         self.summary = rows["summary"]
         self.has_review = rows["has_review"]
         self.has_summary = rows["has_summary"]
-        train = self.split == "train"
-        self.train_at = np.flatnonzero(train)
-        self.liked_at = np.flatnonzero(train & (self.pos >= 0.5))
-        self.rated_at = np.flatnonzero(train & ~np.isnan(self.rating))
+        self.liked = self.pos >= 0.5
+        self.rated = ~np.isnan(self.rating)
         self.seen = set(self.i.tolist())
 
-    def before(self, at: np.ndarray, p: int, n: int) -> np.ndarray:
-        """Positions in `at` (sorted) strictly before position p, the last n of them."""
-        k = int(np.searchsorted(at, p))
-        return at[max(0, k - n):k]
+    def history(self, p: int, split: str, n: int, mask: Optional[np.ndarray] = None) -> np.ndarray:
+        """Positions of the last n interactions strictly before position p in time (p = len: after all)
+        that a row of `split` may see (see the module docstring), optionally restricted to `mask`."""
+        cut = len(self.i) if p >= len(self.i) else int(np.searchsorted(self.ts, self.ts[p], side="left"))
+        ok = self.level[:cut] <= SPLIT_LEVEL[split]
+        if mask is not None:
+            ok &= mask[:cut]
+        return np.flatnonzero(ok)[-n:] if n > 0 else np.array([], dtype=np.int64)
 
 
 class _Builder:
@@ -117,8 +126,9 @@ class _Builder:
         self.ph = cfg.model.placeholder_token
         self.titles = sd.item_titles
         self.num_items = sd.num_items
-        self.warm = sd.warm_mask()
+        self.groups = sd.user_groups()
         self.counts = counts
+        self.explicit_ctr = resolve_ctr_negatives(cfg.data, sd) == "explicit"
 
     # -- sampling helpers ---------------------------------------------------------------
 
@@ -177,7 +187,8 @@ class _Builder:
             "label": None if label is None else float(label),
             "candidates": [int(x) for x in (candidates or [])],
             "answer": int(answer),
-            "warm": bool(self.warm[u]),
+            "warm": bool(self.groups[u] == "warm"),
+            "group": str(self.groups[u]),
         }
 
     # -- tasks ---------------------------------------------------------------------------
@@ -185,9 +196,17 @@ class _Builder:
     def ctr(self, split: str, user: _User, positions: list[int], rng: random.Random, cap: Optional[int]) -> list[dict]:
         out: list[dict] = []
         for p in positions:
-            hist = user.i[user.before(user.liked_at, p, self.d.history_len)].tolist()
-            fields = {"history": [self.titles[h] for h in hist]}
             item, label = int(user.i[p]), float(user.pos[p])
+            if self.explicit_ctr:
+                at = user.history(p, split, self.d.history_len)
+                hist = user.i[at].tolist()
+                fields = {"history": [self.titles[h] for h, ok in zip(hist, user.liked[at]) if ok],
+                          "disliked": [self.titles[h] for h, ok in zip(hist, user.liked[at]) if not ok]}
+                out.append(self.sample(split, "ctr", user, len(out), [item], hist,
+                                       {**fields, "title": self.titles[item]}, yes_no(label), label))
+                continue
+            hist = user.i[user.history(p, split, self.d.history_len, user.liked)].tolist()
+            fields = {"history": [self.titles[h] for h in hist]}
             out.append(self.sample(split, "ctr", user, len(out), [item], hist, {**fields, "title": self.titles[item]},
                                    yes_no(label), label))
             neg = self.negatives(rng, user, 1)
@@ -201,7 +220,7 @@ class _Builder:
     def topk(self, split: str, user: _User, positions: list[int], rng: random.Random) -> list[dict]:
         out: list[dict] = []
         for p in positions:
-            hist = user.i[user.before(user.liked_at, p, self.d.history_len)].tolist()
+            hist = user.i[user.history(p, split, self.d.history_len, user.liked)].tolist()
             item = int(user.i[p])
             negs = self.negatives(rng, user, self.d.topk_candidates - 1, avoid_titles={self.titles[item]})
             if negs is None:
@@ -217,7 +236,7 @@ class _Builder:
     def rating(self, split: str, user: _User, positions: list[int]) -> list[dict]:
         out: list[dict] = []
         for p in positions:
-            at = user.before(user.rated_at, p, self.d.history_len)
+            at = user.history(p, split, self.d.history_len, user.rated)
             hist = user.i[at].tolist()
             fields = {"history": [(self.titles[h], d) for h, d in zip(hist, user.digit[at].tolist())],
                       "title": self.titles[int(user.i[p])]}
@@ -228,7 +247,7 @@ class _Builder:
     def review_rating(self, split: str, user: _User, positions: list[int]) -> list[dict]:
         out: list[dict] = []
         for p in positions:
-            hist = user.i[user.before(user.train_at, p, self.d.history_len)].tolist()
+            hist = user.i[user.history(p, split, self.d.history_len)].tolist()
             review = " ".join(str(user.review[p]).split()[: self.d.review_words])
             fields = {"title": self.titles[int(user.i[p])], "review": review}
             r = float(user.rating[p])
@@ -239,7 +258,7 @@ class _Builder:
     def explanation(self, split: str, user: _User, positions: list[int]) -> list[dict]:
         out: list[dict] = []
         for p in positions:
-            hist = user.i[user.before(user.train_at, p, self.d.history_len)].tolist()
+            hist = user.i[user.history(p, split, self.d.history_len)].tolist()
             out.append(self.sample(split, "explanation", user, len(out), [int(user.i[p])], hist,
                                    {"title": self.titles[int(user.i[p])]}, str(user.summary[p]).strip(), None))
         return out
@@ -267,14 +286,36 @@ class _Builder:
         positions = self.eligible(task, user, split)
         if not positions:
             return []
-        cap = self.d.samples_per_user if split == "train" else None
+        cap = self.d.samples_per_user if split == "train" and self.d.samples_per_user > 0 else None
         if cap is not None:
-            positions = self.pick_train(rng, positions, (cap + 1) // 2 if task == "ctr" else cap)
+            per = (cap + 1) // 2 if task == "ctr" and not self.explicit_ctr else cap
+            positions = self.pick_train(rng, positions, per)
         if task == "ctr":
             return self.ctr(split, user, positions, rng, cap)
         if task == "topk":
             return self.topk(split, user, positions, rng)
         return getattr(self, task)(split, user, positions)
+
+
+def resolve_ctr_negatives(d, sd: SplitData) -> str:
+    """data.ctr_negatives in force: auto = explicit when the data carry ratings or labels."""
+    if d.ctr_negatives != "auto":
+        return d.ctr_negatives
+    return "explicit" if (sd.has_rating or sd.has_label) else "sampled"
+
+
+def protocol_of(cfg: Config, sd: SplitData) -> dict:
+    """The evaluation protocol a run's numbers come from, as written into metrics.json."""
+    d = cfg.data
+    out = {"split": sd.protocol, "ctr_negatives": resolve_ctr_negatives(d, sd), "like_threshold": d.like_threshold,
+           "history_len": d.history_len, "topk_candidates": d.topk_candidates,
+           "topk_score": "mean log-prob per answer token; hr@1 = greedy exact title",
+           "rating_score": "expected value over digits 1..5 (mae/rmse); greedy digit (mae_greedy/rmse_greedy)",
+           "cold_threshold": d.cold_threshold, "samples_per_user": d.samples_per_user,
+           "eval_max_samples_per_task": cfg.eval.max_samples_per_task, "eval_task_caps": dict(cfg.eval.task_caps)}
+    if sd.protocol == "global_time":
+        out["split_fractions"] = list(d.split_fractions)
+    return out
 
 
 def _digits(rating: np.ndarray) -> np.ndarray:
@@ -291,6 +332,7 @@ def _users(sd: SplitData) -> list[_User]:
     u = inter["u"].to_numpy()
     cols = {
         "i": inter["i"].to_numpy(dtype=np.int64),
+        "timestamp": inter["timestamp"].to_numpy(dtype=np.int64),
         "split": inter["split"].to_numpy(dtype=object).astype(str),
         "pos": inter["pos"].to_numpy(dtype=np.float64),
         "rating": inter["rating"].to_numpy(dtype=np.float64),
@@ -374,12 +416,10 @@ def build_topk_request(sd: SplitData, cfg: Config, u: int, candidates: list[int]
     """
     b = _Builder(sd, cfg, Counter())
     user = _serving_user(sd, u)
-    end = len(user.i)
-    hist = user.i[user.before(user.liked_at, end, cfg.data.history_len)].tolist()
+    hist = user.i[user.history(len(user.i), "serve", cfg.data.history_len, user.liked)].tolist()
     fields = {"history": [sd.item_titles[h] for h in hist], "candidates": [sd.item_titles[c] for c in candidates]}
     s = b.sample("serve", "topk", user, n, candidates, hist, fields, sd.item_titles[candidates[0]], None,
                  candidates=list(candidates), answer=0)
-    s["warm"] = bool(b.warm[u])
     return s
 
 
@@ -387,7 +427,5 @@ def build_explanation_request(sd: SplitData, cfg: Config, u: int, item: int) -> 
     """An explanation sample for serving (target empty: it is generated)."""
     b = _Builder(sd, cfg, Counter())
     user = _serving_user(sd, u)
-    hist = user.i[user.before(user.train_at, len(user.i), cfg.data.history_len)].tolist()
-    s = b.sample("serve", "explanation", user, 0, [item], hist, {"title": sd.item_titles[item]}, "", None)
-    s["warm"] = bool(b.warm[u])
-    return s
+    hist = user.i[user.history(len(user.i), "serve", cfg.data.history_len)].tolist()
+    return b.sample("serve", "explanation", user, 0, [item], hist, {"title": sd.item_titles[item]}, "", None)

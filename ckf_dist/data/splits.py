@@ -1,10 +1,16 @@
 """RecData -> SplitData: chronological per-user splits, seeded dense ids, `pos`, pseudo-titles.
 
-- **Split.** Per user, interactions are ordered by time (ties keep file order): the last
-  ``data.test_per_user`` go to test, the ``data.valid_per_user`` before them to valid, the rest
-  to train. A user always keeps at least one train interaction: a user with fewer than
-  ``test + valid + 1`` interactions gives up valid first, then test (one interaction = train
-  only). A source ``split`` column (csv) overrides all of this exactly.
+- **Split** (``data.split``). ``leave_last``: per user, interactions are ordered by time (ties keep
+  file order): the last ``data.test_per_user`` go to test, the ``data.valid_per_user`` before them
+  to valid, the rest to train; a user always keeps at least one train interaction (a user with
+  fewer than ``test + valid + 1`` interactions gives up valid first, then test). ``global_time``:
+  all interactions in time order (ties keep file order), the first ``split_fractions[0]`` share
+  to train, the next to valid, the rest to test: train on the past, test on the future, as the
+  LLM-recommendation papers do. ``column``: the source's ``split`` column, exactly. ``auto`` =
+  ``column`` when the source has one, else ``leave_last``.
+- **New users and items.** A user or item whose first interaction is held out is kept: it has no
+  training interaction (the ``new`` group of the metrics) and CF falls back for it (see
+  :mod:`ckf_dist.cf.tables`).
 - **Ids.** Dense ``u`` / ``i`` come from a seeded random permutation of the sorted raw ids, never
   from file order, so an id's number carries no signal (the P5 leakage pitfall).
 - **pos.** ``label`` where the source gives one, else ``rating >= data.like_threshold``.
@@ -12,8 +18,6 @@
   *training* review words (:func:`pseudo_titles`). Valid/test reviews are never read, so no
   held-out text reaches a prompt through a title; items seen only in valid/test (cold items)
   still get an id and a title (from their description, else a neutral placeholder name).
-- **Bad users.** A user with held-out but no train interactions (only possible with a source
-  split) is an error, or skipped and counted, per ``data.on_bad_record``.
 """
 
 from __future__ import annotations
@@ -21,13 +25,13 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter, defaultdict
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from ckf_dist.config import DataConfig
-from ckf_dist.data.errors import BadRecords, DataError
+from ckf_dist.data.errors import DataError
 from ckf_dist.data.table import SPLITS, RecData, SplitData
 
 _WORD = re.compile(r"[a-z]+")
@@ -64,6 +68,36 @@ def chronological_split(user_codes: np.ndarray, valid_per_user: int, test_per_us
     out[rank_from_end < n_test + n_valid] = "valid"
     out[rank_from_end < n_test] = "test"
     return out
+
+
+def global_time_split(timestamps: np.ndarray, fractions: Sequence[float]) -> np.ndarray:
+    """Split names by one cut in time: rows sorted by time (stable), the first fractions[0] share
+    train, the next fractions[1] valid, the rest test. Rows with the same timestamp as the cut
+    stay on the earlier side, so no held-out row is older than a training row."""
+    n = len(timestamps)
+    out = np.full(n, "test", dtype=object)
+    if n == 0:
+        return out
+    order = np.argsort(timestamps, kind="stable")
+    ts = np.asarray(timestamps)[order]
+    bounds = []
+    for share in (fractions[0], fractions[0] + fractions[1]):
+        k = int(round(share * n))
+        k = n if k >= n else int(np.searchsorted(ts, ts[k], side="left")) if k > 0 else 0
+        bounds.append(k)
+    names = np.empty(n, dtype=object)
+    names[: bounds[0]] = "train"
+    names[bounds[0]: bounds[1]] = "valid"
+    names[bounds[1]:] = "test"
+    out[order] = names
+    return out
+
+
+def resolve_split(cfg: DataConfig, has_column: bool) -> str:
+    """The split protocol in force: data.split, with auto = column when the source has one."""
+    if cfg.split == "auto":
+        return "column" if has_column else "leave_last"
+    return cfg.split
 
 
 def roman(n: int) -> str:
@@ -161,7 +195,6 @@ def _dense_ids(raw: pd.Series, rng: np.random.Generator) -> tuple[list[str], np.
 
 def split_dataset(data: RecData, cfg: DataConfig, seed: int) -> SplitData:
     """Split, remap and title a loaded data set (see the module docstring for the rules)."""
-    bad = BadRecords(cfg.on_bad_record)
     inter = data.interactions
     if len(inter) == 0:
         raise DataError(f"{data.name}: no interactions to split")
@@ -171,23 +204,18 @@ def split_dataset(data: RecData, cfg: DataConfig, seed: int) -> SplitData:
     user_code = user_code[order]
 
     source = inter["split"].to_numpy(dtype=object)
-    if (source != "").any():
+    protocol = resolve_split(cfg, bool((source != "").any()))
+    if protocol == "column":
         wrong = sorted(set(source) - set(SPLITS))
         if wrong:
             raise DataError(f"{data.name}: split column has value {wrong[0]!r} (expected train, valid or test)")
         split = source.copy()
+    elif protocol == "global_time":
+        split = global_time_split(inter["timestamp"].to_numpy(), cfg.split_fractions)
     else:
         split = chronological_split(user_code, cfg.valid_per_user, cfg.test_per_user)
-
-    has_train = np.zeros(user_code.max() + 1, dtype=bool)
-    has_train[user_code[split == "train"]] = True
-    orphan = ~has_train[user_code]
-    if orphan.any():
-        for user, part in zip(inter["user"][orphan], split[orphan]):
-            bad(data.name, "unknown_user", f"user {user!r} is in {part} but has no train interaction")
-        inter, split = inter[~orphan].reset_index(drop=True), split[~orphan]
-        if len(inter) == 0:
-            raise DataError(f"{data.name}: no interactions left after dropping users without train interactions")
+    if not (split == "train").any():
+        raise DataError(f"{data.name}: the {protocol} split left no training interaction")
     inter = inter.assign(split=split)
 
     user_ids, u = _dense_ids(inter["user"], np.random.default_rng([seed, 101]))
@@ -223,9 +251,7 @@ def split_dataset(data: RecData, cfg: DataConfig, seed: int) -> SplitData:
         }
     )
     out = out.iloc[np.lexsort((np.arange(len(out)), out["timestamp"].to_numpy(), out["u"].to_numpy()))]
-    bad.log_summary(f"{data.name} split")
     skipped = Counter(data.skipped)
-    skipped.update(bad.as_dict())
     return SplitData(
         name=data.name,
         inter=out.reset_index(drop=True),
@@ -235,11 +261,5 @@ def split_dataset(data: RecData, cfg: DataConfig, seed: int) -> SplitData:
         item_text=text,
         cold_threshold=cfg.cold_threshold,
         skipped={k: int(v) for k, v in sorted(skipped.items())},
+        protocol=protocol,
     )
-
-
-def split_summary(sd: SplitData) -> dict[str, int]:
-    """Counts per split plus users/items: a quick line for logs and the CLI."""
-    counts = sd.inter["split"].value_counts().to_dict()
-    return {**{s: int(counts.get(s, 0)) for s in SPLITS}, "users": sd.num_users, "items": sd.num_items}
-

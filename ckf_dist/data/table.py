@@ -71,6 +71,8 @@ class SplitData:
     """Users with <= this many training interactions are cold."""
     skipped: dict[str, int] = field(default_factory=dict)
     """Bad records skipped while loading: reason -> count."""
+    protocol: str = "leave_last"
+    """The split protocol that produced `split` (leave_last | global_time | column)."""
 
     @property
     def num_users(self) -> int:
@@ -103,6 +105,12 @@ class SplitData:
         """True for warm users (more than cold_threshold training interactions), shape [num_users]."""
         return self.train_counts() > self.cold_threshold
 
+    def user_groups(self) -> np.ndarray:
+        """Per user: "warm" (> cold_threshold training interactions), "cold" (1..cold_threshold) or
+        "new" (none: the user first appears after training), object [num_users]."""
+        n = self.train_counts()
+        return np.where(n == 0, "new", np.where(n > self.cold_threshold, "warm", "cold")).astype(object)
+
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -117,6 +125,7 @@ class SplitData:
             "item_text": self.item_text,
             "cold_threshold": self.cold_threshold,
             "skipped": self.skipped,
+            "protocol": self.protocol,
         }
         tmp = folder / "meta.json.tmp"
         tmp.write_text(json.dumps(meta))

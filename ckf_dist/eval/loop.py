@@ -2,18 +2,18 @@
 
 Per task (ckf.md section 2), on the model's own predictions:
 - ctr: P(Yes) / (P(Yes) + P(No)) at the first answer token -> AUC, UAUC;
-- topk: every candidate title scored by its likelihood (sum of target-token log-probs, EOS
-  included) -> HR@k, NDCG@k; HR@1 by greedy decoding and exact title match;
+- topk: every candidate title scored by its mean log-probability per answer token (target tokens
+  and EOS; a sum would favour short titles) -> HR@k, NDCG@k; HR@1 by greedy decoding and exact
+  title match (LLaRA's protocol);
 - rating, review_rating: expected value over the digit tokens 1..5 at the first answer token
   (the headline MAE/RMSE) and the greedy digit (`mae_greedy`, `rmse_greedy`);
 - explanation: greedy generation -> BLEU-4, ROUGE-1/2/L.
-Metrics come from the pure functions of :mod:`ckf_dist.eval.metrics`, with the warm/cold split.
+Metrics come from the pure functions of :mod:`ckf_dist.eval.metrics`, with the warm / cold / new user groups.
 """
 
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -21,6 +21,7 @@ import torch
 
 from ckf_dist.config import ALL_TASKS, Config
 from ckf_dist.eval.metrics import task_metrics
+from ckf_dist.eval.selection import eval_cap, select
 from ckf_dist.models.collate import batch_to, target_token_ids
 
 DIGITS = ("1", "2", "3", "4", "5")
@@ -36,27 +37,6 @@ def _first_ids(tokenizer, words: Sequence[str]) -> list[int]:
 def _batches(items: list, size: int):
     for i in range(0, len(items), size):
         yield items[i : i + size]
-
-
-def select(samples: list[dict], cap: int, seed: int) -> list[dict]:
-    """At most `cap` samples (0 = all), taken whole user by user in a seeded user order, so a
-    user's ctr positive and its paired negative stay together (UAUC stays defined)."""
-    ordered = sorted(samples, key=lambda s: s["key"])
-    if not cap or len(ordered) <= cap:
-        return ordered
-    by_user: dict[int, list[dict]] = {}
-    for s in ordered:
-        by_user.setdefault(int(s["user"]), []).append(s)
-    users = sorted(by_user)
-    random.Random(seed).shuffle(users)
-    out: list[dict] = []
-    for u in users:
-        if len(out) + len(by_user[u]) > cap and out:
-            continue
-        out += by_user[u]
-        if len(out) >= cap:
-            break
-    return sorted(out, key=lambda s: s["key"])
 
 
 class Evaluator:
@@ -95,13 +75,13 @@ class Evaluator:
         return expected, greedy
 
     def candidate_scores(self, samples: list[dict]) -> list[list[float]]:
-        """Likelihood of each candidate's title as the answer, per sample (same order as candidates)."""
-        rows = [(si, {**s, "target": self.titles[c]}) for si, s in enumerate(samples) for c in s["candidates"]]
-        scores: list[list[float]] = [[] for _ in samples]
-        for chunk in _batches(rows, self.bs):
-            lp = self.model.sequence_logprob(self._batch([r for _, r in chunk])).float().tolist()
-            for (si, _), v in zip(chunk, lp):
-                scores[si].append(v)
+        """Mean log-probability per answer token (title tokens + EOS) of each candidate's title as
+        the answer, per sample (same order as candidates); a sum would favour short titles."""
+        scores: list[list[float]] = []
+        for chunk in _batches(samples, self.bs):
+            cands = [[target_token_ids(self.collator.tok, self.titles[c]) for c in s["candidates"]] for s in chunk]
+            for row in self.model.candidate_logprobs(self._batch(chunk), cands):
+                scores.append([total / max(1, n) for total, n in row])
         return scores
 
     def generate(self, samples: list[dict], max_new_tokens: Optional[int] = None) -> list[str]:
@@ -124,7 +104,8 @@ class Evaluator:
 
     # -------------------------------------------------------------- all tasks
     @torch.no_grad()
-    def evaluate(self, samples: list[dict], progress: bool = True) -> dict[str, dict]:
+    def evaluate(self, samples: list[dict], progress: bool = True, during_training: bool = False) -> dict[str, dict]:
+        """Metrics per task on the rows :func:`select` keeps (caps: :func:`eval_cap`)."""
         from tqdm import tqdm
 
         was_training = self.model.training
@@ -136,7 +117,7 @@ class Evaluator:
         ks = self.cfg.eval.ks
         tasks = [t for t in ALL_TASKS if t in by_task]
         for task in tqdm(tasks, desc="eval", disable=not progress, leave=False):
-            chunk = select(by_task[task], self.cfg.eval.max_samples_per_task, self.cfg.seed)
+            chunk = select(by_task[task], eval_cap(self.cfg.eval, task, during_training), self.cfg.seed)
             if task == "ctr":
                 results[task] = task_metrics(task, chunk, self.ctr(chunk), ks)
             elif task in ("rating", "review_rating"):
@@ -171,7 +152,7 @@ def metrics_markdown(metrics: dict[str, dict], title: str = "") -> str:
         if task not in metrics:
             continue
         m = metrics[task]
-        for group, g in (("all", m), ("warm", m.get("warm") or {}), ("cold", m.get("cold") or {})):
+        for group, g in (("all", m), *((name, m.get(name) or {}) for name in ("warm", "cold", "new"))):
             vals = [f"{k} {g[k]:.4f}" for k in HEADLINE[task] if g.get(k) is not None]
             lines.append(f"| {task} | {group} | {', '.join(vals) or '–'} | {g.get('n', 0)} |")
     return "\n".join(lines)

@@ -102,22 +102,17 @@ def evaluate_run(cfg: Config, split: str = "test", device: str = "cpu") -> dict:
 
 def load_trained(cfg: Config, device: str = "cpu"):
     """An Evaluator over the trained model of a finished run."""
-    from ckf_dist.cf.tables import load_cf_tables
     from ckf_dist.eval.loop import Evaluator
-    from ckf_dist.models.ckf import CKFModel
-    from ckf_dist.models.collate import Collator
-    from ckf_dist.models.tiny import load_llm
+    from ckf_dist.models.factory import build_ckf_model
     from ckf_dist.train.recipe import model_dir
 
     final = cfg.run_dir / "train" / "final" / "trainable.safetensors"
     if not final.is_file():
         raise FileNotFoundError(f"{final}: no trained weights (run `ckf train` first)")
-    tables = load_cf_tables(cfg.run_dir / "cf" / f"{cfg.cf.model}.safetensors")
-    llm, tok = load_llm(model_dir(cfg), cfg.model.placeholder_token)
-    model = CKFModel(llm, tok, torch.from_numpy(tables.user_emb), torch.from_numpy(tables.item_emb), cfg).to(device)
+    built = build_ckf_model(cfg, model_dir(cfg), cfg.run_dir / "cf" / f"{cfg.cf.model}.safetensors", device)
+    model, collator = built.model, built.eval_collator
     model.load_trainable(final)
     model.eval()
-    collator = Collator(tok, cfg, tok.convert_tokens_to_ids(cfg.model.placeholder_token), text_twin=False)
     titles = json.loads((cfg.run_dir / "data" / "split" / "meta.json").read_text())["item_titles"]
     return Evaluator(model, collator, cfg, titles, device)
 
@@ -128,7 +123,17 @@ def run_eval_stage(cfg: Config, force: bool = False) -> dict:
     stage = eval_stage(cfg)
 
     def build(folder: Path) -> dict:
-        metrics = evaluate_run(cfg, "test")
+        from ckf_dist.data.samples import protocol_of
+        from ckf_dist.data.shards import load_manifest
+
+        device = "cuda" if cfg.dist.use_gpu and torch.cuda.is_available() else "cpu"
+        metrics = evaluate_run(cfg, "test", device=device)
+        manifest = load_manifest(cfg.run_dir / "data" / "shards")
+        per_epoch = int(sum(manifest["splits"]["train"]["tasks"].get(t, 0) for t in cfg.tasks))
+        seen = cfg.train.steps * cfg.train.micro_batch_size * cfg.train.grad_accum * cfg.dist.num_workers
+        metrics["protocol"] = protocol_of(cfg, load_split(cfg))
+        metrics["training"] = {"samples_per_epoch": per_epoch, "samples_seen": seen,
+                               "epochs": round(seen / per_epoch, 4) if per_epoch else None}
         write_metrics(metrics, cfg.run_dir)
         return {"metrics": str(cfg.run_dir / "metrics.json")}
 

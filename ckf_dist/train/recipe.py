@@ -89,9 +89,7 @@ class CKFRecipe:
         from ckf_dist.cf.tables import load_cf_tables
         from ckf_dist.data.shards import BadShardCounter, load_manifest, shard_urls
         from ckf_dist.metrics.logger import MetricsLogger
-        from ckf_dist.models.ckf import CKFModel
-        from ckf_dist.models.collate import Collator
-        from ckf_dist.models.tiny import load_llm
+        from ckf_dist.models.factory import build_ckf_model
         from ckf_dist.train.data import TrainStream, train_loader
 
         cfg = self.cfg
@@ -107,12 +105,9 @@ class CKFRecipe:
             from ckf_dist.train.deepspeed_config import resolve_dtype
 
             dtype = torch.bfloat16 if resolve_dtype(cfg, on_gpu=self.device.type == "cuda") == "bf16" else torch.float32
-        llm, tok = load_llm(model_dir(cfg), cfg.model.placeholder_token, dtype=dtype)
-        self.tokenizer = tok
-        self.model = CKFModel(llm, tok, torch.from_numpy(tables.user_emb), torch.from_numpy(tables.item_emb), cfg).to(self.device)
-        placeholder_id = tok.convert_tokens_to_ids(cfg.model.placeholder_token)
-        self.collator = Collator(tok, cfg, placeholder_id)
-        self.eval_collator = Collator(tok, cfg, placeholder_id, text_twin=False)
+        built = build_ckf_model(cfg, model_dir(cfg), cfg.run_dir / "cf" / f"{cfg.cf.model}.safetensors", self.device, dtype)
+        self.tokenizer, self.model = built.tokenizer, built.model
+        self.collator, self.eval_collator = built.collator, built.eval_collator
         if self.engine_kind == "deepspeed":
             from ckf_dist.train.deepspeed_config import deepspeed_config, write_deepspeed_config
             from ckf_dist.train.engine import DeepSpeedEngine
@@ -207,6 +202,7 @@ class CKFRecipe:
         last: dict = {}
         peak_mem = 0.0
         end = min(total, stop_at) if stop_at is not None else total
+        started = (time.perf_counter(), self.step)
         while self.step < end:
             loss_sum, tokens, samples, wait_s, compute_s = 0.0, 0, 0, 0.0, 0.0
             for _ in range(cfg.train.grad_accum):
@@ -218,9 +214,12 @@ class CKFRecipe:
                 t1 = time.perf_counter()
                 bad_count = batch.pop("bad_shards", 0)
                 # counted on the host copy: a device-side sum would sync the GPU every micro-step
-                tokens += int(batch["attention_mask"].sum()) + int(batch["text_attention_mask"].sum() if "text_attention_mask" in batch else 0)
+                cf_tokens = int(batch["attention_mask"].sum())
+                text_tokens = int(batch["text_attention_mask"].sum()) if "text_attention_mask" in batch else 0
                 batch = batch_to(batch, self.device)
                 out = self.model(batch, step=self.step, total_steps=total)
+                # the paths this step actually ran (curriculum_mode=sample runs one of the two)
+                tokens += (cf_tokens if out.cf_loss is not None else 0) + (text_tokens if out.text_loss is not None else 0)
                 if not torch.isfinite(out.loss):
                     raise TrainingError(
                         f"non-finite loss at step {self.step} (tasks {sorted(set(batch['tasks']))}, samples {batch['keys'][:3]}...); "
@@ -245,6 +244,8 @@ class CKFRecipe:
             if self.step % cfg.train.log_every == 0 or self.step == total:
                 last = self._log(meter, task_sums, loss_sum / cfg.train.grad_accum, grad_norm, peak_mem, bad_count)
                 task_sums = {}
+                if self.rank == 0 and bar.disable:
+                    self._progress_line(last, started, total)
             if cfg.train.eval_every and self.step % cfg.train.eval_every == 0 and self.step < total:
                 self.validate("valid")
             if self.step % cfg.train.save_every == 0 or self.step == end:
@@ -253,6 +254,17 @@ class CKFRecipe:
         if self.step == total:
             self.export()
         return last
+
+    def _progress_line(self, scalars: dict, started: tuple[float, int], total: int) -> None:
+        """One progress line (step, loss, samples/s, tokens/s, ETA) where no progress bar is drawn
+        (output not a terminal: log files, `ray job logs`, CI)."""
+        t0, step0 = started
+        elapsed = time.perf_counter() - t0
+        done = self.step - step0
+        eta = elapsed / done * (total - self.step) if done else float("nan")
+        print(f"train step {self.step}/{total}  loss {scalars.get('train/loss', float('nan')):.4f}  "
+              f"samples/s {scalars.get('perf/samples_per_s', 0.0):.1f}  tokens/s {scalars.get('perf/tokens_per_s', 0.0):.0f}  "
+              f"elapsed {elapsed / 60:.1f} min  ETA {eta / 60:.1f} min", flush=True)
 
     def _log(self, meter, task_sums, loss, grad_norm, peak_mem, bad_shards) -> dict:
         from ckf_dist.config import ALL_TASKS
@@ -301,7 +313,7 @@ class CKFRecipe:
         metrics: dict = {}
         if self.rank == 0:
             samples = [s for s in read_split(self.cfg.run_dir / "data" / "shards", split) if s["task"] in self.cfg.tasks]
-            metrics = self.evaluator().evaluate(samples)
+            metrics = self.evaluator().evaluate(samples, during_training=True)
             flat = {f"eval/{t}/{k}": v for t, m in metrics.items() for k, v in m.items() if isinstance(v, (int, float)) and v is not None and k != "n"}
             self.logger.log(self.step, flat)
         if self.world_size > 1 and torch.distributed.is_initialized():

@@ -1,8 +1,8 @@
 """MovieLens-100K end to end: loader -> split -> samples -> tuned CF vs popularity on test samples.
 
-Measured (seed 0, default cf config, test split): popularity ctr AUC 0.7058 / rating RMSE 1.0884;
-tuned MF-MSE 0.7329 / 1.0368 (wd 1e-4 chosen, about 7 s for the 3-point grid on 2 busy cores);
-LightGCN at wd 1e-4: ctr AUC about 0.835, topk NDCG@10 about 0.81 vs popularity 0.73.
+Measured (seed 0, default config: leave-last split, explicit ctr, 1 + 19 topk candidates, test
+split): popularity ctr AUC 0.7359 / rating RMSE 1.0884; LightGCN at wd 1e-4: topk HR@1 0.436,
+NDCG@10 0.705 vs popularity 0.298 / 0.594 (its explicit-ctr AUC, 0.686, is below popularity's).
 """
 
 import pytest
@@ -51,5 +51,7 @@ def test_lightgcn_beats_popularity_on_ranking(ml100k):
     print(f"\nlightgcn: wd={report['weight_decay']} valid auc={report['valid_score']:.4f} ({report['seconds']:.1f} s)")
     print(baseline_table_markdown(res))
     pop, gcn = res["popularity"], res["lightgcn"]
-    assert gcn["ctr"]["auc"] > pop["ctr"]["auc"]
+    # BPR learns "interacted vs not": it wins at ranking candidates, not at the explicit ctr question
+    # (liked vs disliked among watched items), where the item's positive rate is the stronger prior.
     assert gcn["topk"]["ndcg@10"] > pop["topk"]["ndcg@10"]
+    assert gcn["topk"]["hr@1"] > pop["topk"]["hr@1"]

@@ -204,13 +204,14 @@ def test_csv_header_and_items_problems(tmp_path):
     raises_at(lambda: load_csv(d, on_bad_record="skip"), "interactions.csv", "no interactions left")
 
 
-def test_split_rejects_user_without_train(tmp_path):
-    """A RecData built by other code (no line numbers): the split still catches the orphan user."""
+def test_split_keeps_users_without_train_as_new(tmp_path):
+    """A held-out user with no training row is kept (group 'new'), never refused or dropped."""
     inter = interactions_frame(["a", "a", "b"], ["x", "y", "x"], [1, 2, 3], rating=[5.0, 4.0, 3.0],
                                split=["train", "test", "test"])
     data = RecData("handmade", inter, items_frame(["x", "y"], ["X", "Y"]))
-    raises_at(lambda: split_dataset(data, DataConfig(), 0), "handmade", "user 'b' is in test but has no train")
-    sd = split_dataset(data, DataConfig(on_bad_record="skip"), 0)
-    assert sd.skipped == {"unknown_user": 1} and sd.user_ids == ["a"]
-    only_orphans = RecData("handmade", inter.iloc[2:], items_frame(["x"], ["X"]))
-    raises_at(lambda: split_dataset(only_orphans, DataConfig(on_bad_record="skip"), 0), "handmade", "no interactions left")
+    sd = split_dataset(data, DataConfig(), 0)
+    assert sorted(sd.user_ids) == ["a", "b"] and sd.skipped == {}
+    groups = dict(zip(sd.user_ids, sd.user_groups()))
+    assert groups == {"a": "cold", "b": "new"}
+    only_held_out = RecData("handmade", inter.iloc[2:], items_frame(["x"], ["X"]))
+    raises_at(lambda: split_dataset(only_held_out, DataConfig(), 0), "handmade", "left no training interaction")

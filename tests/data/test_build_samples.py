@@ -88,52 +88,70 @@ def test_negatives_exclude_everything_the_user_touched(built):
             assert not set(negs) & seen[s["user"]]
 
 
-def test_history_is_train_only_and_before_target(built):
+def test_history_is_known_and_strictly_before_target(built):
+    """History = the last history_len interactions strictly earlier in time that a row of this
+    split may see (train < valid < test), restricted per task (liked / rated / all)."""
     cfg, sd, samples, _ = built
     rows = user_rows(sd)
+    level = {"train": 0, "valid": 1, "test": 2}
+    checked = 0
     for s in all_samples(samples):
-        if s["task"] == "topk":
-            target = s["candidates"][s["answer"]]
-        else:
-            target = s["items"][0]
+        target = s["candidates"][s["answer"]] if s["task"] == "topk" else s["items"][0]
         mine = rows[s["user"]]
         at = [k for k, r in enumerate(mine) if r[0] == target]
-        if not at:  # sampled negative (ctr): its history is its observed twin's
-            continue
-        p = at[0]
-        assert mine[p][1] == s["split"]
-        train_before = [r[0] for r in mine[:p] if r[1] == "train"]
-        assert len(s["history"]) <= cfg.data.history_len
-        assert set(s["history"]) <= set(train_before)
-        if s["task"] in ("ctr", "topk"):
-            liked = [r[0] for r in mine[:p] if r[1] == "train" and r[3] == 1.0]
-            assert s["history"] == liked[-cfg.data.history_len:]
-        else:
-            assert s["history"] == train_before[-cfg.data.history_len:]
+        assert at and mine[at[0]][1] == s["split"]  # explicit ctr: every row is an observed interaction
+        ts = mine[at[0]][2]
+        known = [r for r in mine if r[2] < ts and level[r[1]] <= level[s["split"]]]
+        if s["task"] == "topk":
+            known = [r for r in known if r[3] == 1.0]
+        elif s["task"] == "rating":
+            known = [r for r in known if not np.isnan(r[4])]
+        assert s["history"] == [r[0] for r in known][-cfg.data.history_len:]
+        checked += 1
+    assert checked > 500
 
 
-def test_history_excludes_later_train_and_valid_items(tmp_path):
+def test_history_sees_earlier_held_out_rows_never_later_ones(tmp_path):
     folder = tmp_path / "c"
     folder.mkdir()
     rows = ["u1,i1,1,5,train", "u1,i2,2,5,valid", "u1,i3,3,5,test", "u1,i4,9,5,train", "u1,i5,0,5,train"]
-    rows += [f"u2,i{k},{k},4,train" for k in range(6, 20)]  # other items, so u1 has unseen negatives
+    rows += [f"u2,i{k},{k},4,train" for k in range(6, 30)]  # other items, so u1 has unseen negatives
     (folder / "interactions.csv").write_text("user_id,item_id,timestamp,rating,split\n" + "\n".join(rows) + "\n")
     (folder / "items.csv").write_text("item_id,title\n" + "".join(f"i{k},T{k}\n" for k in range(1, 30)))
     cfg = make_cfg()
     cfg.tasks = ["ctr", "topk", "rating"]
     sd = split_dataset(load_csv(folder), cfg.data, 0)
+    assert sd.protocol == "column"  # chosen automatically: the source has a split column
     samples = build_samples(sd, cfg)
     i = {raw: k for k, raw in enumerate(sd.item_ids)}
     test = [s for s in samples["test"] if i["i3"] in s["items"]]
     assert len(test) == 3
     for s in test:
-        assert s["history"] == [i["i5"], i["i1"]]  # i4 is train but later; i2 is valid
+        assert s["history"] == [i["i5"], i["i1"], i["i2"]]  # the earlier valid row is known; i4 is later
     valid = [s for s in samples["valid"] if i["i2"] in s["items"]]
-    assert valid and all(s["history"] == [i["i5"], i["i1"]] for s in valid)
+    assert valid and all(s["history"] == [i["i5"], i["i1"]] for s in valid)  # the test row is not
+    train_i4 = [s for s in samples["train"] if s["task"] == "ctr" and s["items"] == [i["i4"]]]
+    assert train_i4[0]["history"] == [i["i5"], i["i1"]]  # a train row never sees held-out rows
 
 
-def test_ctr_protocol_both_labels_per_user(built):
+def test_ctr_explicit_protocol_every_row_no_negatives(built):
     _, sd, samples, _ = built
+    for split in ("train", "valid", "test"):
+        held = sd.part(split)
+        ctr = [s for s in samples[split] if s["task"] == "ctr"]
+        assert len(ctr) == len(held)
+        assert sorted((s["user"], s["items"][0], s["label"]) for s in ctr) == sorted(
+            zip(held["u"].tolist(), held["i"].tolist(), held["pos"].tolist()))
+        assert all(s["target"] == ("Yes" if s["label"] == 1.0 else "No") for s in ctr)
+        assert all(("disliked" in s["prompt"]) == any(sd.inter.loc[(sd.inter["u"] == s["user"]) & (sd.inter["i"] == h), "pos"].iloc[0] == 0.0
+                                                       for h in s["history"]) for s in ctr[:200])
+
+
+def test_ctr_sampled_protocol_both_labels_per_user():
+    cfg = make_cfg(valid_per_user=2, history_len=5, ctr_negatives="sampled")
+    cfg.tasks = ["ctr"]
+    sd = split_dataset(generate_synthetic(cfg.data.synthetic, 1), cfg.data, 1)
+    samples = build_samples(sd, cfg)
     for split in ("valid", "test"):
         held = sd.part(split)
         ctr = [s for s in samples[split] if s["task"] == "ctr"]
@@ -145,6 +163,7 @@ def test_ctr_protocol_both_labels_per_user(built):
         liked = set(held.loc[held["pos"] == 1.0, "u"])
         assert liked and all(by_user[u] == {0.0, 1.0} for u in liked)
         assert all(s["target"] == ("Yes" if s["label"] == 1.0 else "No") for s in ctr)
+        assert all("disliked" not in s["prompt"] for s in ctr)
 
 
 def test_topk_protocol(built):
@@ -194,19 +213,27 @@ def test_review_is_cut_and_empty_summaries_counted(tmp_path):
     assert [s["target"] for s in samples["test"] if s["task"] == "explanation"] == ["great"]
 
 
-def test_train_caps_per_user_and_task(built):
-    cfg, _, samples, _ = built
+def test_train_uses_every_interaction_by_default_and_caps_on_request(built):
+    cfg, sd, samples, _ = built
+    assert cfg.data.samples_per_user == 0
+    train = sd.part("train")
+    assert sum(s["task"] == "ctr" for s in samples["train"]) == len(train)
+    assert sum(s["task"] == "rating" for s in samples["train"]) == int(train["rating"].notna().sum())
+    capped_cfg = make_cfg(valid_per_user=2, history_len=5, samples_per_user=4)
     per = defaultdict(int)
-    for s in samples["train"]:
+    for s in build_samples(sd, capped_cfg)["train"]:
         per[(s["user"], s["task"])] += 1
-    assert max(per.values()) <= cfg.data.samples_per_user
-    assert {t for _, t in per} == set(cfg.tasks)
+    assert max(per.values()) == 4
+    assert {t for _, t in per} == set(capped_cfg.tasks)
 
 
-def test_warm_flag(built):
+def test_warm_flag_and_group(built):
     _, sd, samples, _ = built
     warm = sd.warm_mask()
-    assert all(s["warm"] == bool(warm[s["user"]]) for s in all_samples(samples))
+    n = sd.train_counts()
+    for s in all_samples(samples):
+        assert s["warm"] == bool(warm[s["user"]])
+        assert s["group"] == ("new" if n[s["user"]] == 0 else "warm" if warm[s["user"]] else "cold")
 
 
 def test_seeded(built):
@@ -233,7 +260,7 @@ def label_only_csv(folder):
 
 
 def test_label_only_data_builds_ctr_and_topk_only(tmp_path):
-    cfg = make_cfg()
+    cfg = make_cfg(topk_candidates=5)
     sd = split_dataset(load_csv(label_only_csv(tmp_path / "c")), cfg.data, 0)
     assert available_tasks(sd) == ["ctr", "topk"]
     cfg.tasks = ["ctr", "topk"]

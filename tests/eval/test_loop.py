@@ -74,7 +74,7 @@ class FakeModel(torch.nn.Module):
 
     answer: key -> {token id: logit} at the first answer position (others BASE);
     per_token: (key, title) -> log-probability of each labelled token of that title (+ EOS), so
-      sequence_logprob = per_token * (title tokens + 1);
+      candidate_logprobs / sequence_logprob sum = per_token * (title tokens + 1);
     text: key -> what greedy decoding produces.
     Every call records (method, self.training, keys)."""
 
@@ -107,6 +107,18 @@ class FakeModel(torch.nn.Module):
             title = self.tok.decode(ids[:-1])
             out.append(self.per_token[(key, title)] * len(ids))  # sum over the labelled tokens
         return torch.tensor(out, dtype=torch.float32)
+
+    def candidate_logprobs(self, batch, candidates):
+        """(sum of log-probs of the title tokens + EOS, their count) per row and candidate."""
+        self.calls.append(("candidate_logprobs", self.training, list(batch["keys"])))
+        out = []
+        for key, cands in zip(batch["keys"], candidates):
+            row = []
+            for ids in cands:
+                n = len(ids) + 1  # title tokens, then EOS
+                row.append((self.per_token[(key, self.tok.decode(ids))] * n, n))
+            out.append(row)
+        return out
 
     def generate(self, batch, max_new_tokens):
         self.calls.append(("generate", self.training, list(batch["keys"])))

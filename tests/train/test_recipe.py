@@ -50,10 +50,13 @@ def _losses(run_dir: Path) -> dict[int, float]:
 
 def test_train_end_to_end_writes_all_five_tasks(run):
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics) == {"ctr", "topk", "rating", "review_rating", "explanation"}
+    assert set(metrics) == {"ctr", "topk", "rating", "review_rating", "explanation", "protocol", "training"}
+    assert metrics["protocol"]["split"] == "leave_last" and metrics["protocol"]["ctr_negatives"] == "explicit"
+    training = metrics["training"]
+    assert training["samples_seen"] > 0 and training["epochs"] == round(training["samples_seen"] / training["samples_per_epoch"], 4)
     auc = metrics["ctr"]["auc"]
     assert metrics["ctr"]["n"] == 8 and (auc is None or 0.0 <= auc <= 1.0)
-    assert set(metrics["rating"]) >= {"mae", "rmse", "mae_greedy", "warm", "cold", "n"}
+    assert set(metrics["rating"]) >= {"mae", "rmse", "mae_greedy", "warm", "cold", "new", "n"}
     assert (run / "train" / "final" / "trainable.safetensors").is_file()
     assert (run / "config.yaml").is_file() and (run / "metrics.md").is_file()
     # TensorBoard events exist next to the JSON-lines twin, with per-task losses and throughput

@@ -1,0 +1,45 @@
+"""The one place a CKF model is assembled from a run: base LLM + tokenizer, frozen CF tables,
+CKFModel, and the collators that feed it.
+
+Training (every rank), evaluation, `ckf recommend` and the benchmarks call
+:func:`build_ckf_model`; nobody else constructs :class:`CKFModel` from files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ckf_dist.cf.tables import CFTables, load_cf_tables
+from ckf_dist.config import Config
+from ckf_dist.models.ckf import CKFModel
+from ckf_dist.models.collate import Collator
+from ckf_dist.models.tiny import load_llm
+
+
+@dataclass
+class BuiltModel:
+    model: CKFModel
+    tokenizer: object
+    collator: Collator
+    """Training batches (with the text-only twin when the curriculum is on)."""
+    eval_collator: Collator
+    """Evaluation batches (no twin)."""
+    tables: CFTables
+
+
+def build_ckf_model(cfg: Config, llm_path: str | Path, cf_path: str | Path, device: torch.device | str = "cpu",
+                    dtype: Optional[torch.dtype] = torch.float32) -> BuiltModel:
+    """Load the base LLM from `llm_path` (in `dtype`) and the CF tables from `cf_path`, build the
+    CKF model on `device` and its collators. The model's CF vectors are
+    :meth:`CFTables.model_inputs` (``model.cf_biases``)."""
+    tables = load_cf_tables(cf_path)
+    llm, tok = load_llm(llm_path, cfg.model.placeholder_token, dtype=dtype)
+    users, items = tables.model_inputs(cfg.model.cf_biases)
+    model = CKFModel(llm, tok, torch.from_numpy(users), torch.from_numpy(items), cfg).to(device)
+    placeholder_id = tok.convert_tokens_to_ids(cfg.model.placeholder_token)
+    return BuiltModel(model=model, tokenizer=tok, collator=Collator(tok, cfg, placeholder_id),
+                      eval_collator=Collator(tok, cfg, placeholder_id, text_twin=False), tables=tables)

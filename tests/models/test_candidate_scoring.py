@@ -1,0 +1,69 @@
+"""CKFModel.candidate_logprobs (KV-cached candidate scoring) and the CF fold-in of new users."""
+
+import numpy as np
+import torch
+
+from ckf_dist.cf.tables import CFTables
+from ckf_dist.models.ckf import CKFModel
+from ckf_dist.models.collate import Collator, target_token_ids
+
+from conftest import title
+
+
+def test_cached_candidate_scores_equal_full_sequence_scores(build_model, sample):
+    """Prompts of different lengths (right padding, targets past some prompts): every candidate's
+    (sum log-prob, tokens) equals the training forward's score of prompt + candidate + EOS."""
+    model, tok, cfg = build_model()
+    with torch.no_grad():  # larger adapters so the per-row task adapters visibly matter
+        for n, p in model.named_parameters():
+            if ".lora_" in n and n.endswith("B"):
+                p.mul_(10)
+    rows = [sample("topk", user=1, n=1), sample("ctr", user=2, n=0, key="train/ctr/2/9"), sample("topk", user=3, n=6)]
+    rows[1]["candidates"] = [3, 17]
+    collate = Collator(tok, cfg, model.placeholder_id, text_twin=False)
+    batch = collate(rows)
+    assert len(set(batch["prompt_lengths"].tolist())) == 3
+    cands = [[target_token_ids(tok, title(c)) for c in r["candidates"]] for r in rows]
+    fast = model.candidate_logprobs(batch, cands)
+    for r, row in enumerate(rows):
+        full = model.sequence_logprob(collate([{**row, "target": title(c)} for c in row["candidates"]]))
+        assert [n for _, n in fast[r]] == [len(c) + 1 for c in cands[r]]  # title tokens + EOS
+        torch.testing.assert_close(torch.tensor([s for s, _ in fast[r]]), full, rtol=1e-4, atol=1e-4)
+    assert len({round(s, 3) for row in fast for s, _ in row}) > 3  # not a constant
+
+
+def test_new_users_fold_in_from_history_in_tables_and_model():
+    rng = np.random.default_rng(0)
+    users = rng.normal(size=(4, 3)).astype(np.float32)
+    users[2] = 0.0  # no training interaction
+    items = rng.normal(size=(6, 3)).astype(np.float32)
+    t = CFTables(users, items, [f"u{k}" for k in range(4)], [f"i{k}" for k in range(6)],
+                 user_bias=np.array([0.5, -0.5, 0.0, 1.0], np.float32), item_bias=np.arange(6, dtype=np.float32) / 10,
+                 global_bias=3.0)
+    vec = t.user_vectors([0, 2, 2], [[1], [1, 4], []])
+    np.testing.assert_allclose(vec[0], users[0])  # a known user keeps its row
+    np.testing.assert_allclose(vec[1], items[[1, 4]].mean(0), rtol=1e-6)  # fold-in: mean of history rows
+    np.testing.assert_allclose(vec[2], 0.0)  # nothing to fold in: the prior
+    s = t.score_with_history([2, 0], [[1, 4], [5]], np.array([3, 3]))
+    np.testing.assert_allclose(s, [items[[1, 4]].mean(0) @ items[3] + 0.0 + 0.3 + 3.0, users[0] @ items[3] + 0.5 + 0.3 + 3.0],
+                               rtol=1e-5)
+    cand = t.score_with_history([2], [[1, 4]], np.array([[3, 5]]))
+    np.testing.assert_allclose(cand[0], [s[0], items[[1, 4]].mean(0) @ items[5] + 0.5 + 3.0], rtol=1e-5)
+    # the model's rule is the same
+    hist = torch.tensor([[1, 4], [1, 0]])
+    mask = torch.tensor([[True, True], [True, False]])
+    e_u = torch.from_numpy(users[[2, 0]])
+    out = CKFModel.fold_in(e_u, torch.from_numpy(items)[hist], mask)
+    torch.testing.assert_close(out[0].double(), torch.from_numpy(t.user_vectors([2], [[1, 4]])[0]))
+    torch.testing.assert_close(out[1], e_u[1])
+
+
+def test_model_inputs_append_biases():
+    users, items = np.ones((2, 3), np.float32), np.full((4, 3), 2.0, np.float32)
+    t = CFTables(users, items, ["a", "b"], list("wxyz"), user_bias=np.array([1.0, 2.0], np.float32),
+                 item_bias=np.array([0.1, 0.2, 0.3, 0.4], np.float32))
+    u, i = t.model_inputs()
+    assert u.shape == (2, 4) and i.shape == (4, 4)
+    np.testing.assert_allclose(u[:, 3], [1.0, 2.0]) and np.testing.assert_allclose(i[:, 3], [0.1, 0.2, 0.3, 0.4])
+    u0, i0 = t.model_inputs(with_biases=False)
+    assert u0.shape == (2, 3) and i0.shape == (4, 3)
