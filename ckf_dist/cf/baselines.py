@@ -18,7 +18,10 @@ Models and what they predict (statistics from ``split == "train"`` only):
       rating, review_rating: the predicted rating clipped to the training rating range (MSE-trained
       MF only; a BPR-trained MF does not predict ratings and reports ctr and topk only).
   - ``lightgcn``: BPR; ctr and topk only.
-No baseline reports ``explanation``.
+  - ``retrieval`` (explanation only): the most similar training summary. For (u, i): among the
+    training summaries of item i, the one whose writer is closest to u (cosine of the backbone's
+    user vectors, u folded in from its history when new); an item without training summaries
+    takes u's latest training summary, and failing that the most frequent training summary.
 
 This module knows SplitData, sample dicts and CF tables; it knows nothing of the LLM.
 """
@@ -108,9 +111,40 @@ class CFBaseline:
         raise ValueError(f"{self.name} has no prediction for task {task!r}")
 
 
-def train_baseline_models(split_data: SplitData, cfg: Config, seed: int, progress: bool = True) -> dict[str, tuple[CFTables, dict]]:
-    """Train every model of cfg.cf.baselines: {name: (tables, training report)}."""
-    return {name: train_cf(split_data, cfg.cf, seed, name, progress=progress) for name in cfg.cf.baselines}
+class SummaryRetrieval:
+    """The explanation baseline: the most similar training summary (module docstring)."""
+
+    name = "retrieval"
+
+    def __init__(self, split_data: SplitData, tables: CFTables):
+        train = split_data.part("train")
+        train = train[train["summary"].str.strip().str.len() > 0]
+        self.tables = tables
+        self.by_item: dict[int, list[tuple[int, str]]] = {}
+        self.latest: dict[int, str] = {}
+        for u, i, text in zip(train["u"].tolist(), train["i"].tolist(), train["summary"].tolist()):
+            self.by_item.setdefault(int(i), []).append((int(u), str(text).strip()))
+            self.latest[int(u)] = str(text).strip()  # rows are in time order per user
+        counts = train["summary"].str.strip().value_counts()
+        self.fallback = str(counts.index[0]) if len(counts) else ""
+
+    def tasks(self) -> tuple[str, ...]:
+        return ("explanation",)
+
+    def predict(self, task: str, samples: Sequence[Mapping]) -> list:
+        if task != "explanation":
+            raise ValueError(f"retrieval has no prediction for task {task!r}")
+        out = []
+        for s in samples:
+            pool = self.by_item.get(int(s["items"][0]))
+            if not pool:
+                out.append(self.latest.get(int(s["user"]), self.fallback))
+                continue
+            me = self.tables.user_vectors([s["user"]], [s["history"]])[0]
+            writers = self.tables.user_vectors([u for u, _ in pool], [[] for _ in pool])
+            sim = writers @ me / (np.linalg.norm(writers, axis=1) * np.linalg.norm(me) + 1e-12)
+            out.append(pool[int(np.argmax(sim))][1])
+        return out
 
 
 def run_baselines(
@@ -139,6 +173,9 @@ def run_baselines(
             t, report = train_cf(split_data, cfg.cf, seed, name)
             log.info("%s: weight_decay=%g valid %s=%s", name, report["weight_decay"], report["valid_metric"], report["valid_score"])
         models.append(CFBaseline(name, t))
+    backbone = (tables or {}).get(cfg.cf.model) or next((m.tables for m in models if isinstance(m, CFBaseline)), None)
+    if "explanation" in by_task and backbone is not None:
+        models.append(SummaryRetrieval(split_data, backbone))
     results: dict[str, dict[str, dict]] = {}
     for m in models:
         out = {}

@@ -166,14 +166,7 @@ def load_csv(folder: str | Path, on_bad_record: str = "error") -> RecData:
                 kept.append(r)
             else:
                 bad(f"{inter_path}:{r['line']}", "missing_split", "empty split while other rows set one")
-        has_train = {r["user"] for r in kept if r["split"] == "train"}
-        recs = []
-        for r in kept:
-            if r["split"] != "train" and r["user"] not in has_train:
-                bad(f"{inter_path}:{r['line']}", "unknown_user",
-                    f"user {r['user']!r} is in {r['split']} but has no train interaction")
-            else:
-                recs.append(r)
+        recs = kept  # held-out users without a train row are kept: the `new` group
 
     if not recs:
         raise DataError(f"{inter_path}: no interactions left after skipping bad records")

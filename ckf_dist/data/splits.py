@@ -72,8 +72,8 @@ def chronological_split(user_codes: np.ndarray, valid_per_user: int, test_per_us
 
 def global_time_split(timestamps: np.ndarray, fractions: Sequence[float]) -> np.ndarray:
     """Split names by one cut in time: rows sorted by time (stable), the first fractions[0] share
-    train, the next fractions[1] valid, the rest test. Rows with the same timestamp as the cut
-    stay on the earlier side, so no held-out row is older than a training row."""
+    train, the next fractions[1] valid, the rest test. Rows with the same timestamp as a cut go to
+    the later split, so no held-out row is older than (or as old as) a row before it."""
     n = len(timestamps)
     out = np.full(n, "test", dtype=object)
     if n == 0:

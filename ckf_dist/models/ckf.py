@@ -22,13 +22,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.utils import ModelOutput
 
 from ckf_dist.config import ALL_TASKS, Config
 from ckf_dist.kernels.multi_lora import resolve_backend
@@ -50,17 +51,21 @@ def curriculum_weight(step: int, total: int) -> float:
 
 
 @dataclass
-class CKFOutput:
+class CKFOutput(ModelOutput):
     """loss: scalar with grad. task_losses: task name -> detached mean over that task's target
     tokens (same curriculum mix as ``loss``). cf_loss / text_loss: detached means of each path
-    (text_loss None without the curriculum). text_weight: w used. num_tokens: target tokens."""
+    (text_loss None without the curriculum). text_weight: w used. num_tokens: target tokens.
 
-    loss: torch.Tensor
-    task_losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    A transformers ``ModelOutput`` (an ordered dict with attribute access; None fields are not
+    keys), so DeepSpeed ZeRO-3 finds the tensors in it and hooks its backward (it cannot see into
+    a plain dataclass). ``forward`` sets every field; ModelOutput needs None defaults."""
+
+    loss: Optional[torch.Tensor] = None
+    task_losses: Optional[dict[str, torch.Tensor]] = None
     cf_loss: Optional[torch.Tensor] = None
     text_loss: Optional[torch.Tensor] = None
-    text_weight: float = 0.0
-    num_tokens: int = 0
+    text_weight: Optional[float] = None
+    num_tokens: Optional[int] = None
 
 
 def _token_norm(embedding: nn.Module, exclude: int) -> float:
@@ -311,8 +316,17 @@ class CKFModel(nn.Module):
         """Greedy decoding with a KV cache from each row's prompt; -> new token ids per row (EOS cut).
 
         Prompts of different lengths are re-padded on the LEFT for generation only (position ids
-        from the attention mask), so every row's next token sits in the last column.
+        from the attention mask), so every row's next token sits in the last column. The KV cache
+        is a transformers ``DynamicCache`` owned here and passed under the keyword the LLM's
+        forward takes (``cache`` since transformers 5, ``past_key_values`` before).
         """
+        import inspect
+
+        from transformers import DynamicCache
+
+        cache_kw = "cache" if "cache" in inspect.signature(self.llm.forward).parameters else "past_key_values"
+        with_config = "config" in inspect.signature(DynamicCache.__init__).parameters
+        cache = DynamicCache(config=self.llm.config) if with_config else DynamicCache()
         plen = batch["prompt_lengths"]
         device = batch["input_ids"].device
         b = plen.shape[0]
@@ -329,8 +343,8 @@ class CKFModel(nn.Module):
         task_ids = batch["task_ids"]
         self._set_backend(device)
         with self.ctx.row_tasks(task_ids, width):
-            out = self.llm(inputs_embeds=embeds, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
-        past = out.past_key_values
+            out = self.llm(inputs_embeds=embeds, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1,
+                           **{cache_kw: cache})
         nxt = out.logits[:, -1].argmax(-1)
         next_pos = plen.clone().unsqueeze(1)  # [B, 1]
         steps: list[torch.Tensor] = []
@@ -343,8 +357,7 @@ class CKFModel(nn.Module):
             attn = torch.cat([attn, torch.ones((b, 1), dtype=attn.dtype, device=device)], 1)
             with self.ctx.row_tasks(task_ids, 1):
                 out = self.llm(input_ids=nxt.unsqueeze(1), attention_mask=attn, position_ids=next_pos,
-                               past_key_values=past, use_cache=True)
-            past = out.past_key_values
+                               use_cache=True, **{cache_kw: cache})
             next_pos = next_pos + 1
             nxt = out.logits[:, -1].argmax(-1)
         if not steps:

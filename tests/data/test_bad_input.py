@@ -178,12 +178,10 @@ def test_csv_bad_records(tmp_path, bad_row, where, problem, reason):
     assert data.skipped == {reason: 1} and len(data.interactions) == 2
 
 
-def test_csv_unknown_user_in_split(tmp_path):
+def test_csv_held_out_user_without_train_is_kept(tmp_path):
     rows = ["u1,i1,1,5,,,,train", "u1,i2,2,4,,,,test", "u2,i3,3,4,,,,valid", "u2,i1,4,2,,,,test"]
-    d = write_csv(tmp_path / "c", rows)
-    raises_at(lambda: load_csv(d), "interactions.csv:4:", "user 'u2' is in valid but has no train interaction")
-    data = load_csv(d, on_bad_record="skip")
-    assert data.skipped == {"unknown_user": 2} and data.interactions["user"].tolist() == ["u1", "u1"]
+    data = load_csv(write_csv(tmp_path / "c", rows))
+    assert data.skipped == {} and data.interactions["user"].tolist() == ["u1", "u1", "u2", "u2"]
 
 
 def test_csv_partial_or_bad_split_column(tmp_path):
