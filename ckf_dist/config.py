@@ -210,6 +210,10 @@ class TrainConfig:
     """Gradient-norm clipping (0 = off)."""
     curriculum: bool = True
     """Text-to-CF curriculum: loss = w L_text + (1 - w) L_cf with w decaying (ckf.md section 6)."""
+    curriculum_midpoint: float = 0.5
+    """Where the text weight w crosses 0.5, as a share of train.steps (reference code: 0.5); w is ~0 after
+    twice that. A tiny LLM with little world knowledge gains little from the text-only twin: a short
+    curriculum (e.g. 0.1) spends the budget on the CF prompts."""
     curriculum_mode: Literal["sample", "mix"] = "sample"
     """sample: each step trains one path, the text-only twin with probability w (same expected loss, half
     the cost); mix: every step runs both prompts and mixes the losses (twice the cost)."""
@@ -350,6 +354,7 @@ class Config:
             ("lora.shared.r", self.lora.shared.r >= 1),
             ("lora.task.r", self.lora.task.r >= 1),
             ("train.steps", self.train.steps >= 1),
+            ("train.curriculum_midpoint", 0.0 < self.train.curriculum_midpoint <= 1.0),
             ("train.micro_batch_size", self.train.micro_batch_size >= 1),
             ("train.grad_accum", self.train.grad_accum >= 1),
             ("train.data_workers", self.train.data_workers >= 0),

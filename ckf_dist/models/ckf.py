@@ -20,6 +20,7 @@ buffers (never saved with the trainable state, never trained).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 from dataclasses import dataclass
@@ -40,14 +41,24 @@ from ckf_dist.modules.multi_lora import LoRAContext
 TRAINABLE_FORMAT = "ckf_trainable/1"
 
 
-def curriculum_weight(step: int, total: int) -> float:
-    """Text-only loss weight w(step) = 1 / (1 + exp(8 (step - b) / b)), b = total / 2 (ckf.md 6).
+def curriculum_weight(step: int, total: int, midpoint: float = 0.5) -> float:
+    """Text-only loss weight w(step) = 1 / (1 + exp(8 (step - b) / b)), b = midpoint * total (ckf.md 6;
+    the reference code's b is half the steps, ``train.curriculum_midpoint`` = 0.5).
 
-    w starts near 1 (text-only prompts dominate), is 0.5 half-way, and ends near 0.
+    w starts near 1 (text-only prompts dominate), is 0.5 at b, and falls to near 0 by 2 b.
     """
-    b = max(float(total) / 2.0, 1e-8)
+    b = max(float(total) * float(midpoint), 1e-8)
     x = max(-60.0, min(60.0, 8.0 * (float(step) - b) / b))
     return 1.0 / (1.0 + math.exp(x))
+
+
+def text_path_chosen(seed: int, step: int, weight: float) -> bool:
+    """train.curriculum_mode=sample: whether `step` trains the text-only twin (probability `weight`).
+
+    The same on every rank and after a resume (a hash of seed and step, not an RNG stream), so
+    the expected loss is w L_text + (1 - w) L_cf while each step pays for one path only."""
+    h = hashlib.sha256(f"ckf-curriculum/{seed}/{step}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2.0**64 < weight
 
 
 @dataclass
@@ -194,7 +205,18 @@ class CKFModel(nn.Module):
         for name, ids, table in (("user", u, self.user_emb), ("item", it, self.item_emb), ("history item", hist, self.item_emb)):
             if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= table.shape[0]):
                 raise ValueError(f"{name} id {int(ids.max())} is outside the CF table ({table.shape[0]} rows)")
-        return self.mapper(self.user_emb[u], self.item_emb[hist], batch["history_mask"], self.item_emb[it])
+        e_hist = self.item_emb[hist]  # [B, H, d]
+        return self.mapper(self.fold_in(self.user_emb[u], e_hist, batch["history_mask"]), e_hist, batch["history_mask"],
+                           self.item_emb[it])
+
+    @staticmethod
+    def fold_in(e_u: torch.Tensor, e_hist: torch.Tensor, hist_mask: torch.Tensor) -> torch.Tensor:
+        """Users without a trained CF row (all zero: no training interaction) take the mean of their
+        history items' rows, the rule of :meth:`ckf_dist.cf.tables.CFTables.user_vectors`."""
+        m = hist_mask.to(e_hist.dtype).unsqueeze(-1)
+        mean = (e_hist * m).sum(1) / m.sum(1).clamp_min(1.0)
+        known = (e_u != 0).any(-1, keepdim=True)
+        return torch.where(known, e_u, mean)
 
     def embed(self, input_ids: torch.Tensor, batch: dict[str, Any], cf: Optional[bool] = None) -> torch.Tensor:
         """input_ids [B, L] -> inputs_embeds [B, L, D] with CF vectors at every row's placeholders.
@@ -268,16 +290,22 @@ class CKFModel(nn.Module):
         must hold the text-only twin and loss = w L_text + (1 - w) L_cf, w = curriculum_weight.
         """
         task_ids = batch["task_ids"]
+        use_curriculum = self.curriculum and step is not None and bool(total_steps)
+        if use_curriculum and "text_input_ids" not in batch:
+            raise ValueError("train.curriculum needs the text-only twin in the batch (Collator(text_twin=True))")
+        w = curriculum_weight(step, total_steps, self.cfg.train.curriculum_midpoint) if use_curriculum else 0.0
+        if use_curriculum and self.cfg.train.curriculum_mode == "sample" and text_path_chosen(self.cfg.seed, step, w):
+            nll_t, rows_t = self._token_nll(batch, text=True)
+            text_loss = nll_t.mean()
+            return CKFOutput(loss=text_loss, task_losses=self._task_means(nll_t, rows_t, task_ids),
+                             text_loss=text_loss.detach(), text_weight=w, num_tokens=nll_t.numel())
         nll, rows = self._token_nll(batch)
         if nll.numel() == 0:
             raise ValueError("batch without target tokens")
         cf_loss = nll.mean()
         per_task = self._task_means(nll, rows, task_ids)
-        if not (self.curriculum and step is not None and total_steps):
-            return CKFOutput(loss=cf_loss, task_losses=per_task, cf_loss=cf_loss.detach(), num_tokens=nll.numel())
-        if "text_input_ids" not in batch:
-            raise ValueError("train.curriculum needs the text-only twin in the batch (Collator(text_twin=True))")
-        w = curriculum_weight(step, total_steps)
+        if not use_curriculum or self.cfg.train.curriculum_mode == "sample":
+            return CKFOutput(loss=cf_loss, task_losses=per_task, cf_loss=cf_loss.detach(), text_weight=w, num_tokens=nll.numel())
         nll_t, rows_t = self._token_nll(batch, text=True)
         text_loss = nll_t.mean()
         loss = w * text_loss + (1.0 - w) * cf_loss
@@ -310,6 +338,56 @@ class CKFModel(nn.Module):
         nll, rows = self._token_nll(batch)
         out = torch.zeros(batch["input_ids"].shape[0], device=nll.device, dtype=torch.float32)
         return out.index_add(0, rows, -nll)
+
+    @torch.no_grad()
+    def candidate_logprobs(self, batch: dict[str, Any], candidates: list[list[list[int]]]) -> list[list[tuple[float, int]]]:
+        """Score answer candidates after each row's prompt: row b, candidate c (token ids without EOS)
+        -> (sum of log-probabilities of its tokens and EOS, number of those tokens).
+
+        The prompt runs once per row; every candidate continues from the row's KV cache (prompts
+        are right-padded: the pad columns stay masked and positions continue from the row's own
+        prompt length), so a topk sample costs one prompt plus its candidates' few tokens instead
+        of one full sequence per candidate. Same numbers as scoring ``prompt + candidate + EOS``
+        with the training forward."""
+        plen = batch["prompt_lengths"]
+        device = batch["input_ids"].device
+        width = int(plen.max())
+        # columns past a row's prompt hold its target or padding: masked for the continuations
+        attn = (torch.arange(width, device=device).unsqueeze(0) < plen.unsqueeze(1)).to(batch["attention_mask"].dtype)
+        embeds = self.embed(batch["input_ids"][:, :width], batch)
+        task_ids = batch["task_ids"]
+        self._set_backend(device)
+        decoder = self.llm.get_decoder()
+        with self.ctx.row_tasks(task_ids, width):
+            out = decoder(inputs_embeds=embeds, attention_mask=attn, use_cache=True)
+        rows = torch.arange(plen.shape[0], device=device)
+        first = torch.log_softmax(self._lm_logits(out.last_hidden_state[rows, plen - 1]), -1)  # [B, V]
+        owner = [b for b, cands in enumerate(candidates) for _ in cands]
+        seqs = [list(c) + [self.eos_id] for cands in candidates for c in cands]
+        if not seqs:
+            return [[] for _ in candidates]
+        length = max(len(q) for q in seqs)
+        ids = torch.full((len(seqs), length), self.pad_id, dtype=torch.long, device=device)
+        mask = torch.zeros((len(seqs), length), dtype=attn.dtype, device=device)
+        for n, q in enumerate(seqs):
+            ids[n, : len(q)] = torch.tensor(q, device=device)
+            mask[n, : len(q)] = 1
+        idx = torch.tensor(owner, device=device)
+        past = out.cache
+        past.batch_select_indices(idx)  # one cache row per candidate
+        pos = plen[idx].unsqueeze(1) + torch.arange(length, device=device).unsqueeze(0)
+        with self.ctx.row_tasks(task_ids[idx], length):
+            cont = decoder(input_ids=ids, attention_mask=torch.cat([attn[idx], mask], 1), position_ids=pos,
+                           cache=past, use_cache=True)
+        lp = first[idx].gather(1, ids[:, :1])  # [N, 1]: first token from the prompt's last position
+        if length > 1:
+            later = torch.log_softmax(self._lm_logits(cont.last_hidden_state[:, :-1]), -1)  # [N, T-1, V]
+            lp = torch.cat([lp, later.gather(2, ids[:, 1:].unsqueeze(-1)).squeeze(-1)], 1)
+        lp = (lp * mask).sum(1).tolist()
+        result: list[list[tuple[float, int]]] = [[] for _ in candidates]
+        for n, b in enumerate(owner):
+            result[b].append((lp[n], len(seqs[n])))
+        return result
 
     @torch.no_grad()
     def generate(self, batch: dict[str, Any], max_new_tokens: int) -> list[list[int]]:

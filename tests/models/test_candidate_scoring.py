@@ -67,3 +67,26 @@ def test_model_inputs_append_biases():
     np.testing.assert_allclose(u[:, 3], [1.0, 2.0]) and np.testing.assert_allclose(i[:, 3], [0.1, 0.2, 0.3, 0.4])
     u0, i0 = t.model_inputs(with_biases=False)
     assert u0.shape == (2, 3) and i0.shape == (4, 3)
+
+
+def test_curriculum_sample_mode_runs_one_path_with_probability_w(build_model, samples):
+    from ckf_dist.models.ckf import curriculum_weight, text_path_chosen
+
+    # deterministic in (seed, step), and the share of text steps follows w
+    assert [text_path_chosen(3, k, 0.4) for k in range(50)] == [text_path_chosen(3, k, 0.4) for k in range(50)]
+    share = sum(text_path_chosen(0, k, 0.3) for k in range(4000)) / 4000
+    assert abs(share - 0.3) < 0.03
+    assert curriculum_weight(10, 100, midpoint=0.1) == 0.5 and curriculum_weight(50, 100) == 0.5
+    model, tok, cfg = build_model()
+    model.curriculum = True
+    cfg.train.curriculum_mode, cfg.train.curriculum_midpoint = "sample", 0.5
+    batch = Collator(tok, cfg, model.placeholder_id, text_twin=True)(samples)
+    text_steps = [k for k in range(40) if text_path_chosen(cfg.seed, k, curriculum_weight(k, 40, 0.5))]
+    cf_steps = [k for k in range(40) if k not in text_steps]
+    assert text_steps and cf_steps
+    out_t = model(batch, step=text_steps[0], total_steps=40)
+    out_c = model(batch, step=cf_steps[-1], total_steps=40)
+    assert out_t.cf_loss is None and out_t.text_loss is not None
+    assert out_c.text_loss is None and out_c.cf_loss is not None
+    torch.testing.assert_close(out_t.loss, model._token_nll(batch, text=True)[0].mean())
+    torch.testing.assert_close(out_c.loss, model._token_nll(batch)[0].mean())
