@@ -154,6 +154,7 @@ def test_curriculum_mixes_text_and_cf_losses(build_model, samples):
     assert curriculum_weight(100, 100) == pytest.approx(1 / (1 + math.exp(8)))
     assert curriculum_weight(10**9, 10) < 1e-20  # no overflow
     model, tok, cfg = build_model()
+    cfg.train.curriculum_mode = "mix"  # both prompts every step (test_candidate_scoring covers "sample")
     batch = _batch(model, tok, cfg, samples)
     cf_only = model(batch)  # no step: CF loss only
     out = model(batch, step=30, total_steps=100)
