@@ -152,15 +152,18 @@ def _patterns(values: dict[str, float], default: float) -> dict[str, float]:
     return out
 
 
-def export_peft_adapters(trainable: dict[str, torch.Tensor], cfg: Config, out_dir: str | Path) -> list[Path]:
+def export_peft_adapters(trainable: dict[str, torch.Tensor], cfg: Config, out_dir: str | Path,
+                         base_model: str | Path | None = None) -> list[Path]:
     """Write one PEFT LoRA adapter directory per task in ``cfg.tasks``; returns their paths.
 
     Args:
       trainable: name -> full (gathered) CPU tensor of the model's trainable parameters, as named
         by ``CKFModel.trainable_named_parameters()`` (``llm.<module>.lora_*``; ``mapper.*`` and
         any other non-LoRA tensor is ignored: the CF mapping stays in trainable.safetensors).
-      cfg: the run's Config (``tasks``, ``lora`` ranks/alphas/dropouts, the base model path).
+      cfg: the run's Config (``tasks``, ``lora`` ranks/alphas/dropouts).
       out_dir: the folder to (re)create; ``out_dir/<task>/`` per task, written atomically.
+      base_model: the base LLM's directory, written as ``base_model_name_or_path``; default
+        ``model.path`` (a run on the embedded tiny LLM has none and must pass its directory).
 
     Loading: ``PeftModel.from_pretrained(load_llm(base_dir, placeholder)[0], out_dir / task)``.
     See the module docstring for the merge of the shared and task adapters.
@@ -168,8 +171,10 @@ def export_peft_adapters(trainable: dict[str, torch.Tensor], cfg: Config, out_di
     from peft import LoraConfig
     from safetensors.torch import save_file
 
-    from ckf_dist.train.recipe import model_dir
-
+    if base_model is None:
+        if not cfg.model.path:
+            raise ValueError("export: model.path is unset (embedded tiny LLM): pass base_model, the LLM's directory")
+        base_model = cfg.model.path
     out = Path(out_dir)
     mods = collect_modules(trainable)
     if not mods:
@@ -205,7 +210,7 @@ def export_peft_adapters(trainable: dict[str, torch.Tensor], cfg: Config, out_di
                 rank_pattern=_patterns(ranks, r0),
                 alpha_pattern={k: _fmt(v) for k, v in _patterns(alphas, alpha0).items()},
                 inference_mode=True,
-                base_model_name_or_path=str(model_dir(cfg)),
+                base_model_name_or_path=str(base_model),
             )
             d = tmp / task
             d.mkdir()

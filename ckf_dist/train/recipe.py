@@ -374,7 +374,7 @@ class CKFRecipe:
             from ckf_dist.train.export import export_peft_adapters
         except ImportError:
             return final
-        export_peft_adapters(gathered, self.cfg, final / "peft")
+        export_peft_adapters(gathered, self.cfg, final / "peft", model_dir(self.cfg))
         return final
 
     def cleanup(self) -> None:
