@@ -198,6 +198,9 @@ class TrainConfig:
     """Gradient-accumulation micro-steps per optimizer step."""
     lr: float = 1e-3
     """AdamW peak learning rate."""
+    mapper_lr_scale: float = 1.0
+    """The CF mapper's learning rate (meta-network, bridges, projections: trained from scratch) is
+    train.lr times this; the adapters use train.lr."""
     eps: float = 1e-6
     """AdamW epsilon."""
     weight_decay: float = 1e-3
@@ -354,6 +357,7 @@ class Config:
             ("lora.shared.r", self.lora.shared.r >= 1),
             ("lora.task.r", self.lora.task.r >= 1),
             ("train.steps", self.train.steps >= 1),
+            ("train.mapper_lr_scale", self.train.mapper_lr_scale > 0),
             ("train.curriculum_midpoint", 0.0 < self.train.curriculum_midpoint <= 1.0),
             ("train.micro_batch_size", self.train.micro_batch_size >= 1),
             ("train.grad_accum", self.train.grad_accum >= 1),

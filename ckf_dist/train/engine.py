@@ -44,14 +44,24 @@ def _named_trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
+def param_groups(model: torch.nn.Module, cfg: Config) -> list[dict]:
+    """AdamW groups: the adapters at train.lr, the CF mapper (``mapper.*``, trained from scratch)
+    at train.lr * train.mapper_lr_scale. Empty groups are left out."""
+    named = _named_trainable(model)
+    mapper = [p for n, p in named.items() if n.startswith("mapper.")]
+    rest = [p for n, p in named.items() if not n.startswith("mapper.")]
+    groups = [{"params": rest, "lr": cfg.train.lr}, {"params": mapper, "lr": cfg.train.lr * cfg.train.mapper_lr_scale}]
+    return [g for g in groups if g["params"]]
+
+
 class LocalEngine:
     """AdamW on the trainable parameters only, in one process."""
 
     def __init__(self, model: torch.nn.Module, cfg: Config):
         self.model = model
         self.cfg = cfg
-        params = list(_named_trainable(model).values())
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, eps=cfg.train.eps, weight_decay=cfg.train.weight_decay)
+        self.optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.train.lr, eps=cfg.train.eps,
+                                           weight_decay=cfg.train.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         self.micro = 0
         self.world_size = 1
@@ -65,7 +75,7 @@ class LocalEngine:
         """Apply the update after `grad_accum` micro-steps; returns the grad norm when it stepped."""
         if self.micro % self.cfg.train.grad_accum:
             return None
-        params = [p for p in self.optimizer.param_groups[0]["params"] if p.grad is not None]
+        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
         clip = self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(params, clip) if params else torch.tensor(0.0)
         self.optimizer.step()
@@ -128,8 +138,7 @@ class DeepSpeedEngine:
             # CPU: skip DeepSpeed's shared-memory collective op, a C++ extension JIT-compiled on
             # first use (about a minute on a fresh machine); gloo carries the collectives.
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=cfg.train.lr, eps=cfg.train.eps, weight_decay=cfg.train.weight_decay)
+        opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.train.lr, eps=cfg.train.eps, weight_decay=cfg.train.weight_decay)
         config = {k: v for k, v in ds_config.items() if k != "optimizer_torch_adam"}
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model,

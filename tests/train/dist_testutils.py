@@ -65,7 +65,7 @@ def records(run: Path) -> list[dict]:
 
 
 def shard_tokens(run: Path, overrides: list[str], world_size: int, steps: int) -> int:
-    """Non-pad tokens (CF prompt + text twin) of the micro-batches that `world_size` ranks take
+    """Non-pad tokens (of the prompt paths each step ran: CF prompt and/or text twin) of the micro-batches that `world_size` ranks take
     from run's shards in `steps` steps, rebuilt from the shards with the run's own tokenizer."""
     from ckf_dist.config import load_config
     from ckf_dist.data.shards import shard_urls
@@ -76,10 +76,19 @@ def shard_tokens(run: Path, overrides: list[str], world_size: int, steps: int) -
     cfg = load_config(str(ROOT / "configs" / "quickstart.yaml"), [f"run.dir={run}", *overrides])
     _, tok = load_llm(run / "llm", cfg.model.placeholder_token)
     collate = Collator(tok, cfg, tok.convert_tokens_to_ids(cfg.model.placeholder_token))
+    from ckf_dist.models.ckf import curriculum_weight, text_path_chosen
+
+    sampled = cfg.train.curriculum and cfg.model.cf_fusion and cfg.train.curriculum_mode == "sample"
     total = 0
     for rank in range(world_size):
         it = iter(train_loader(TrainStream(shard_urls(run / "data" / "shards", "train"), cfg, collate, rank, world_size, 0)))
-        for _ in range(steps * cfg.train.grad_accum):
+        for k in range(steps * cfg.train.grad_accum):
             b = next(it)
-            total += int(b["attention_mask"].sum()) + int(b["text_attention_mask"].sum() if "text_attention_mask" in b else 0)
+            cf, text = int(b["attention_mask"].sum()), int(b["text_attention_mask"].sum() if "text_attention_mask" in b else 0)
+            if sampled:  # one path per step: the text twin with probability w(step)
+                step = k // cfg.train.grad_accum
+                w = curriculum_weight(step, cfg.train.steps, cfg.train.curriculum_midpoint)
+                total += text if text_path_chosen(cfg.seed, step, w) else cf
+            else:
+                total += cf + text
     return total

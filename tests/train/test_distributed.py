@@ -153,7 +153,7 @@ def test_ray_train_two_nodes_strict_spread_zero3(prepared, tmp_path, two_node_cl
     nodes = {n.node_id for n in [two_node_cluster.head_node, *two_node_cluster.worker_nodes]}
     assert [r["rank"] for r in ranks] == [0, 1] and {r["node"] for r in ranks} == nodes, (ranks, nodes)
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics) == {"ctr", "rating", "explanation"}
+    assert set(metrics) == {"ctr", "rating", "explanation", "protocol", "training"}
     # Ray registered the checkpoints (merged rank shards) in its storage
     stored = [p for p in (run / "ray").rglob("*optim_states.pt")]
     assert len(stored) >= 2

@@ -185,7 +185,7 @@ def test_killed_worker_resumes_from_registered_checkpoint(prepared, tmp_path):
     for task in ("ctr", "rating", "explanation"):
         assert (final / "peft" / task / "adapter_model.safetensors").is_file()
         assert (final / "peft" / task / "adapter_config.json").is_file()
-    assert json.loads((run / "metrics.json").read_text()).keys() == {"ctr", "rating", "explanation"}
+    assert json.loads((run / "metrics.json").read_text()).keys() == {"ctr", "rating", "explanation", "protocol", "training"}
     print(f"\nfault tolerance: killed pid {killed_pid} after step {killed_at_step}, checkpoints before the kill "
           f"{saved}, resumed from step {step0}; losses before {loss_before} after {loss_after}; "
           f"temporary checkpoint folders left: {len(leftover_tmp)}; steps run twice {twice}: exact loss "

@@ -237,7 +237,7 @@ def test_training_job_via_script_joins_the_head(head, training_job):
     assert (final / "trainable.safetensors").is_file()
     for task in ("ctr", "rating", "explanation"):
         assert (final / "peft" / task / "adapter_model.safetensors").is_file()
-    assert json.loads((run / "metrics.json").read_text()).keys() == {"ctr", "rating", "explanation"}
+    assert json.loads((run / "metrics.json").read_text()).keys() == {"ctr", "rating", "explanation", "protocol", "training"}
     seen = training_job["seen"]
     workers = _train_worker_pids(seen)
     assert len(workers) >= 2, sorted(seen)  # the workers were sampled
