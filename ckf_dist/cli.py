@@ -29,7 +29,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional
 
-from ckf_dist.config import Config, ConfigError, field_docs, load_config
+from ckf_dist.config import ConfigError, field_docs, load_config
+from ckf_dist.run import Run
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -38,24 +39,23 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="rerun the stage even if its cached output is up to date")
 
 
-def _load(args) -> Config:
-    from ckf_dist.stages import write_run_config
-
-    cfg = load_config(args.config, args.overrides)
-    write_run_config(cfg)
-    return cfg
+def _load(args) -> Run:
+    """The run of `--config FILE key=value ...`, its resolved config written into run.dir."""
+    run = Run(load_config(args.config, args.overrides))
+    run.write_config()
+    return run
 
 
 def cmd_data_prepare(args) -> int:
-    from ckf_dist.stages import prepare_data
+    from ckf_dist.pipeline import prepare_data
 
-    cfg = _load(args)
-    summary = prepare_data(cfg, force=args.force)
-    _print_data_summary(cfg, summary)
+    run = _load(args)
+    summary = prepare_data(run, force=args.force)
+    _print_data_summary(run, summary)
     return 0
 
 
-def _print_data_summary(cfg: Config, s: dict) -> None:
+def _print_data_summary(run: Run, s: dict) -> None:
     print(f"dataset {s['dataset']}: {s['users']} users, {s['items']} items, "
           f"interactions train/valid/test = {s['interactions']['train']}/{s['interactions']['valid']}/{s['interactions']['test']}, "
           f"cold users {s['cold_users']}")
@@ -64,7 +64,7 @@ def _print_data_summary(cfg: Config, s: dict) -> None:
         print(f"  {split}: {sum(per_task.values())} samples in {s['shards'][split]} shards ({tasks})")
     if s.get("skipped"):
         print("  skipped records: " + ", ".join(f"{k}: {v}" for k, v in s["skipped"].items()))
-    print(f"shards: {cfg.run_dir / 'data' / 'shards'}")
+    print(f"shards: {run.shards_dir}")
 
 
 def cmd_data_download(args) -> int:
@@ -76,12 +76,62 @@ def cmd_data_download(args) -> int:
 
 
 def cmd_cf_train(args) -> int:
-    from ckf_dist.stages import train_cf_stage
+    from ckf_dist.pipeline import train_cf_stage
 
-    cfg = _load(args)
-    summary = train_cf_stage(cfg, force=args.force)
+    run = _load(args)
+    summary = train_cf_stage(run, force=args.force)
     print(summary["table"])
-    print(f"CF tables and baselines: {cfg.run_dir / 'cf'}")
+    print(f"CF tables and baselines: {run.cf_dir}")
+    return 0
+
+
+def cmd_init_tiny(args) -> int:
+    from ckf_dist.pipeline import ensure_tiny
+
+    out = ensure_tiny(_load(args), force=args.force)
+    print(f"tiny LLM: {out}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    """Every stage it depends on when missing or stale (data -> CF -> tiny LLM when model.path is
+    unset -> CKF training -> evaluation), each cached in run.dir; an interrupted training with the
+    same configuration resumes from its latest checkpoint."""
+    from ckf_dist.pipeline import run_all
+
+    run = _load(args)
+    summary = run_all(run, force=args.force)
+    data = summary["data"]
+    print(f"data: {data['users']} users, {data['items']} items, samples " +
+          ", ".join(f"{s} {sum(v.values())}" for s, v in data["samples"].items()))
+    print("\nCF and popularity baselines (test):")
+    print(summary["cf"]["table"])
+    print("\nCKF (test):")
+    print(run.metrics_markdown("test").read_text())
+    print(f"run: {run.dir}  ({run.metrics_file().name}, {run.tb_dir.relative_to(run.dir)} for TensorBoard, {run.config_file.name})")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from ckf_dist.eval.loop import metrics_markdown, write_metrics
+    from ckf_dist.eval.serve import evaluate_run
+
+    run = Run.open(args.run)
+    metrics = evaluate_run(run, args.split)
+    write_metrics(metrics, run.metrics_file(args.split))
+    print(metrics_markdown(metrics, f"{args.split} metrics"))
+    return 0
+
+
+def cmd_recommend(args) -> int:
+    from ckf_dist.eval.serve import recommend
+
+    res = recommend(Run.open(args.run), args.user, args.k, args.candidates)
+    print(f"top {len(res['items'])} for user {res['user']} (CF retrieval of {args.candidates}, LLM re-ranking):")
+    for rank, it in enumerate(res["items"], 1):
+        print(f"{rank:>3}. {it['title']}  (item {it['item']}, log-likelihood {it['score']:.3f})")
+    if "explanation" in res:
+        print(f"why the first: {res['explanation']}")
     return 0
 
 
@@ -145,23 +195,23 @@ def build_parser() -> argparse.ArgumentParser:
     model = sub.add_parser("model", help="base LLM").add_subparsers(dest="verb", required=True)
     p = model.add_parser("init-tiny", help="write the embedded tiny LLM (tokenizer + pre-trained LLaMA-architecture model)")
     _config_args(p)
-    p.set_defaults(func=_resolve("ckf_dist.train.commands:cmd_init_tiny", _not_yet("model init-tiny")))
+    p.set_defaults(func=cmd_init_tiny)
 
     p = sub.add_parser("train", help="every stage end to end: data, CF, tiny LLM, CKF training, evaluation")
     _config_args(p)
-    p.set_defaults(func=_resolve("ckf_dist.train.commands:cmd_train", _not_yet("train")))
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a finished run")
     p.add_argument("--run", required=True, help="run directory")
     p.add_argument("--split", default="test", choices=["valid", "test"])
-    p.set_defaults(func=_resolve("ckf_dist.train.commands:cmd_eval", _not_yet("eval")))
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("recommend", help="CF retrieval + LLM re-ranking for one user")
     p.add_argument("--run", required=True)
     p.add_argument("--user", required=True, help="raw user id as in the dataset")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--candidates", type=int, default=100)
-    p.set_defaults(func=_resolve("ckf_dist.train.commands:cmd_recommend", _not_yet("recommend")))
+    p.set_defaults(func=cmd_recommend)
 
     p = sub.add_parser("report", help="collect runs into one markdown table (mean ± sd over seeds)")
     p.add_argument("runs", nargs="+")

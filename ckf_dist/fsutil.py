@@ -5,17 +5,24 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write `text` to `path.tmp` in the same folder, then rename it over `path`: readers see the
-    old file or the new one, never a partial write (a crash leaves at most the `.tmp`)."""
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """Call `write(tmp)` with a temporary path in the same folder, then rename it over `path`:
+    readers see the old file or the new one, never a partial write (a crash leaves at most the
+    temporary file). The one place the package writes a file atomically."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(text)
+    write(tmp)
     os.replace(tmp, p)
     return p
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """`text` written to `path` atomically (:func:`atomic_write`)."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def temp_dir_beside(final: str | Path) -> Path:

@@ -17,18 +17,19 @@ import torch
 from ckf_dist.bench.common import batch_tokens, load_avg
 from ckf_dist.bench.e2e_peft import collate_text, encode_text, peft_config
 from ckf_dist.config import Config
+from ckf_dist.run import Run
 
 def measure_data_pipeline(cfg: Config, n_batches: int, workers: int, warmup: int = 3) -> dict[str, Any]:
     """The recipe's TrainStream + Collator through its DataLoader, without a model."""
     from ckf_dist.data.shards import load_manifest, shard_urls
-    from ckf_dist.models.collate import Collator
+    from ckf_dist.models.factory import make_collator
     from ckf_dist.models.tiny import load_llm
     from ckf_dist.train.data import TrainStream, train_loader
-    from ckf_dist.train.recipe import model_dir
 
-    shard_dir = cfg.run_dir / "data" / "shards"
-    _, tok = load_llm(model_dir(cfg), cfg.model.placeholder_token)
-    collator = Collator(tok, cfg, tok.convert_tokens_to_ids(cfg.model.placeholder_token))
+    run = Run(cfg)
+    shard_dir = run.shards_dir
+    _, tok = load_llm(run.model_dir, cfg.model.placeholder_token)
+    collator = make_collator(cfg, tok)
     n_shards = len(load_manifest(shard_dir)["splits"]["train"]["shards"])
     workers = min(workers, max(1, n_shards)) if workers else 0
     stream = TrainStream(shard_urls(shard_dir, "train"), cfg, collator, 0, 1, workers)
@@ -79,18 +80,15 @@ def diagnose_batching(cfg: Config, n_batches: int = 30, warmup: int = 3) -> list
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from ckf_dist.cf.tables import load_cf_tables
     from ckf_dist.data.shards import read_split
-    from ckf_dist.models.ckf import CKFModel
-    from ckf_dist.models.collate import Collator
-    from ckf_dist.models.tiny import load_llm
+    from ckf_dist.models.factory import build_ckf_model
     from ckf_dist.train.data import sample_length
     from ckf_dist.train.engine import LocalEngine
-    from ckf_dist.train.recipe import model_dir
 
+    run = Run(cfg)
     torch.manual_seed(cfg.seed)
     mb = cfg.train.micro_batch_size
-    samples = [s for s in read_split(cfg.run_dir / "data" / "shards", "train") if s["task"] in cfg.tasks]
+    samples = [s for s in read_split(run.shards_dir, "train") if s["task"] in cfg.tasks]
     random.Random(cfg.seed).shuffle(samples)
     pool = samples[: (n_batches + warmup) * mb]
 
@@ -112,10 +110,8 @@ def diagnose_batching(cfg: Config, n_batches: int = 30, warmup: int = 3) -> list
         counts = [batch_tokens(b) for b in batches]
         return sum(c[0] for c in counts) / max(1, sum(c[1] for c in counts))
 
-    tables = load_cf_tables(cfg.run_dir / "cf" / f"{cfg.cf.model}.safetensors")
-    llm, tok = load_llm(model_dir(cfg), cfg.model.placeholder_token)
-    model = CKFModel(llm, tok, torch.from_numpy(tables.user_emb), torch.from_numpy(tables.item_emb), cfg)
-    collator = Collator(tok, cfg, tok.convert_tokens_to_ids(cfg.model.placeholder_token))
+    built = build_ckf_model(cfg, run.model_dir, run.cf_table())
+    model, tok, collator = built.model, built.tokenizer, built.collator
     engine = LocalEngine(model, cfg)
     model.train()
     total = cfg.train.steps
@@ -129,7 +125,7 @@ def diagnose_batching(cfg: Config, n_batches: int = 30, warmup: int = 3) -> list
     def ckf_tokens(b):
         return batch_tokens(b)[0]
 
-    hf = AutoModelForCausalLM.from_pretrained(model_dir(cfg), local_files_only=True, dtype=torch.float32)
+    hf = AutoModelForCausalLM.from_pretrained(run.model_dir, local_files_only=True, dtype=torch.float32)
     peft_model = get_peft_model(hf, peft_config(cfg), adapter_name="bench")
     peft_model.train()
     params = [p for p in peft_model.parameters() if p.requires_grad]

@@ -93,7 +93,7 @@ def measure_llm_shape(
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from ckf_dist.metrics.logger import flops_per_token, peak_flops
-    from ckf_dist.models.ckf import CKFModel
+    from ckf_dist.models.factory import assemble_ckf_model
 
     cfg = load_config(None, ["dist.launcher=local", "train.curriculum=false", f"model.max_length={seq_len}",
                              f"train.steps={warmup + steps}", "train.warmup_frac=0", "train.schedule=constant",
@@ -109,7 +109,7 @@ def measure_llm_shape(
     tok = SyntheticTokenizer(shape["vocab_size"], cfg.model.placeholder_token)
     n_users, n_items = 1000, 2000
     g = torch.Generator().manual_seed(cfg.seed)
-    model = CKFModel(llm, tok, torch.randn(n_users, cfg.cf.dim, generator=g), torch.randn(n_items, cfg.cf.dim, generator=g), cfg).to(dev)
+    model = assemble_ckf_model(cfg, llm, tok, torch.randn(n_users, cfg.cf.dim, generator=g), torch.randn(n_items, cfg.cf.dim, generator=g), dev)
     build_s = time.perf_counter() - t0
     n_params = sum(p.numel() for p in model.parameters())
     n_trainable = sum(p.numel() for p in model.trainable_parameters())

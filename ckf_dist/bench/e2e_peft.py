@@ -15,6 +15,7 @@ import torch
 
 from ckf_dist.bench.common import batch_tokens, load_avg
 from ckf_dist.config import Config, ConfigError, load_config
+from ckf_dist.run import Run
 
 def steps_per_task(counts: dict[str, int], keep_prob: dict[str, float], total: int) -> dict[str, int]:
     """Split ``total`` steps over tasks in proportion to count x keep probability (largest remainder),
@@ -87,14 +88,13 @@ def measure_peft_per_task(cfg: Config, warmup_steps: int) -> dict[str, Any]:
 
     from ckf_dist.data.shards import read_split
     from ckf_dist.train.engine import lr_lambda
-    from ckf_dist.train.recipe import model_dir
-
+    run = Run(cfg)
     torch.manual_seed(cfg.seed)
-    mdir = model_dir(cfg)
+    mdir = run.model_dir
     tok = AutoTokenizer.from_pretrained(mdir, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(mdir, local_files_only=True, dtype=torch.float32)
     pad = int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
-    samples = [s for s in read_split(cfg.run_dir / "data" / "shards", "train") if s["task"] in cfg.tasks]
+    samples = [s for s in read_split(run.shards_dir, "train") if s["task"] in cfg.tasks]
 
     # Tokenize up front (datasets.map style): text prompt + target + EOS, loss on the target only.
     by_task: dict[str, list[tuple[list[int], list[int]]]] = {}

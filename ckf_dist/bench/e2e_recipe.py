@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any, Optional, Sequence
 
 from ckf_dist.bench.common import load_avg
 from ckf_dist.config import Config, ConfigError, load_config
+from ckf_dist.run import Run
 
 MARKER = ".ckf_bench"
 """File the bench leaves in its run.dir: only such a run.dir has its training outputs deleted."""
@@ -26,7 +26,7 @@ def claim_run_dir(cfg: Config) -> None:
     """Refuse a run.dir holding someone's training run (the bench deletes train/ and ray/ between
     measurements); mark it as the bench's otherwise."""
     d = cfg.run_dir
-    if not (d / MARKER).is_file() and any((d / sub).exists() for sub in ("train", "ray")):
+    if not (d / MARKER).is_file() and Run(cfg).has_training():
         raise ConfigError(f"run.dir {d}: holds a training run the bench did not make (it would delete train/ and ray/); "
                           "give the bench its own run.dir")
     d.mkdir(parents=True, exist_ok=True)
@@ -36,12 +36,11 @@ def claim_run_dir(cfg: Config) -> None:
 def _clean_training(cfg: Config) -> None:
     """Drop a previous measurement's training outputs so the next one starts fresh (no resume)."""
     claim_run_dir(cfg)
-    for sub in ("train", "ray"):
-        shutil.rmtree(cfg.run_dir / sub, ignore_errors=True)
+    Run(cfg).clear_training(whole=True)
 
 
 def _windows(run_dir: Path) -> list[dict]:
-    p = run_dir / "train" / "tb" / "metrics.jsonl"
+    p = Run.at(run_dir).train_log
     if not p.is_file():
         return []
     return [r for r in (json.loads(x) for x in p.read_text().splitlines() if x.strip()) if "perf/tokens_per_s" in r]
@@ -52,7 +51,7 @@ def rates_from_metrics(run_dir: Path, warmup_windows: int = 1) -> dict[str, Any]
     wins = _windows(run_dir)
     used = wins[warmup_windows:] if len(wins) > warmup_windows else wins[-1:]
     if not used:
-        raise RuntimeError(f"{run_dir}/train/tb/metrics.jsonl: no perf/tokens_per_s window logged")
+        raise RuntimeError(f"{Run.at(run_dir).train_log}: no perf/tokens_per_s window logged")
 
     def mean(k: str) -> float:
         return float(statistics.fmean(r[k] for r in used if k in r))
@@ -74,15 +73,11 @@ def rates_from_metrics(run_dir: Path, warmup_windows: int = 1) -> dict[str, Any]
 
 
 def prepare_inputs(cfg: Config) -> None:
-    from ckf_dist.stages import prepare_data, train_cf_stage, write_run_config
+    from ckf_dist.pipeline import prepare_inputs as prepare
 
-    write_run_config(cfg)
-    prepare_data(cfg)
-    train_cf_stage(cfg)
-    if not cfg.model.path:
-        from ckf_dist.train.commands import ensure_tiny
-
-        ensure_tiny(cfg)
+    run = Run(cfg)
+    run.write_config()
+    prepare(run)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -96,7 +91,7 @@ def measure_recipe(cfg: Config) -> dict[str, Any]:
 
     _clean_training(cfg)
     t0 = time.perf_counter()
-    launch(cfg)
+    launch(Run(cfg))
     out = rates_from_metrics(cfg.run_dir)
     out["wall_s"] = round(time.perf_counter() - t0, 1)
     out["load_avg_1m"] = load_avg()

@@ -11,7 +11,7 @@ Models and what they predict (statistics from ``split == "train"`` only):
       rating, review_rating: the item's damped mean rating (sum_i + a mu) / (n_i + a), mu the
               global mean; an unseen item gets mu.
       topk:   the item's training interaction count (most popular first).
-  - ``mf`` (``ckf_dist.cf.train``, tuned on validation; a user without training interactions is
+  - ``mf`` (``ckf_dist.cf.fit``, tuned on validation; a user without training interactions is
     folded in from the sample's history, :meth:`CFTables.user_vectors`, as the CKF model does):
       ctr and topk: ``CFTables.score`` (for an MSE-trained MF that is the predicted rating:
       higher = more likely liked).
@@ -34,7 +34,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from ckf_dist.cf.tables import CFTables
-from ckf_dist.cf.train import train_cf
+from ckf_dist.cf.fit import train_cf
 from ckf_dist.config import ALL_TASKS, Config
 from ckf_dist.data.table import SplitData
 from ckf_dist.eval.metrics import task_metrics
@@ -159,7 +159,7 @@ def run_baselines(
     """Score popularity and the cfg.cf.baselines CF models on `samples_by_split[split]`.
 
     tables: already trained CF tables by model name (e.g. the backbone CKF uses); missing ones
-    are trained here with :func:`ckf_dist.cf.train.train_cf`. Returns
+    are trained here with :func:`ckf_dist.cf.fit.train_cf`. Returns
     ``{model: {task: metrics dict of task_metrics}}`` for the tasks each model can predict."""
     by_task: dict[str, list] = {}
     for s in samples_by_split.get(split, []):

@@ -2,10 +2,10 @@
 
 score(u, i) = b + b_u + b_i + p_u . q_i
 
-Trained by ``ckf_dist.cf.train`` with MSE on explicit ratings (the score is a predicted rating)
+Trained by ``ckf_dist.cf.fit`` with MSE on explicit ratings (the score is a predicted rating)
 or BPR on implicit positives (user and global biases cancel in a BPR difference, so they stay
 at zero; the item bias learns popularity). Its L2 penalty is Adam's weight decay (see
-``ckf_dist.cf.train``). This module is the nn.Module only: no data, no loop.
+``ckf_dist.cf.fit``). This module is the nn.Module only: no data, no loop.
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from ckf_dist.fsutil import atomic_write, atomic_write_text
+
 # Columns of RecData.interactions. `rating` and `label` are float with NaN where absent;
 # `review`/`summary` are "" where absent; `split` is "" unless the source fixes it.
 INTERACTION_COLUMNS = ["user", "item", "timestamp", "rating", "label", "review", "summary", "split"]
@@ -114,9 +116,7 @@ class SplitData:
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / "interactions.parquet.tmp"
-        self.inter.to_parquet(tmp, index=False)
-        tmp.replace(folder / "interactions.parquet")
+        atomic_write(folder / "interactions.parquet", lambda tmp: self.inter.to_parquet(tmp, index=False))
         meta = {
             "name": self.name,
             "user_ids": self.user_ids,
@@ -127,14 +127,17 @@ class SplitData:
             "skipped": self.skipped,
             "protocol": self.protocol,
         }
-        tmp = folder / "meta.json.tmp"
-        tmp.write_text(json.dumps(meta))
-        tmp.replace(folder / "meta.json")
+        atomic_write_text(folder / "meta.json", json.dumps(meta))
+
+    @staticmethod
+    def read_meta(folder: str | Path) -> dict:
+        """ids, titles and protocol of a saved split, without reading the interactions."""
+        return json.loads((Path(folder) / "meta.json").read_text())
 
     @classmethod
     def load(cls, folder: str | Path) -> "SplitData":
         folder = Path(folder)
-        meta = json.loads((folder / "meta.json").read_text())
+        meta = cls.read_meta(folder)
         inter = pd.read_parquet(folder / "interactions.parquet")
         for col in ("review", "summary"):
             inter[col] = inter[col].fillna("")

@@ -22,6 +22,7 @@ import torch
 from ckf_dist.config import ALL_TASKS, Config
 from ckf_dist.eval.metrics import task_metrics
 from ckf_dist.eval.selection import eval_cap, select
+from ckf_dist.fsutil import atomic_write_text
 from ckf_dist.models.collate import batch_to, target_token_ids
 
 DIGITS = ("1", "2", "3", "4", "5")
@@ -158,12 +159,9 @@ def metrics_markdown(metrics: dict[str, dict], title: str = "") -> str:
     return "\n".join(lines)
 
 
-def write_metrics(metrics: dict[str, dict], run_dir: str | Path, name: str = "metrics") -> Path:
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    p = run_dir / f"{name}.json"
-    tmp = p.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(metrics, indent=2))
-    tmp.replace(p)
-    (run_dir / f"{name}.md").write_text(metrics_markdown(metrics) + "\n")
+def write_metrics(metrics: dict[str, dict], path: str | Path) -> Path:
+    """`metrics` as JSON at `path` and as a markdown table beside it (`.md`), both atomically."""
+    p = Path(path)
+    atomic_write_text(p, json.dumps(metrics, indent=2))
+    atomic_write_text(p.with_suffix(".md"), metrics_markdown(metrics) + "\n")
     return p

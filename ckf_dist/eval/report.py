@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from ckf_dist.config import Config, load_config, to_dict
+from ckf_dist.run import Run
 
 COLUMNS = [
     ("ctr", "auc"), ("ctr", "uauc"),
@@ -65,21 +66,21 @@ def collect(run_dirs: list[str]) -> list[dict]:
     groups: dict[str, dict] = {}
     baselines: dict[str, dict] = {}
     for run in run_dirs:
-        rd = Path(run)
-        cfg_file = rd / "config.yaml"
+        rd = Run.at(run)
+        cfg_file = rd.config_file
         if not cfg_file.is_file():
             raise FileNotFoundError(f"{cfg_file}: not a run directory")
         cfg = load_config(cfg_file)
         key = _group_key(cfg)
         g = groups.setdefault(key, {"name": variant_name(cfg), "seeds": [], "runs": [], "values": {}, "dataset": cfg.data.format})
-        metrics_file = rd / "metrics.json"
+        metrics_file = rd.metrics_file()
         if metrics_file.is_file():
             m = json.loads(metrics_file.read_text())
             g["seeds"].append(cfg.seed)
-            g["runs"].append(str(rd))
+            g["runs"].append(str(rd.dir))
             for task, metric in COLUMNS:
                 g["values"].setdefault((task, metric), []).append((m.get(task) or {}).get(metric))
-        bl = rd / "cf" / "baselines.json"
+        bl = rd.baselines_json
         if bl.is_file():
             res = json.loads(bl.read_text())
             res = res.get("results", {}).get("test", res)

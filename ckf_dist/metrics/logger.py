@@ -66,7 +66,8 @@ class MetricsLogger:
     """Writes scalars to TensorBoard (rank 0 only, tags through :func:`tb_tag`) and to
     `metrics.jsonl` beside it (names as logged)."""
 
-    def __init__(self, log_dir: str | Path, rank: int = 0):
+    def __init__(self, log_dir: str | Path, rank: int = 0, jsonl: str | Path | None = None):
+        """`jsonl`: the JSON-lines file (default: metrics.jsonl in `log_dir`)."""
         self.rank = rank
         self.dir = Path(log_dir)
         self.writer = None
@@ -76,7 +77,7 @@ class MetricsLogger:
 
             self.dir.mkdir(parents=True, exist_ok=True)
             self.writer = SummaryWriter(str(self.dir))
-            self.jsonl = open(self.dir / "metrics.jsonl", "a")
+            self.jsonl = open(jsonl or self.dir / "metrics.jsonl", "a")
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         if self.writer is None:

@@ -31,6 +31,13 @@ class BuiltModel:
     tables: CFTables
 
 
+def assemble_ckf_model(cfg: Config, llm, tok, user_vecs: torch.Tensor, item_vecs: torch.Tensor,
+                       device: torch.device | str = "cpu") -> CKFModel:
+    """The one CKFModel constructor call: `llm` + `tok` with frozen CF vectors, on `device`.
+    :func:`build_ckf_model` feeds it from a run's files; the GPU benchmark from a random LLaMA."""
+    return CKFModel(llm, tok, user_vecs, item_vecs, cfg).to(device)
+
+
 def build_ckf_model(cfg: Config, llm_path: str | Path, cf_path: str | Path, device: torch.device | str = "cpu",
                     dtype: Optional[torch.dtype] = torch.float32) -> BuiltModel:
     """Load the base LLM from `llm_path` (in `dtype`) and the CF tables from `cf_path`, build the
@@ -39,7 +46,11 @@ def build_ckf_model(cfg: Config, llm_path: str | Path, cf_path: str | Path, devi
     tables = load_cf_tables(cf_path)
     llm, tok = load_llm(llm_path, cfg.model.placeholder_token, dtype=dtype)
     users, items = tables.model_inputs(cfg.model.cf_biases)
-    model = CKFModel(llm, tok, torch.from_numpy(users), torch.from_numpy(items), cfg).to(device)
-    placeholder_id = tok.convert_tokens_to_ids(cfg.model.placeholder_token)
-    return BuiltModel(model=model, tokenizer=tok, collator=Collator(tok, cfg, placeholder_id),
-                      eval_collator=Collator(tok, cfg, placeholder_id, text_twin=False), tables=tables)
+    model = assemble_ckf_model(cfg, llm, tok, torch.from_numpy(users), torch.from_numpy(items), device)
+    return BuiltModel(model=model, tokenizer=tok, collator=make_collator(cfg, tok),
+                      eval_collator=make_collator(cfg, tok, text_twin=False), tables=tables)
+
+
+def make_collator(cfg: Config, tok, text_twin: bool = True) -> Collator:
+    """The collator of `tok` for `cfg` (training, or evaluation with `text_twin=False`)."""
+    return Collator(tok, cfg, tok.convert_tokens_to_ids(cfg.model.placeholder_token), text_twin=text_twin)

@@ -33,6 +33,7 @@ from typing import Any, Optional
 import yaml
 
 from ckf_dist.config import Config, ConfigError, apply_overrides, load_config, parse_override, to_dict
+from ckf_dist.run import Run
 
 GRID_KEYS = ("config", "out", "seeds", "overrides", "variants", "metrics", "cpus_per_trial", "gpus_per_trial", "max_concurrent", "description")
 VARIANT_KEYS = ("overrides", "seeds", "label")
@@ -256,13 +257,9 @@ def _comparable(cfg: Config) -> dict:
 
 def _stages_fresh(cfg: Config) -> Optional[bool]:
     """Whether the run's evaluation stage (whose key chains data, CF, LLM and training) is up to
-    date for `cfg`; None when that cannot be told (the stage helpers are unavailable)."""
+    date for `cfg`; None when that cannot be told."""
     try:
-        from ckf_dist.train.commands import eval_stage
-    except ImportError:
-        return None
-    try:
-        return bool(eval_stage(cfg).fresh())
+        return bool(Run(cfg).eval_stage().fresh())
     except Exception:  # noqa: BLE001 - advisory: the config comparison still decides
         return None
 
@@ -271,11 +268,11 @@ def trial_status(cfg: Config, check_stages: bool = True) -> str:
     """"done" when run.dir has metrics.json, its config.yaml equals `cfg` (the trial's resolved
     config) and its cached stages are fresh; "changed" when a finished run was made with another
     config or its stages are stale; "partial" when the run was started; "new" otherwise."""
-    rd = cfg.run_dir
-    saved = rd / "config.yaml"
+    run = Run(cfg)
+    saved = run.config_file
     if not saved.is_file():
         return "new"
-    if not (rd / "metrics.json").is_file():
+    if not run.metrics_file().is_file():
         return "partial"
     try:
         old = load_config(saved)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from ckf_dist.sweep.grid import TASK_NAMES, Grid, Trial, config_value, finite
+from ckf_dist.run import Run
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def _read_json(p: Path) -> Optional[Any]:
 
 def read_baselines(run_dir: Path) -> Optional[dict]:
     """{model: {task: metrics}} on the test split, from run_dir/cf/baselines.json."""
-    res = _read_json(run_dir / "cf" / "baselines.json")
+    res = _read_json(Run.at(run_dir).baselines_json)
     if not isinstance(res, dict):
         return None
     res = res.get("results", {}).get("test", res) if "results" in res else res
@@ -62,7 +63,7 @@ def read_baselines(run_dir: Path) -> Optional[dict]:
 def read_curves(run_dir: Path) -> dict[str, dict[int, float]]:
     """Validation records of a run: {"ctr/auc": {step: value}} (the last record of a step wins,
     as after a resume)."""
-    p = run_dir / "train" / "tb" / "metrics.jsonl"
+    p = Run.at(run_dir).train_log
     out: dict[str, dict[int, float]] = {}
     if not p.is_file():
         return out
@@ -82,7 +83,7 @@ def read_curves(run_dir: Path) -> dict[str, dict[int, float]]:
 
 def trial_record(trial: Trial, status: str, error: Optional[str] = None) -> dict:
     rd = Path(trial.run_dir)
-    metrics = _read_json(rd / "metrics.json") if status == "done" else None
+    metrics = _read_json(Run.at(rd).metrics_file()) if status == "done" else None
     rec = {
         "name": trial.name, "variant": trial.variant, "seed": trial.seed, "run_dir": trial.run_dir,
         "status": status, "overrides": trial.overrides,
@@ -91,7 +92,7 @@ def trial_record(trial: Trial, status: str, error: Optional[str] = None) -> dict
     }
     if error:
         rec["error"] = error
-    log_file = rd / "sweep-trial.log"
+    log_file = Run.at(rd).trial_log()
     if log_file.is_file():
         rec["log"] = str(log_file)
     return rec
@@ -367,7 +368,7 @@ def write_tensorboard(grid: Grid, results: dict, configs: dict[str, Any], tb_roo
 
 def _mirrored(run_dir: Path) -> dict[str, dict[int, float]]:
     """Every scalar of run_dir/train/tb/metrics.jsonl: {name: {step: value}}, last one wins."""
-    p = run_dir / "train" / "tb" / "metrics.jsonl"
+    p = Run.at(run_dir).train_log
     out: dict[str, dict[int, float]] = {}
     if not p.is_file():
         return out

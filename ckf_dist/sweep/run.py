@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ckf_dist.config import Config, ConfigError
+from ckf_dist.run import Run
 from ckf_dist.sweep.grid import Grid, GridError, Trial, load_grid, trial_status
 from ckf_dist.sweep.report import (
     aggregate, flat_metrics, plot_validation, read_curves, results_markdown, table_json, trial_record, write_tensorboard,
@@ -51,9 +52,9 @@ def run_trial(config: dict) -> None:
     from ray import tune
 
     spec = config["trial"]
-    run_dir = Path(spec["run_dir"])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    log_path = run_dir / "sweep-trial.log"
+    run = Run.at(spec["run_dir"])
+    run.dir.mkdir(parents=True, exist_ok=True)
+    log_path = run.trial_log()
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)  # a trial's own Ray (dist.launcher=ray) is a separate local cluster
     threads = str(max(1, int(spec["cpus"])))
@@ -76,7 +77,7 @@ def run_trial(config: dict) -> None:
                     proc.kill()
     if rc != 0:
         raise RuntimeError(f"`ckf train` exited with status {rc} ({_tail(log_path)}); log: {log_path}")
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = json.loads(run.metrics_file().read_text())
     tune.report({"trial_seconds": time.time() - t0, **flat_metrics(metrics)})
 
 

@@ -11,6 +11,7 @@ import os
 import sys
 
 from ckf_dist.config import ConfigError, load_config
+from ckf_dist.run import Run
 
 
 def main(argv=None) -> int:
@@ -25,7 +26,7 @@ def main(argv=None) -> int:
             cfg.dist.launcher = "deepspeed"
         from ckf_dist.train.launch import launch
 
-        launch(cfg)
+        launch(Run(cfg))
     except (ConfigError, FileNotFoundError) as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2

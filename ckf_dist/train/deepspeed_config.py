@@ -86,6 +86,6 @@ def check_batch_consistency(ds: dict, world_size: int) -> None:
         )
 
 
-def write_deepspeed_config(ds: dict, run_dir: str | Path) -> Path:
-    """Write beside the resolved config (atomically)."""
-    return atomic_write_text(Path(run_dir) / "deepspeed.json", json.dumps({k: v for k, v in ds.items() if k != "optimizer_torch_adam"}, indent=2))
+def write_deepspeed_config(ds: dict, path: str | Path) -> Path:
+    """Write to `path` (the run's deepspeed.json, beside the resolved config), atomically."""
+    return atomic_write_text(path, json.dumps({k: v for k, v in ds.items() if k != "optimizer_torch_adam"}, indent=2))

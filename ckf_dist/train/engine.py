@@ -54,6 +54,12 @@ def param_groups(model: torch.nn.Module, cfg: Config) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
+def checkpoint_state(folder: Path) -> Optional[dict[str, Any]]:
+    """The state JSON an engine saved with a checkpoint (step, world size, ...), None if absent."""
+    p = Path(folder) / "state.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
 class LocalEngine:
     """AdamW on the trainable parameters only, in one process."""
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ckf_dist.config import Config, ConfigError, from_dict, to_dict
+from ckf_dist.run import Run
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def ray_worker_loop(loop_config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)),
                              delete_local_checkpoint_after_upload=True)
 
-    recipe = CKFRecipe(cfg, rank=ctx.get_world_rank(), world_size=ctx.get_world_size(), engine="deepspeed", report=report,
+    recipe = CKFRecipe(Run(cfg), rank=ctx.get_world_rank(), world_size=ctx.get_world_size(), engine="deepspeed", report=report,
                        node=ray.get_runtime_context().get_node_id())
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
@@ -115,7 +116,7 @@ def with_absolute_paths(cfg: Config) -> Config:
     return out
 
 
-def fit_ray(cfg: Config) -> Any:
+def fit_ray(run: Run) -> Any:
     """Run training with Ray Train; returns the Ray `Result`."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -124,9 +125,9 @@ def fit_ray(cfg: Config) -> Any:
 
     import ray
 
-    cfg = with_absolute_paths(cfg)
+    cfg = with_absolute_paths(run.cfg)
     started = _init_ray(cfg)
-    storage = Path(cfg.dist.storage_path or (cfg.run_dir / "ray")).resolve()
+    storage = Run(cfg).ray_storage.resolve()
     trainer = TorchTrainer(
         ray_worker_loop,
         train_loop_config={"config": to_dict(cfg)},
@@ -164,10 +165,10 @@ def _worker_env(cfg: Config) -> dict[str, str]:
     return env
 
 
-def _run_recipe(cfg: Config, rank: int, world_size: int, engine: str, node: Optional[str] = None) -> None:
+def _run_recipe(run: Run, rank: int, world_size: int, engine: str, node: Optional[str] = None) -> None:
     from ckf_dist.train.recipe import CKFRecipe
 
-    recipe = CKFRecipe(cfg, rank=rank, world_size=world_size, engine=engine, node=node)
+    recipe = CKFRecipe(run, rank=rank, world_size=world_size, engine=engine, node=node)
     recipe.setup(resume_from=recipe.latest_checkpoint())
     try:
         recipe.train()
@@ -175,11 +176,11 @@ def _run_recipe(cfg: Config, rank: int, world_size: int, engine: str, node: Opti
         recipe.cleanup()
 
 
-def run_local(cfg: Config) -> None:
-    _run_recipe(cfg, 0, 1, "local")
+def run_local(run: Run) -> None:
+    _run_recipe(run, 0, 1, "local")
 
 
-def run_deepspeed_process(cfg: Config) -> None:
+def run_deepspeed_process(run: Run) -> None:
     """One process started by the `deepspeed` launcher (RANK / WORLD_SIZE from the environment)."""
     import socket
 
@@ -187,22 +188,25 @@ def run_deepspeed_process(cfg: Config) -> None:
 
     from ckf_dist.train.rendezvous import init_from_env
 
+    cfg = run.cfg
     if not dist.is_initialized():
         init_from_env("nccl" if cfg.dist.use_gpu else "gloo")
     # the launcher's node rank (CROSS_RANK): hosts may share a name, e.g. several nodes on one machine
     node = f"{socket.gethostname()}/node-{os.environ.get('CROSS_RANK', '0')}"
-    _run_recipe(cfg, int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), "deepspeed", node)
+    _run_recipe(run, int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), "deepspeed", node)
 
 
-def launch(cfg: Config) -> None:
-    """Dispatch on `dist.launcher`."""
+def launch(run: Run | Config) -> None:
+    """Dispatch on `dist.launcher` (a Config means the run of its run.dir)."""
+    run = run if isinstance(run, Run) else Run(run)
+    cfg = run.cfg
     if cfg.dist.launcher == "local":
-        run_local(cfg)
+        run_local(run)
     elif cfg.dist.launcher == "ray":
-        fit_ray(cfg)
+        fit_ray(run)
     else:
         if "RANK" not in os.environ:
             raise ConfigError(
                 "dist.launcher=deepspeed: start with `deepspeed --hostfile FILE --module ckf_dist.train --config FILE` (see cluster/)"
             )
-        run_deepspeed_process(cfg)
+        run_deepspeed_process(run)

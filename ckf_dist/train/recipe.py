@@ -2,16 +2,10 @@
 
 The same class runs in one process (`dist.launcher=local`, :class:`LocalEngine`) and in every
 rank under Ray Train or the `deepspeed` launcher (:class:`DeepSpeedEngine`); only the engine and
-the `report` callback differ. It reads what earlier stages left in `run.dir`:
-
-    run.dir/data/split/             SplitData (titles for evaluation)
-    run.dir/data/shards/            webdataset shards + manifest
-    run.dir/cf/<cf.model>.safetensors   the frozen CF tables
-    model.path or run.dir/llm/      the base LLM (HF directory)
-
-and writes `run.dir/train/`: checkpoints (`checkpoints/step-N`, atomic), TensorBoard events +
-`metrics.jsonl` (`tb/`), the final trainable weights (`final/trainable.safetensors`), and
-`ranks.json` (where each rank ran: host, pid, the launcher's node id).
+the `report` callback differ. It reads what earlier stages left in the run directory
+(:class:`ckf_dist.run.Run`: the split's titles, the shards, the frozen CF tables, the base LLM) and
+writes its training outputs there: checkpoints (atomic), TensorBoard events + their JSON-lines
+twin, the final trainable weights (+ PEFT adapters), and where each rank ran (host, pid, node).
 
 Failure rules: a non-finite loss stops training with a message naming the step, tasks and sample
 keys, after the last good checkpoint; a config whose tasks are absent from the shards or a CF
@@ -23,14 +17,31 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import shutil
+import socket
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
+from safetensors.torch import save_file
+from tqdm import tqdm
 
-from ckf_dist.config import Config, ConfigError
-from ckf_dist.fsutil import atomic_write_text
+from ckf_dist.cf.tables import load_cf_tables
+from ckf_dist.config import ALL_TASKS, Config, ConfigError
+from ckf_dist.data.shards import BadShardCounter, load_manifest, read_split, shard_urls
+from ckf_dist.eval.loop import Evaluator
+from ckf_dist.fsutil import atomic_write, atomic_write_text
+from ckf_dist.metrics.logger import MetricsLogger, Throughput, flops_per_token, peak_flops
+from ckf_dist.models.collate import batch_to
+from ckf_dist.models.factory import build_ckf_model
+from ckf_dist.run import Run
+from ckf_dist.train.data import TrainStream, train_loader
+from ckf_dist.train.deepspeed_config import deepspeed_config, resolve_dtype, write_deepspeed_config
+from ckf_dist.train.engine import DeepSpeedEngine, LocalEngine, checkpoint_state
+from ckf_dist.train.export import export_peft_adapters
 
 log = logging.getLogger(__name__)
 
@@ -41,84 +52,59 @@ class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the message is one line."""
 
 
-def model_dir(cfg: Config) -> Path:
-    return Path(cfg.model.path) if cfg.model.path else cfg.run_dir / "llm"
-
-
-def train_dir(cfg: Config) -> Path:
-    return cfg.run_dir / "train"
-
-
 class CKFRecipe:
-    def __init__(self, cfg: Config, rank: int = 0, world_size: int = 1, engine: str = "local", report: Optional[ReportFn] = None,
+    def __init__(self, run: Run | Config, rank: int = 0, world_size: int = 1, engine: str = "local", report: Optional[ReportFn] = None,
                  node: Optional[str] = None):
-        """`node`: the launcher's name for this rank's node (Ray node id; default: the hostname)."""
+        """`run`: the run directory (a Config means its run.dir); `node`: the launcher's name for
+        this rank's node (Ray node id; default: the hostname)."""
+        self.run = run if isinstance(run, Run) else Run(run)
+        cfg = self.run.cfg
         self.cfg, self.rank, self.world_size, self.engine_kind = cfg, rank, world_size, engine
         self.report = report
         self.node = node
         self.tokens_total = 0.0
         """Non-pad tokens processed by all ranks since this process started (TensorBoard `perf/tokens_total`)."""
         self.step = 0
-        self.out = train_dir(cfg)
         self.device = torch.device("cuda", torch.cuda.current_device()) if (cfg.dist.use_gpu and torch.cuda.is_available()) else torch.device("cpu")
 
     # ------------------------------------------------------------------ setup
     def latest_checkpoint(self) -> Optional[Path]:
-        pointer = self.out / "checkpoints" / "latest"
-        if not pointer.is_file():
-            return None
-        p = self.out / "checkpoints" / pointer.read_text().strip()
-        return p if p.is_dir() else None
+        return self.run.latest_checkpoint()
 
     def _check_inputs(self, manifest: dict, tables) -> None:
         present = set(manifest["splits"]["train"]["tasks"])
         missing = [t for t in self.cfg.tasks if t not in present]
         if missing:
             raise ConfigError(f"tasks: {missing[0]!r} is not in the shards (have {', '.join(sorted(present))}); rerun `ckf data prepare`")
-        from ckf_dist.data.table import SplitData
-
-        sd_meta = json.loads((self.cfg.run_dir / "data" / "split" / "meta.json").read_text())
+        sd_meta = self.run.split_meta()
         if len(sd_meta["user_ids"]) > tables.user_emb.shape[0] or len(sd_meta["item_ids"]) > tables.item_emb.shape[0]:
             raise ConfigError(
                 f"cf: table covers {tables.user_emb.shape[0]} users / {tables.item_emb.shape[0]} items but the shards "
                 f"have {len(sd_meta['user_ids'])} / {len(sd_meta['item_ids'])}; rerun `ckf cf train`"
             )
-        del SplitData
 
     def setup(self, resume_from: Optional[Path] = None) -> None:
-        from ckf_dist.cf.tables import load_cf_tables
-        from ckf_dist.data.shards import BadShardCounter, load_manifest, shard_urls
-        from ckf_dist.metrics.logger import MetricsLogger
-        from ckf_dist.models.factory import build_ckf_model
-        from ckf_dist.train.data import TrainStream, train_loader
 
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
-        shard_dir = cfg.run_dir / "data" / "shards"
+        shard_dir = self.run.shards_dir
         manifest = load_manifest(shard_dir)
-        tables = load_cf_tables(cfg.run_dir / "cf" / f"{cfg.cf.model}.safetensors")
+        tables = load_cf_tables(self.run.cf_table())
         self._check_inputs(manifest, tables)
         # The local engine trains in the LLM's dtype (`train.dtype`: bf16 on GPU, fp32 on CPU);
         # DeepSpeed casts the fp32-loaded model itself and keeps fp32 master weights.
         dtype = torch.float32
         if self.engine_kind == "local":
-            from ckf_dist.train.deepspeed_config import resolve_dtype
-
             dtype = torch.bfloat16 if resolve_dtype(cfg, on_gpu=self.device.type == "cuda") == "bf16" else torch.float32
-        built = build_ckf_model(cfg, model_dir(cfg), cfg.run_dir / "cf" / f"{cfg.cf.model}.safetensors", self.device, dtype)
+        built = build_ckf_model(cfg, self.run.model_dir, self.run.cf_table(), self.device, dtype)
         self.tokenizer, self.model = built.tokenizer, built.model
         self.collator, self.eval_collator = built.collator, built.eval_collator
         if self.engine_kind == "deepspeed":
-            from ckf_dist.train.deepspeed_config import deepspeed_config, write_deepspeed_config
-            from ckf_dist.train.engine import DeepSpeedEngine
-
             ds = deepspeed_config(cfg, self.world_size, on_gpu=self.device.type == "cuda")
             if self.rank == 0:
-                write_deepspeed_config(ds, cfg.run_dir)
+                write_deepspeed_config(ds, self.run.deepspeed_file)
             self.engine = DeepSpeedEngine(self.model, cfg, ds)
         else:
-            from ckf_dist.train.engine import LocalEngine
-
             self.engine = LocalEngine(self.model, cfg)
         self._record_placement()
         params = list(self.model.trainable_parameters())
@@ -131,8 +117,7 @@ class CKFRecipe:
         state = {}
         if resume_from is not None:
             # Check the world size first: ZeRO shards reload only at the same data-parallel size.
-            saved = Path(resume_from) / "state.json"
-            written_by = json.loads(saved.read_text()).get("world_size") if saved.is_file() else None
+            written_by = (checkpoint_state(Path(resume_from)) or {}).get("world_size")
             if written_by is not None and written_by != self.world_size:
                 raise ConfigError(
                     f"dist.num_workers: checkpoint {resume_from} was written by {written_by} workers, this run has {self.world_size}"
@@ -150,7 +135,7 @@ class CKFRecipe:
             skip=self.step * cfg.train.grad_accum, bad_shards=self.bad_shards,
         )
         self.loader = train_loader(self.stream)
-        self.logger = MetricsLogger(self.out / "tb", self.rank)
+        self.logger = MetricsLogger(self.run.tb_dir, self.rank, jsonl=self.run.train_log)
         self.logger.log(self.step, {"model/trainable_params": self.n_trainable, "model/frozen_params": self.n_frozen,
                                     "model/trainable_params_resident_rank0": self.n_trainable_resident,
                                     "model/trainable_params_partition_rank0": self.n_trainable_partition, "dist/world_size": self.world_size,
@@ -158,9 +143,6 @@ class CKFRecipe:
 
     def _record_placement(self) -> None:
         """Rank 0 writes `ranks.json`: every rank's host, pid and node (gathered as JSON bytes)."""
-        import os
-        import socket
-
         me = {"rank": self.rank, "host": socket.gethostname(), "pid": os.getpid(), "node": self.node or socket.gethostname()}
         ranks = [me]
         if self.world_size > 1 and torch.distributed.is_initialized():
@@ -171,8 +153,7 @@ class CKFRecipe:
             torch.distributed.all_gather(bufs, buf)
             ranks = [json.loads(bytes(b.tolist()).rstrip(b"\0")) for b in bufs]
         if self.rank == 0:
-            self.out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.out / "ranks.json", json.dumps(ranks, indent=1))
+            atomic_write_text(self.run.ranks_file, json.dumps(ranks, indent=1))
             nodes = len({r["node"] for r in ranks})
             log.info("%d ranks on %d node(s): %s", len(ranks), nodes, ", ".join(f"{r['rank']}@{r['host']}/{r['node'][:12]}" for r in ranks))
 
@@ -187,11 +168,6 @@ class CKFRecipe:
     def train(self, stop_at: Optional[int] = None) -> dict:
         """Train to `train.steps`; `stop_at` ends early after that step (checkpointed), with the
         schedule unchanged, as an interrupted run would."""
-        from tqdm import tqdm
-
-        from ckf_dist.metrics.logger import Throughput
-        from ckf_dist.models.collate import batch_to
-
         cfg = self.cfg
         total = cfg.train.steps
         self.model.train()
@@ -267,8 +243,6 @@ class CKFRecipe:
               f"elapsed {elapsed / 60:.1f} min  ETA {eta / 60:.1f} min", flush=True)
 
     def _log(self, meter, task_sums, loss, grad_norm, peak_mem, bad_shards) -> dict:
-        from ckf_dist.config import ALL_TASKS
-
         rates = meter.report(self.world_size)
         # Sum token/sample rates and counts over ranks; average the rest.
         keys = ["perf/tokens_per_s", "perf/samples_per_s", "perf/tokens"]
@@ -286,8 +260,6 @@ class CKFRecipe:
             if means[len(ALL_TASKS) + i] > 0:
                 scalars[f"train/{t}/loss"] = means[i] / means[len(ALL_TASKS) + i]
         if self.device.type == "cuda":
-            from ckf_dist.metrics.logger import flops_per_token, peak_flops
-
             peak = peak_flops(torch.cuda.get_device_name())
             conf = self.model.llm.config
             if peak:
@@ -301,18 +273,13 @@ class CKFRecipe:
 
     # ------------------------------------------------------------------ validate
     def evaluator(self):
-        from ckf_dist.eval.loop import Evaluator
-
-        titles = json.loads((self.cfg.run_dir / "data" / "split" / "meta.json").read_text())["item_titles"]
-        return Evaluator(self.model, self.eval_collator, self.cfg, titles, self.device)
+        return Evaluator(self.model, self.eval_collator, self.cfg, self.run.item_titles(), self.device)
 
     def validate(self, split: str = "valid") -> dict:
         """Evaluate on rank 0 (others wait); logs `eval/<task>/<metric>`."""
-        from ckf_dist.data.shards import read_split
-
         metrics: dict = {}
         if self.rank == 0:
-            samples = [s for s in read_split(self.cfg.run_dir / "data" / "shards", split) if s["task"] in self.cfg.tasks]
+            samples = [s for s in read_split(self.run.shards_dir, split) if s["task"] in self.cfg.tasks]
             metrics = self.evaluator().evaluate(samples, during_training=True)
             flat = {f"eval/{t}/{k}": v for t, m in metrics.items() for k, v in m.items() if isinstance(v, (int, float)) and v is not None and k != "n"}
             self.logger.log(self.step, flat)
@@ -323,17 +290,14 @@ class CKFRecipe:
     # ------------------------------------------------------------------ save / export
     def save_checkpoint(self, metrics: Optional[dict] = None) -> Path:
         t0 = time.perf_counter()
-        name = f"step-{self.step:06d}"
-        folder = self.out / "checkpoints" / name
+        name = self.run.checkpoint_name(self.step)
+        folder = self.run.checkpoint(self.step)
         if self.engine_kind == "deepspeed" and self.report is not None:
-            import tempfile
-
             folder = Path(tempfile.mkdtemp(prefix=f"ckf-{name}-"))
         state = {"step": self.step, "world_size": self.world_size, "seed": self.cfg.seed, "samples_skipped": self.step * self.cfg.train.grad_accum}
         self.engine.save(folder, state)
         if self.rank == 0 and self.report is None:
-            pointer = self.out / "checkpoints" / "latest"
-            atomic_write_text(pointer, name)
+            self.run.mark_latest(folder)
             self._prune(keep=self.cfg.dist.keep_checkpoints)
         seconds = time.perf_counter() - t0
         self.logger.log(self.step, {"ckpt/save_s": seconds})
@@ -342,15 +306,13 @@ class CKFRecipe:
         return folder
 
     def _prune(self, keep: int) -> None:
-        import shutil
-
-        folders = sorted(p for p in (self.out / "checkpoints").glob("step-*") if p.is_dir())  # temp folders are hidden
+        folders = self.run.checkpoints()
         for p in folders[:-keep] if keep > 0 else []:
             shutil.rmtree(p, ignore_errors=True)
 
     def export(self) -> Optional[Path]:
         """Final trainable weights (adapters, meta-network, projections) as safetensors, gathered on rank 0."""
-        final = self.out / "final"
+        final = self.run.final_dir
         params = dict(self.model.trainable_named_parameters())
         gathered: dict[str, torch.Tensor] = {}
         if self.engine_kind == "deepspeed":
@@ -364,17 +326,9 @@ class CKFRecipe:
             gathered = {k: v.detach().cpu().clone() for k, v in params.items()}
         if self.rank != 0:
             return None
-        from safetensors.torch import save_file
-
-        final.mkdir(parents=True, exist_ok=True)
-        tmp = final / "trainable.safetensors.tmp"
-        save_file({k: v.contiguous() for k, v in gathered.items()}, str(tmp), metadata={"step": str(self.step)})
-        tmp.replace(final / "trainable.safetensors")
-        try:
-            from ckf_dist.train.export import export_peft_adapters
-        except ImportError:
-            return final
-        export_peft_adapters(gathered, self.cfg, final / "peft", model_dir(self.cfg))
+        atomic_write(self.run.final_weights, lambda tmp: save_file({k: v.contiguous() for k, v in gathered.items()}, str(tmp),
+                                                                   metadata={"step": str(self.step)}))
+        export_peft_adapters(gathered, self.cfg, self.run.peft_dir, self.run.model_dir)
         return final
 
     def cleanup(self) -> None:

@@ -8,7 +8,7 @@ NDCG@10 0.705 vs popularity 0.298 / 0.594 (its explicit-ctr AUC, 0.686, is below
 import pytest
 
 from ckf_dist.cf.baselines import baseline_table_markdown, run_baselines
-from ckf_dist.cf.train import train_cf
+from ckf_dist.cf.fit import train_cf
 from ckf_dist.config import Config
 from ckf_dist.data.loaders import load_dataset
 from ckf_dist.data.samples import build_samples

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ckf_dist.cf.tables import META_KEY, CFTables, load_cf_tables, save_cf_tables
-from ckf_dist.cf.train import train_cf
+from ckf_dist.cf.fit import train_cf
 
 
 def test_round_trip_of_trained_mf(tmp_path, planted, small_cf):

@@ -8,7 +8,7 @@ import torch
 
 from ckf_dist.cf.baselines import Popularity
 from ckf_dist.cf.lightgcn import normalized_adjacency
-from ckf_dist.cf.train import resolve_loss, train_cf
+from ckf_dist.cf.fit import resolve_loss, train_cf
 from ckf_dist.config import CFConfig
 from ckf_dist.eval.metrics import auc, rmse
 from cf_testutils import planted_split

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ckf_dist.cf.baselines import run_baselines
-from ckf_dist.cf.train import train_cf
+from ckf_dist.cf.fit import train_cf
 from ckf_dist.config import Config, ConfigError, load_config
 from ckf_dist.data.generic_csv import load_csv
 from ckf_dist.data.samples import build_samples, protocol_of

@@ -30,7 +30,7 @@ def test_overrides_merge_last_and_inconsistent_batch_is_an_error(tmp_path):
     ds = deepspeed_config(cfg, world_size=1, on_gpu=False)
     assert ds["zero_optimization"]["stage3_max_live_parameters"] == 5
     assert ds["zero_optimization"]["stage"] == 3
-    p = write_deepspeed_config(ds, tmp_path)
+    p = write_deepspeed_config(ds, tmp_path / "deepspeed.json")
     assert "optimizer_torch_adam" not in json.loads(p.read_text())
     bad = load_config(None, ["dist.deepspeed_overrides={train_batch_size: 7}"])
     with pytest.raises(ConfigError, match="train_batch_size 7 != micro batch 8 x grad accum 1 x world size 2"):

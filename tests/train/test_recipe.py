@@ -73,7 +73,7 @@ def test_train_end_to_end_writes_all_five_tasks(run):
 
 def test_second_train_is_cached(run, caplog):
     stamp = (run / "train" / "stage.json").stat().st_mtime
-    with caplog.at_level("INFO", logger="ckf_dist.stages"):
+    with caplog.at_level("INFO", logger="ckf_dist.run"):
         assert main(["train", "--config", "configs/quickstart.yaml", f"run.dir={run}", *QUICK]) == 0
     assert (run / "train" / "stage.json").stat().st_mtime == stamp
     assert "stage train: up to date" in caplog.text
@@ -177,9 +177,10 @@ def test_tasks_missing_from_shards_fail_before_training(run, tmp_path):
 
 def test_recommend_scores_equal_candidate_likelihoods(run):
     from ckf_dist.models.collate import batch_to
-    from ckf_dist.train.commands import _run_config, load_trained, recommend
+    from ckf_dist.eval.serve import load_trained, recommend
+    from ckf_dist.run import Run
 
-    cfg = _run_config(str(run))
+    cfg = Run.open(str(run))
     user = json.loads((run / "data" / "split" / "meta.json").read_text())["user_ids"][3]
     res = recommend(cfg, user, k=3, candidates=8)
     assert len(res["items"]) == 3 and "explanation" in res

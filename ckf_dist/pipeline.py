@@ -1,0 +1,180 @@
+"""The stage runners: data prepare -> CF train (+ baselines) -> tiny LLM -> CKF training -> eval.
+
+Each runner runs its stage through :class:`ckf_dist.run.Run` (which owns the folders and the
+keys), so a fresh stage is skipped and anything else reruns. This module wires components
+together; the components themselves (loaders, CF models, shards, the recipe) know nothing of
+caching or the CLI. `ckf train` calls :func:`run_all`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+
+from ckf_dist.cf.baselines import baseline_table_markdown, run_baselines
+from ckf_dist.cf.fit import train_cf
+from ckf_dist.cf.tables import save_cf_tables
+from ckf_dist.data.loaders import load_dataset
+from ckf_dist.data.samples import build_samples, protocol_of
+from ckf_dist.data.shards import fingerprint_frame, load_manifest, read_split, write_shards
+from ckf_dist.data.splits import split_dataset
+from ckf_dist.data.table import SplitData
+from ckf_dist.eval.loop import write_metrics
+from ckf_dist.eval.serve import evaluate_run
+from ckf_dist.fsutil import atomic_write_text
+from ckf_dist.models.tiny import INFO_FILE, init_tiny
+from ckf_dist.run import Run
+from ckf_dist.train.launch import launch
+
+log = logging.getLogger(__name__)
+
+
+def load_split(run: Run) -> SplitData:
+    return SplitData.load(run.split_dir)
+
+
+def prepare_data(run: Run, force: bool = False) -> dict:
+    """Load -> split -> samples -> shards, cached in run.dir/data."""
+    cfg = run.cfg
+    stage = run.data_stage()
+
+    def build(folder: Path) -> dict:
+        rec = load_dataset(cfg.data, cfg.seed)
+        sd = split_dataset(rec, cfg.data, cfg.seed)
+        sd.save(run.split_dir)
+        samples = build_samples(sd, cfg)
+        manifest = write_shards(
+            samples,
+            run.shards_dir,
+            samples_per_shard=cfg.data.samples_per_shard,
+            shard_multiple=cfg.data.shard_multiple,
+            seed=cfg.seed,
+            dataset_fingerprint=fingerprint_frame(sd.inter),
+            config_hash=stage.key,
+            extra={"skipped": sd.skipped, "dataset": sd.name},
+        )
+        parts = {s: int((sd.inter["split"] == s).sum()) for s in ("train", "valid", "test")}
+        return {
+            "dataset": sd.name,
+            "users": sd.num_users,
+            "items": sd.num_items,
+            "interactions": parts,
+            "cold_users": int((~sd.warm_mask()).sum()),
+            "samples": {s: m["tasks"] for s, m in manifest["splits"].items()},
+            "shards": {s: len(m["shards"]) for s, m in manifest["splits"].items()},
+            "skipped": sd.skipped,
+        }
+
+    return stage.run(build, force)
+
+
+def train_cf_stage(run: Run, force: bool = False) -> dict:
+    """Train the CF backbone (and the other CF baselines), evaluate baselines; cached in run.dir/cf."""
+    cfg = run.cfg
+    prepare_data(run)
+    stage = run.cf_stage()
+
+    def build(folder: Path) -> dict:
+        sd = load_split(run)
+        samples = {s: read_split(run.shards_dir, s) for s in ("valid", "test")}
+        names = list(dict.fromkeys([cfg.cf.model, *cfg.cf.baselines]))
+        tables, reports = {}, {}
+        for name in names:
+            t, report = train_cf(sd, cfg.cf, cfg.seed, name)
+            save_cf_tables(
+                run.cf_table(name), t.user_emb, t.item_emb, t.user_ids, t.item_ids,
+                extra={**t.meta, **{k: v for k, v in report.items() if k != "grid"}},
+                user_bias=t.user_bias, item_bias=t.item_bias, global_bias=t.global_bias,
+            )
+            tables[name], reports[name] = t, report
+        results = {split: run_baselines(sd, samples, cfg, cfg.seed, split=split, tables=tables) for split in ("valid", "test")}
+        atomic_write_text(run.baselines_json, json.dumps({"results": results, "training": reports}, indent=2, default=str))
+        table = baseline_table_markdown(results["test"])
+        atomic_write_text(run.baselines_markdown, table + "\n")
+        return {"backbone": str(run.cf_table()), "table": table,
+                "weight_decay": {n: r["weight_decay"] for n, r in reports.items()}}
+
+    return stage.run(build, force)
+
+
+def ensure_tiny(run: Run, force: bool = False) -> Path:
+    """The embedded LLM, pre-trained on training-split text only (titles, train reviews, summaries)."""
+    cfg = run.cfg
+    prepare_data(run)
+    stage = run.llm_stage()
+    out = run.llm_dir
+
+    def build(folder: Path) -> dict:
+        sd = load_split(run)
+        train = sd.part("train")
+        texts = list(sd.item_titles) + [t for t in train["review"].tolist() if t] + [t for t in train["summary"].tolist() if t]
+        # init_tiny writes atomically into `out`; keep the stage record outside the model files.
+        stage.clear_record()
+        shutil.rmtree(out, ignore_errors=True)
+        init_tiny(texts, cfg, out)
+        info = out / INFO_FILE
+        return json.loads(info.read_text()) if info.exists() else {}
+
+    stage.run(build, force)
+    return out
+
+
+def run_training(run: Run, force: bool = False) -> dict:
+    """CKF training through the configured launcher, cached and resumable."""
+    stage = run.train_stage()
+
+    def build(folder: Path) -> dict:
+        state_file = run.config_key_file
+        if state_file.exists() and state_file.read_text() != stage.key:
+            log.info("training config changed: discarding old checkpoints in %s", folder)
+            run.clear_training()
+        state_file.write_text(stage.key)
+        launch(run)
+        return {"final": str(run.final_weights)}
+
+    if force:
+        shutil.rmtree(run.checkpoints_dir, ignore_errors=True)
+    return stage.run(build, force)
+
+
+def run_eval_stage(run: Run, force: bool = False) -> dict:
+    """Test metrics of the trained model (metrics.json/md), with the protocol and epochs seen."""
+    cfg = run.cfg
+    stage = run.eval_stage()
+
+    def build(folder: Path) -> dict:
+        device = "cuda" if cfg.dist.use_gpu and torch.cuda.is_available() else "cpu"
+        metrics = evaluate_run(run, "test", device=device)
+        manifest = load_manifest(run.shards_dir)
+        per_epoch = int(sum(manifest["splits"]["train"]["tasks"].get(t, 0) for t in cfg.tasks))
+        seen = cfg.train.steps * cfg.train.micro_batch_size * cfg.train.grad_accum * cfg.dist.num_workers
+        metrics["protocol"] = protocol_of(cfg, load_split(run))
+        metrics["training"] = {"samples_per_epoch": per_epoch, "samples_seen": seen,
+                               "epochs": round(seen / per_epoch, 4) if per_epoch else None}
+        write_metrics(metrics, run.metrics_file("test"))
+        return {"metrics": str(run.metrics_file("test"))}
+
+    return stage.run(build, force)
+
+
+def prepare_inputs(run: Run) -> None:
+    """Every stage training reads: data, CF tables, the tiny LLM unless model.path is set."""
+    prepare_data(run)
+    train_cf_stage(run)
+    if not run.cfg.model.path:
+        ensure_tiny(run)
+
+
+def run_all(run: Run, force: bool = False) -> dict:
+    """`ckf train`: every stage, each skipped when fresh; returns the data and CF summaries."""
+    data = prepare_data(run)
+    cf = train_cf_stage(run)
+    if not run.cfg.model.path:
+        ensure_tiny(run)
+    run_training(run, force=force)
+    run_eval_stage(run, force=force)
+    return {"data": data, "cf": cf}
