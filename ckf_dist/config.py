@@ -212,7 +212,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     """Gradient-norm clipping (0 = off)."""
     curriculum: bool = True
-    """Text-to-CF curriculum: loss = w L_text + (1 - w) L_cf with w decaying (ckf.md section 6)."""
+    """Text-to-CF curriculum: loss = w L_text + (1 - w) L_cf with w decaying (the CKF paper, arXiv 2410.20642)."""
     curriculum_midpoint: float = 0.5
     """Where the text weight w crosses 0.5, as a share of train.steps (reference code: 0.5); w is ~0 after
     twice that. A tiny LLM with little world knowledge gains little from the text-only twin: a short

@@ -1,6 +1,6 @@
 """The task registry: name <-> adapter index <-> prompt template <-> answer <-> metrics.
 
-One :class:`Task` per task of docs/ckf.md section 2, in ``config.ALL_TASKS`` order (the position
+One :class:`Task` per task of the CKF paper (arXiv 2410.20642), in ``config.ALL_TASKS`` order (the position
 is the task-specific LoRA adapter index). Every template renders two prompts from the same
 fields: the CF prompt, whose **first** placeholder takes the user vector and each later one an
 item vector in the order of the sample's ``items``; and its **text-only twin**, with the

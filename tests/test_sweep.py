@@ -229,7 +229,7 @@ def test_outputs_tensorboard_runs_hparams_and_plot(tmp_path, with_eval):
 def test_logger_files_housekeeping_groups_after_train_eval_perf(tmp_path):
     from tensorboard.backend.event_processing import event_accumulator
 
-    from ckf_dist.metrics.logger import MetricsLogger, tb_tag
+    from ckf_dist.telemetry.logger import MetricsLogger, tb_tag
 
     assert tb_tag("ckpt/save_s") == "perf/ckpt_save_s" and tb_tag("train/loss") == "train/loss"
     assert tb_tag("model/trainable_params").startswith("train/") and tb_tag("eval/ctr/auc") == "eval/ctr/auc"

@@ -45,7 +45,7 @@ webdataset needed): one process, ``dist.launcher=local`` engine, a random-init L
 (hidden 4096, 32 layers, 32 heads, intermediate 11008, vocab 32000) in bf16, sequence length 1024,
 synthetic token batches (no shards), mixed tasks, no activation checkpointing: tokens/s/GPU and
 MFU with the LoRA-aware count (4N + attention) and the 6N convention
-(:func:`ckf_dist.metrics.logger.flops_per_token`). No module of the benchmark imports ray,
+(:func:`ckf_dist.telemetry.logger.flops_per_token`). No module of the benchmark imports ray,
 deepspeed or webdataset at import time, and the cuda path never imports them.
 
 Modules: ``e2e_options`` (the typed ``bench.*`` options), ``e2e_recipe`` (the recipe, local and

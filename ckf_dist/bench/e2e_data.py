@@ -24,7 +24,7 @@ def measure_data_pipeline(cfg: Config, n_batches: int, workers: int, warmup: int
     from ckf_dist.data.shards import load_manifest, shard_urls
     from ckf_dist.models.factory import make_collator
     from ckf_dist.models.tiny import load_llm
-    from ckf_dist.train.data import TrainStream, train_loader
+    from ckf_dist.data.stream import TrainStream, train_loader
 
     run = Run(cfg)
     shard_dir = run.shards_dir
@@ -82,7 +82,7 @@ def diagnose_batching(cfg: Config, n_batches: int = 30, warmup: int = 3) -> list
 
     from ckf_dist.data.shards import read_split
     from ckf_dist.models.factory import build_ckf_model
-    from ckf_dist.train.data import sample_length
+    from ckf_dist.data.stream import sample_length
     from ckf_dist.train.engine import LocalEngine
 
     run = Run(cfg)

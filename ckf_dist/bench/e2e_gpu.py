@@ -3,7 +3,7 @@
 A random-init LLaMA of the 7B shape (hidden 4096, 32 layers, 32 heads, intermediate 11008, vocab
 32000) in bf16, sequence length 1024, synthetic token batches (no shards), mixed tasks, no
 activation checkpointing: tokens/s/GPU and MFU with the LoRA-aware count (4N + attention) and the
-6N convention (:func:`ckf_dist.metrics.logger.flops_per_token`). Imports only torch,
+6N convention (:func:`ckf_dist.telemetry.logger.flops_per_token`). Imports only torch,
 transformers and ckf_dist's model/engine modules (no ray, deepspeed, webdataset). Every device
 query goes through :class:`ckf_dist.bench.common.DeviceProbe`.
 """
@@ -92,7 +92,7 @@ def measure_llm_shape(
     """
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from ckf_dist.metrics.logger import flops_per_token, peak_flops
+    from ckf_dist.telemetry.logger import flops_per_token, peak_flops
     from ckf_dist.models.factory import assemble_ckf_model
 
     cfg = load_config(None, ["dist.launcher=local", "train.curriculum=false", f"model.max_length={seq_len}",

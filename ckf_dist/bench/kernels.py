@@ -38,7 +38,7 @@ from ckf_dist.bench.common import DeviceProbe, load_avg, utc_date, write_rows
 from ckf_dist.kernels.meta_proj import meta_proj
 from ckf_dist.kernels.multi_lora import build_segments, multi_lora_linear
 
-LORA_ALPHA_OVER_R = 4.0  # ckf.md: rank 16, alpha 64
+LORA_ALPHA_OVER_R = 4.0  # the CKF paper: rank 16, alpha 64
 
 
 # ------------------------------------------------------------------------------------------------

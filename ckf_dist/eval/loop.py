@@ -1,6 +1,6 @@
 """The evaluation loop shared by training validation, `ckf eval --run` and `ckf recommend`.
 
-Per task (ckf.md section 2), on the model's own predictions:
+Per task (the CKF paper, arXiv 2410.20642), on the model's own predictions:
 - ctr: P(Yes) / (P(Yes) + P(No)) at the first answer token -> AUC, UAUC;
 - topk: every candidate title scored by its mean log-probability per answer token (target tokens
   and EOS; a sum would favour short titles) -> HR@k, NDCG@k; HR@1 by greedy decoding and exact
@@ -23,7 +23,7 @@ from ckf_dist.config import ALL_TASKS, Config
 from ckf_dist.eval.metrics import task_metrics
 from ckf_dist.eval.selection import eval_cap, select
 from ckf_dist.fsutil import atomic_write_text
-from ckf_dist.models.collate import batch_to, target_token_ids
+from ckf_dist.data.collate import batch_to, target_token_ids
 
 DIGITS = ("1", "2", "3", "4", "5")
 

@@ -419,8 +419,8 @@ def task_metrics(task: str, samples: Sequence[Mapping], preds: Sequence[Any], ks
         -> auc, uauc (+ uauc_users: users with both labels that uauc averages).
       - topk: the scores of the sample's candidates (same order as ``sample["candidates"]``), or a
         mapping ``{"scores": [...], "choice": int}`` where choice is the candidate index chosen by
-        greedy decoding (-1 = no exact match). With choices, hr@1 is the exact-match rate (ckf.md
-        section 2); otherwise it comes from the scores. -> hr@1, hr@k and ndcg@k for k in ks.
+        greedy decoding (-1 = no exact match). With choices, hr@1 is the exact-match rate (as in
+        the CKF paper); otherwise it comes from the scores. -> hr@1, hr@k and ndcg@k for k in ks.
       - rating / review_rating: the predicted rating. -> mae, rmse.
       - explanation: the generated text. -> bleu4, rouge1, rouge2, rougeL.
     Returns e.g. ``{"auc": 0.71, "uauc": 0.68, "uauc_users": 512, "n": 943,

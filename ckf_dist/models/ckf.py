@@ -6,7 +6,7 @@ order), the causal-LM loss on target tokens with per-task means, the text-to-CF 
 the evaluation helpers (answer logits, sequence log-probabilities, greedy generation with a KV
 cache). Must not know: data files, the optimizer, DeepSpeed, Ray (``train/`` wraps this module).
 
-Batches come from :class:`ckf_dist.models.collate.Collator` (field list there). Per LLM call
+Batches come from :class:`ckf_dist.data.collate.Collator` (field list there). Per LLM call
 the row task ids reach the Multi-LoRA layers through ``self.ctx`` (see
 :mod:`ckf_dist.modules.multi_lora`).
 
@@ -42,7 +42,7 @@ TRAINABLE_FORMAT = "ckf_trainable/1"
 
 
 def curriculum_weight(step: int, total: int, midpoint: float = 0.5) -> float:
-    """Text-only loss weight w(step) = 1 / (1 + exp(8 (step - b) / b)), b = midpoint * total (ckf.md 6;
+    """Text-only loss weight w(step) = 1 / (1 + exp(8 (step - b) / b)), b = midpoint * total (the CKF paper;
     the reference code's b is half the steps, ``train.curriculum_midpoint`` = 0.5).
 
     w starts near 1 (text-only prompts dominate), is 0.5 at b, and falls to near 0 by 2 b.

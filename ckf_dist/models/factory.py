@@ -16,7 +16,7 @@ import torch
 from ckf_dist.cf.tables import CFTables, load_cf_tables
 from ckf_dist.config import Config
 from ckf_dist.models.ckf import CKFModel
-from ckf_dist.models.collate import Collator
+from ckf_dist.data.collate import Collator
 from ckf_dist.models.tiny import load_llm
 
 

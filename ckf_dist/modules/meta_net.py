@@ -1,6 +1,6 @@
 """CF-to-LLM mapping: history pooling, the meta-network ("personalized bridge"), projections.
 
-Owns: turning frozen CF vectors into soft tokens of the LLM's hidden size (ckf.md section 5).
+Owns: turning frozen CF vectors into soft tokens of the LLM's hidden size (the CKF paper, arXiv 2410.20642).
 Must not know: the LLM, tokenizers, prompts, DeepSpeed. The caller gives it CF vectors and the
 LLM's token-embedding norm; it returns vectors to splice.
 

@@ -10,7 +10,7 @@
   `train/tb/metrics.jsonl`) against step, mean over seeds, one line per variant, one subplot per
   task's headline metric; skipped when no trial validated (`train.eval_every=0`);
 - `tb/<variant>-s<seed>/`: one TensorBoard run per trial: its training scalars (mirrored from
-  `metrics.jsonl`, tags as :func:`ckf_dist.metrics.logger.tb_tag` files them), the test metrics
+  `metrics.jsonl`, tags as :func:`ckf_dist.telemetry.logger.tb_tag` files them), the test metrics
   as `test/<task>/<metric>`, and an HParams session (variant, seed, every key the grid overrides
   -> the test metrics).
 
@@ -324,7 +324,7 @@ def write_tensorboard(grid: Grid, results: dict, configs: dict[str, Any], tb_roo
     from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import hparams
 
-    from ckf_dist.metrics.logger import tb_tag
+    from ckf_dist.telemetry.logger import tb_tag
 
     done = [t for t in results.get("trials", []) if t.get("status") == "done" and isinstance(t.get("metrics"), dict)]
     tb_root.mkdir(parents=True, exist_ok=True)

@@ -34,11 +34,11 @@ from ckf_dist.config import ALL_TASKS, Config, ConfigError
 from ckf_dist.data.shards import BadShardCounter, load_manifest, read_split, shard_urls
 from ckf_dist.eval.loop import Evaluator
 from ckf_dist.fsutil import atomic_write, atomic_write_text
-from ckf_dist.metrics.logger import MetricsLogger, Throughput, flops_per_token, peak_flops
-from ckf_dist.models.collate import batch_to
+from ckf_dist.telemetry.logger import MetricsLogger, Throughput, flops_per_token, peak_flops
+from ckf_dist.data.collate import batch_to
 from ckf_dist.models.factory import build_ckf_model
 from ckf_dist.run import Run
-from ckf_dist.train.data import TrainStream, train_loader
+from ckf_dist.data.stream import TrainStream, train_loader
 from ckf_dist.train.deepspeed_config import deepspeed_config, resolve_dtype, write_deepspeed_config
 from ckf_dist.train.engine import DeepSpeedEngine, LocalEngine, checkpoint_state
 from ckf_dist.train.export import export_peft_adapters

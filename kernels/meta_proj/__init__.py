@@ -1,4 +1,4 @@
-"""Fused per-user meta-network projection (the personalized bridge of ckf.md section 5).
+"""Fused per-user meta-network projection (the personalized bridge of the CKF paper, arXiv 2410.20642).
 
 Family layout: ``reference.py`` (materialize W_u then bmm, oracle), ``kernel.py`` (the
 ``@triton.jit`` kernels and launchers), ``function.py`` (the ``torch.autograd.Function``),

@@ -76,7 +76,7 @@ def test_e2e_cuda_branch_metadata_mfu_and_files(fake_cuda, tmp_path):
     from ckf_dist.bench.e2e_gpu import TARGET_GPU_TOKENS, run_gpu_bench
     from ckf_dist.bench.gpu_check import e2e_numbers
     from ckf_dist.bench.e2e_options import E2EOptions
-    from ckf_dist.metrics.logger import peak_flops
+    from ckf_dist.telemetry.logger import peak_flops
 
     opts = E2EOptions(seq_len=48, micro_batch=2, steps=2, warmup=1, target_len=8)
     res = run_gpu_bench(tmp_path / "bench_e2e", True, ["lora.shared.r=2", "lora.task.r=2", "kernels.backend=torch"], opts,

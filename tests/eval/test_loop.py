@@ -22,7 +22,7 @@ from ckf_dist.config import Config
 from ckf_dist.eval import loop
 from ckf_dist.eval.loop import Evaluator
 from ckf_dist.eval.metrics import bleu4, rouge_l, rouge_n
-from ckf_dist.models.collate import Collator, target_token_ids
+from ckf_dist.data.collate import Collator, target_token_ids
 from ckf_dist.models.tiny import train_tokenizer
 
 PH = "<|cf|>"

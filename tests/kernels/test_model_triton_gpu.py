@@ -21,7 +21,7 @@ def _model_fixtures():
 def triton_vs_torch(device: str, tmp_path: Path, dtype: torch.dtype = torch.float32):
     """Loss and trainable-parameter gradients of one batch for each backend on `device`."""
     from ckf_dist.models.ckf import CKFModel
-    from ckf_dist.models.collate import Collator, batch_to
+    from ckf_dist.data.collate import Collator, batch_to
     from ckf_dist.models.tiny import init_tiny, load_llm
 
     fx = _model_fixtures()

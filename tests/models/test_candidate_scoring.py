@@ -5,7 +5,7 @@ import torch
 
 from ckf_dist.cf.tables import CFTables
 from ckf_dist.models.ckf import CKFModel
-from ckf_dist.models.collate import Collator, target_token_ids
+from ckf_dist.data.collate import Collator, target_token_ids
 
 from conftest import title
 

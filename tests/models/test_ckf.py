@@ -7,7 +7,7 @@ import torch
 
 from ckf_dist.config import ALL_TASKS
 from ckf_dist.models.ckf import CKFModel, curriculum_weight
-from ckf_dist.models.collate import Collator, target_token_ids
+from ckf_dist.data.collate import Collator, target_token_ids
 from ckf_dist.modules.multi_lora import MultiLoRALinear
 
 PH = "<|cf|>"

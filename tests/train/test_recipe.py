@@ -176,7 +176,7 @@ def test_tasks_missing_from_shards_fail_before_training(run, tmp_path):
 
 
 def test_recommend_scores_equal_candidate_likelihoods(run):
-    from ckf_dist.models.collate import batch_to
+    from ckf_dist.data.collate import batch_to
     from ckf_dist.eval.serve import load_trained, recommend
     from ckf_dist.run import Run
 

@@ -8,7 +8,7 @@ import torch
 
 from ckf_dist.config import Config
 from ckf_dist.data.shards import shard_urls, write_shards
-from ckf_dist.train.data import TrainStream, pack_batch, sample_length, train_loader, unpack_batch
+from ckf_dist.data.stream import TrainStream, pack_batch, sample_length, train_loader, unpack_batch
 
 TASKS = ["ctr", "topk", "rating"]
 PROMPT_LEN = {"ctr": 40, "topk": 200, "rating": 90}

@@ -4,7 +4,7 @@ Owns: tokenization of prompt and target, the label mask, right padding, truncati
 index tensors that tell the model which CF vector goes to which placeholder.
 Must not know: the model's internals, DeepSpeed, Ray.
 
-Sequence layout of a row (ckf.md section 3)::
+Sequence layout of a row (the CKF paper, arXiv 2410.20642)::
 
     [tokenizer(prompt) incl. BOS if the tokenizer adds one] [tokenizer(target)] [EOS] [pad ...]
      labels = -100 ..................................        target ids          EOS   -100 ...
