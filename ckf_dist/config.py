@@ -235,6 +235,10 @@ class TrainConfig:
     length_group: int = 16
     """Micro-batches pooled, sorted by prompt length and cut into batches of similar length, then
     yielded in seeded random order (mixed tasks pad less); 0 or 1 = stream order."""
+    debug_checks: bool = False
+    """Also check batch invariants on the device (CF id ranges, placeholder counts, task ids) in the
+    model's forward; each check reads the device from the host (a stall per micro-step on a GPU).
+    Off: the collator checks them once per batch on the CPU."""
 
 
 @dataclass

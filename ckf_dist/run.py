@@ -65,6 +65,16 @@ def source_fingerprint(cfg: Config) -> str:
     return stage_hash(entries)
 
 
+TRAIN_KEY_IGNORES = ("debug_checks",)
+"""train.* keys that do not change what training computes: left out of the training stage key, so
+switching them keeps a finished run fresh (and the keys of runs made before they existed)."""
+
+
+def _train_key(cfg: Config) -> dict:
+    d = {k: v for k, v in to_dict(cfg.train).items() if k not in TRAIN_KEY_IGNORES}
+    return d
+
+
 @dataclass
 class Stage:
     """One cached step of the pipeline."""
@@ -313,7 +323,7 @@ class Run:
     def train_stage(self) -> Stage:
         cfg = self.cfg
         llm_key = self.llm_stage().key if not cfg.model.path else cfg.model.path
-        parts = [self.cf_stage().key, llm_key, to_dict(cfg.model), to_dict(cfg.lora), to_dict(cfg.train), cfg.tasks, cfg.task_mix, cfg.seed]
+        parts = [self.cf_stage().key, llm_key, to_dict(cfg.model), to_dict(cfg.lora), _train_key(cfg), cfg.tasks, cfg.task_mix, cfg.seed]
         return Stage("train", self.train_dir, stage_hash(parts))
 
     def eval_stage(self) -> Stage:

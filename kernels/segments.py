@@ -68,8 +68,11 @@ class TaskSegments:
         return self.tile_seg.numel()
 
 
-def build_segments(task_ids: torch.Tensor, num_tasks: int, block_m: int = DEFAULT_BLOCK_M) -> TaskSegments:
-    """Group rows by task. task_ids: [N] integer, values in [-1, num_tasks), on the activations' device."""
+def build_segments(task_ids: torch.Tensor, num_tasks: int, block_m: int = DEFAULT_BLOCK_M, check: bool = True) -> TaskSegments:
+    """Group rows by task. task_ids: [N] integer, values in [-1, num_tasks), on the activations' device.
+
+    ``check``: verify the range of the ids (reads the device from the host; callers that checked
+    the ids on the CPU pass False). Nothing else here waits for the device."""
     if task_ids.dim() != 1:
         raise ValueError(f"task_ids must be 1-D [N], got shape {tuple(task_ids.shape)}")
     if task_ids.dtype.is_floating_point or task_ids.dtype == torch.bool:
@@ -80,13 +83,14 @@ def build_segments(task_ids: torch.Tensor, num_tasks: int, block_m: int = DEFAUL
         raise ValueError(f"block_m must be a power of two >= 16, got {block_m}")
     task_ids = task_ids.long()
     n = task_ids.numel()
-    if n and bool(((task_ids < -1) | (task_ids >= num_tasks)).any()):
+    if check and n and bool(((task_ids < -1) | (task_ids >= num_tasks)).any()):
         bad = task_ids[(task_ids < -1) | (task_ids >= num_tasks)][0].item()
         raise ValueError(f"task id {bad} out of range: expected -1 (no task) or 0..{num_tasks - 1}")
     dev = task_ids.device
     key = torch.where(task_ids < 0, torch.full_like(task_ids, num_tasks), task_ids)
     order = torch.argsort(key, stable=True)
-    counts = torch.bincount(key, minlength=num_tasks + 1)[: num_tasks + 1]  # [T + 1]
+    # index_add, not bincount: bincount sizes its output from the data (a host read on CUDA)
+    counts = torch.zeros(num_tasks + 1, dtype=torch.long, device=dev).index_add_(0, key, torch.ones_like(key))  # [T + 1]
     seg_starts = torch.cumsum(counts, 0) - counts
 
     # Tile map: segment s covers ceil(counts[s] / block_m) tiles; tiles are numbered segment by

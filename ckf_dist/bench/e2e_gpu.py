@@ -19,6 +19,7 @@ import torch
 from ckf_dist.bench.common import DeviceProbe, utc_date, write_rows
 from ckf_dist.bench.e2e_options import E2EOptions
 from ckf_dist.config import ALL_TASKS, load_config
+from ckf_dist.data.collate import index_fields
 
 TARGET_GPU_TOKENS = 14000
 """Issue 4 target (one H100, 7B shape, seq 1024): tokens/s/GPU."""
@@ -69,6 +70,9 @@ def synthetic_batch(b: int, seq: int, vocab: int, placeholder_id: int, *, n_item
         "history_ids": torch.randint(0, n_items_table, (b, hist), generator=g),
         "history_mask": torch.ones((b, hist), dtype=torch.bool),
     }
+    # the collator's precomputed positions, as in real batches (the forward then reads nothing back)
+    batch.update(index_fields(batch["input_ids"], labels, batch["item_rows"], placeholder_id))
+    batch["padded"] = False
     return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 

@@ -68,9 +68,22 @@ class Collator:
       history_ids [B, H] int64 (0-padded), history_mask [B, H] bool
       label [B] float32 (NaN where the sample has none); truncated: int
       text_input_ids, text_attention_mask, text_labels, text_prompt_lengths: the twin (optional)
+
+    Index fields, computed here on the CPU so the model's forward needs no data-dependent shape
+    (no device-to-host read per micro-step):
+      cf_rows, cf_cols [P] int64: the placeholders' positions, row-major (cf_fusion only)
+      cf_slots [P] int64: what each one receives, an index into cat([user vectors [B], item vectors [M]])
+      target_rows, target_cols [n] int64: positions t whose next token t + 1 is labelled (the
+        loss positions, row-major); text_target_rows / text_target_cols for the twin
+      num_tokens, text_num_tokens: int, non-pad tokens of each path
+      padded, text_padded: bool, whether any row of the path is shorter than the batch
+
+    Checked once per batch: tasks, placeholder counts (1 user + the row's items), and, when the
+    CF table sizes are given (``num_users`` / ``num_items``), every user, item and history id.
     """
 
-    def __init__(self, tokenizer, cfg: Config, placeholder_id: int, text_twin: Optional[bool] = None):
+    def __init__(self, tokenizer, cfg: Config, placeholder_id: int, text_twin: Optional[bool] = None,
+                 num_users: Optional[int] = None, num_items: Optional[int] = None):
         self.tok = tokenizer
         self.max_length = int(cfg.model.max_length)
         self.cf_fusion = bool(cfg.model.cf_fusion)
@@ -87,6 +100,7 @@ class Collator:
                 f"placeholder {self.placeholder!r} encodes to {list(enc)}, not the single id {self.placeholder_id}"
             )
         self.special_ids = set(int(i) for i in getattr(tokenizer, "all_special_ids", [])) - {self.placeholder_id}
+        self.num_users, self.num_items = num_users, num_items
 
     # ------------------------------------------------------------------ truncation
     def _truncate(self, prompt: list[int], budget: int, key: str) -> list[int]:
@@ -134,6 +148,41 @@ class Collator:
             plens.append(len(p))
         return rows, plens, n_cut
 
+    def _check_ids(self, samples: Sequence[dict[str, Any]], keys: Sequence[str]) -> None:
+        """Every CF id inside the tables (when their sizes are known)."""
+        for s, key in zip(samples, keys):
+            for name, ids, n in (("user", [s["user"]], self.num_users), ("item", s["items"], self.num_items),
+                                 ("history item", s.get("history") or [], self.num_items)):
+                if n is None:
+                    continue
+                for i in ids:
+                    if not 0 <= int(i) < n:
+                        raise ValueError(f"sample {key}: {name} id {int(i)} is outside the CF table ({n} rows)")
+
+    @staticmethod
+    def _targets(rows) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss positions: t such that token t + 1 is labelled (the target and EOS of each row)."""
+        r_idx = [r for r, (p, t) in enumerate(rows) for _ in range(len(t))]
+        c_idx = [c for p, t in rows for c in range(len(p) - 1, len(p) + len(t) - 1)]
+        return torch.tensor(r_idx, dtype=torch.long), torch.tensor(c_idx, dtype=torch.long)
+
+    def _placeholders(self, rows, samples) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Row b's k-th placeholder gets slot b (its user) when k = 0, else B + (index of its (k-1)-th item)."""
+        b = len(rows)
+        r_idx, c_idx, slots = [], [], []
+        item_start = 0
+        for r, ((p, _), s) in enumerate(zip(rows, samples)):
+            k = 0
+            for c, tok in enumerate(p):
+                if tok == self.placeholder_id:
+                    r_idx.append(r)
+                    c_idx.append(c)
+                    slots.append(r if k == 0 else b + item_start + k - 1)
+                    k += 1
+            item_start += len(s["items"])
+        as_t = lambda v: torch.tensor(v, dtype=torch.long)  # noqa: E731
+        return as_t(r_idx), as_t(c_idx), as_t(slots)
+
     def _pad(self, rows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         width = max(len(p) + len(t) for p, t in rows)
         b = len(rows)
@@ -166,7 +215,10 @@ class Collator:
                     f"sample {key}: {n} placeholder tokens in the {'prompt' if self.cf_fusion else 'prompt_text'}, "
                     f"expected {want}" + (f" (1 user + {len(s['items'])} items)" if self.cf_fusion else "")
                 )
+        if self.cf_fusion:
+            self._check_ids(samples, keys)
         ids, mask, labels = self._pad(rows)
+        target_rows, target_cols = self._targets(rows)
 
         hist = [list(s.get("history") or []) for s in samples]
         h = max(1, max(len(x) for x in hist))
@@ -195,13 +247,22 @@ class Collator:
             "history_mask": history_mask,
             "label": torch.tensor(label, dtype=torch.float32),
             "truncated": n_cut,
+            "target_rows": target_rows,
+            "target_cols": target_cols,
+            "num_tokens": sum(len(p) + len(t) for p, t in rows),
+            "padded": len({len(p) + len(t) for p, t in rows}) > 1,
         }
+        if self.cf_fusion:
+            batch["cf_rows"], batch["cf_cols"], batch["cf_slots"] = self._placeholders(rows, samples)
         if self.text_twin and self.cf_fusion:
             rows_t, plens_t, n_cut_t = self._encode([s["prompt_text"] for s in samples], targets, keys)
             for (p, _), key in zip(rows_t, keys):
                 if self.placeholder_id in p:
                     raise ValueError(f"sample {key}: prompt_text contains the placeholder token")
             t_ids, t_mask, t_labels = self._pad(rows_t)
+            batch["text_target_rows"], batch["text_target_cols"] = self._targets(rows_t)
+            batch["text_num_tokens"] = sum(len(p) + len(t) for p, t in rows_t)
+            batch["text_padded"] = len({len(p) + len(t) for p, t in rows_t}) > 1
             batch.update(
                 text_input_ids=t_ids,
                 text_attention_mask=t_mask,
@@ -210,6 +271,26 @@ class Collator:
             )
             batch["truncated"] += n_cut_t
         return batch
+
+
+def index_fields(input_ids: torch.Tensor, labels: torch.Tensor, item_rows: torch.Tensor, placeholder_id: int,
+                 prefix: str = "") -> dict[str, Any]:
+    """The collator's index fields computed from finished CPU tensors (batches built by hand:
+    benchmarks, tests): loss positions, and placeholder positions and slots (no prefix)."""
+    b = input_ids.shape[0]
+    t_rows, t_cols = (labels[:, 1:] != -100).nonzero(as_tuple=True)
+    out: dict[str, Any] = {prefix + "target_rows": t_rows, prefix + "target_cols": t_cols}
+    if prefix:
+        return out
+    rows, cols = (input_ids == placeholder_id).nonzero(as_tuple=True)
+    n_items = torch.bincount(item_rows, minlength=b)[:b]
+    counts = torch.bincount(rows, minlength=b)[:b]
+    if not torch.equal(counts, n_items + 1):
+        raise ValueError("placeholders per row != 1 user + the row's items")
+    rank = torch.arange(rows.numel()) - (torch.cumsum(counts, 0) - counts)[rows]
+    item_start = torch.cumsum(n_items, 0) - n_items
+    out.update(cf_rows=rows, cf_cols=cols, cf_slots=torch.where(rank == 0, rows, b + item_start[rows] + rank - 1))
+    return out
 
 
 def batch_to(batch: dict[str, Any], device: torch.device | str) -> dict[str, Any]:

@@ -122,7 +122,9 @@ class CKFModel(nn.Module):
         self.num_tasks = len(ALL_TASKS)
 
         self.llm = llm
-        self.ctx = LoRAContext(num_tasks=self.num_tasks)
+        self.debug_checks = bool(cfg.train.debug_checks)
+        """train.debug_checks: re-check the collator's invariants on the device (host reads)."""
+        self.ctx = LoRAContext(num_tasks=self.num_tasks, check_ids=self.debug_checks)
         lora_cfg = cfg.lora
         if cfg.model.mapping == "collm":
             lora_cfg = dataclasses.replace(cfg.lora, task_specific=False)
@@ -197,14 +199,20 @@ class CKFModel(nn.Module):
         if self.mapper is not None:
             self.mapper.backend = b
 
+    def _device_checks(self, batch: dict[str, Any]) -> bool:
+        """Check invariants on the device: under train.debug_checks, or for a batch the collator
+        did not build (no precomputed loss positions)."""
+        return self.debug_checks or "target_rows" not in batch
+
     def cf_vectors(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Mapped CF soft tokens: (users [B, D], items [M, D]) for the batch's rows and items."""
         if self.mapper is None:
             raise RuntimeError("model.cf_fusion=false: there are no CF vectors")
         u, it, hist = batch["user_ids"], batch["item_ids"], batch["history_ids"]
-        for name, ids, table in (("user", u, self.user_emb), ("item", it, self.item_emb), ("history item", hist, self.item_emb)):
-            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= table.shape[0]):
-                raise ValueError(f"{name} id {int(ids.max())} is outside the CF table ({table.shape[0]} rows)")
+        if self._device_checks(batch):
+            for name, ids, table in (("user", u, self.user_emb), ("item", it, self.item_emb), ("history item", hist, self.item_emb)):
+                if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= table.shape[0]):
+                    raise ValueError(f"{name} id {int(ids.max())} is outside the CF table ({table.shape[0]} rows)")
         e_hist = self.item_emb[hist]  # [B, H, d]
         return self.mapper(self.fold_in(self.user_emb[u], e_hist, batch["history_mask"]), e_hist, batch["history_mask"],
                            self.item_emb[it])
@@ -227,12 +235,17 @@ class CKFModel(nn.Module):
         """
         cf = self.cf_fusion if cf is None else cf
         emb = self.llm.get_input_embeddings()(input_ids)
-        mask = input_ids == self.placeholder_id
         b = input_ids.shape[0]
         if not cf:
-            if bool(mask.any()):
+            if self._device_checks(batch) and bool((input_ids == self.placeholder_id).any()):
                 raise ValueError("placeholder tokens in a text-only prompt")
             return emb
+        if "cf_rows" in batch and not self.debug_checks:
+            # positions and slots from the collator (checked there, on the CPU): no host read here
+            users, items = self.cf_vectors(batch)
+            vecs = torch.cat([users, items], 0)[batch["cf_slots"]].to(emb.dtype)
+            return emb.index_put((batch["cf_rows"], batch["cf_cols"]), vecs)
+        mask = input_ids == self.placeholder_id
         rows, cols = mask.nonzero(as_tuple=True)  # row-major
         item_rows = batch["item_rows"].to(input_ids.device)
         n_items = torch.bincount(item_rows, minlength=b)[:b] if item_rows.numel() else torch.zeros(b, dtype=torch.long, device=input_ids.device)
@@ -253,9 +266,25 @@ class CKFModel(nn.Module):
         vecs = torch.cat([users, items], 0)[idx].to(emb.dtype)  # [B + M][idx] -> [P, D]
         return emb.index_put((rows, cols), vecs)
 
-    def _decoder_hidden(self, embeds: torch.Tensor, attention_mask: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
+    def _attention_mask(self, attention_mask: torch.Tensor, padded: Optional[bool]) -> Optional[torch.Tensor]:
+        """The mask handed to the LLM. transformers reads a 2-D mask (or, without one, the position
+        ids) from the host to decide whether it may skip it; with `padded` known on the host (the
+        collator's flag) and SDPA attention, the 4-D boolean mask it would build (causal and key
+        padding) is handed over instead, so nothing is read back. Other attention implementations
+        (and batches without the flag) get the 2-D mask."""
+        if padded is None or self.debug_checks or getattr(self.llm.config, "_attn_implementation", None) != "sdpa":
+            return attention_mask
+        n = attention_mask.shape[1]
+        causal = torch.ones(n, n, dtype=torch.bool, device=attention_mask.device).tril()[None, None]
+        if not padded:
+            return causal.expand(attention_mask.shape[0], 1, n, n)
+        return causal & attention_mask.bool()[:, None, None, :]
+
+    def _decoder_hidden(self, embeds: torch.Tensor, attention_mask: torch.Tensor, task_ids: torch.Tensor,
+                        padded: Optional[bool] = None) -> torch.Tensor:
         """Last hidden states [B, L, D] of the LLM's decoder (no LM head), adapters selected per row."""
         self._set_backend(embeds.device)
+        attention_mask = self._attention_mask(attention_mask, padded)
         with self.ctx.row_tasks(task_ids, embeds.shape[1]):
             out = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)
         return out.last_hidden_state
@@ -269,18 +298,29 @@ class CKFModel(nn.Module):
         pre = "text_" if text else ""
         ids, attn, labels = batch[pre + "input_ids"], batch[pre + "attention_mask"], batch[pre + "labels"]
         embeds = self.embed(ids, batch, cf=False if text else None)
-        hidden = self._decoder_hidden(embeds, attn, batch["task_ids"])
+        hidden = self._decoder_hidden(embeds, attn, batch["task_ids"], batch.get(pre + "padded"))
+        if pre + "target_rows" in batch:
+            # loss positions from the collator: static shapes, no host read
+            rows, cols = batch[pre + "target_rows"], batch[pre + "target_cols"]
+            logits = self._lm_logits(hidden[rows, cols])  # [n, V]
+            return F.cross_entropy(logits, labels[rows, cols + 1], reduction="none"), rows
         target = labels[:, 1:]
         sel = target != -100  # [B, L-1]: position t predicts token t + 1
         logits = self._lm_logits(hidden[:, :-1][sel])  # [n, V]
         nll = F.cross_entropy(logits, target[sel], reduction="none")
         return nll, sel.nonzero()[:, 0]
 
-    def _task_means(self, nll: torch.Tensor, rows: torch.Tensor, task_ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        tok_task = task_ids[rows]
+    def _task_means(self, nll: torch.Tensor, rows: torch.Tensor, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Mean NLL per task present in the batch (0-d tensors on the device). Which tasks are
+        present is read from the batch's host-side task names when it has them."""
+        tok_task = batch["task_ids"][rows]
         sums = torch.zeros(self.num_tasks, device=nll.device, dtype=nll.dtype).index_add(0, tok_task, nll.detach())
-        cnt = torch.bincount(tok_task, minlength=self.num_tasks)
-        return {ALL_TASKS[t]: sums[t] / cnt[t] for t in range(self.num_tasks) if int(cnt[t]) > 0}
+        cnt = torch.zeros(self.num_tasks, device=nll.device, dtype=nll.dtype).index_add(0, tok_task, torch.ones_like(nll))
+        if "tasks" in batch:  # every row has target tokens (the collator never cuts the target)
+            present = sorted({ALL_TASKS.index(t) for t in batch["tasks"]})
+        else:
+            present = [t for t in range(self.num_tasks) if int(cnt[t]) > 0]
+        return {ALL_TASKS[t]: sums[t] / cnt[t] for t in present}
 
     # ------------------------------------------------------------------ training
     def forward(self, batch: dict[str, Any], step: Optional[int] = None, total_steps: Optional[int] = None) -> CKFOutput:
@@ -297,19 +337,19 @@ class CKFModel(nn.Module):
         if use_curriculum and self.cfg.train.curriculum_mode == "sample" and text_path_chosen(self.cfg.seed, step, w):
             nll_t, rows_t = self._token_nll(batch, text=True)
             text_loss = nll_t.mean()
-            return CKFOutput(loss=text_loss, task_losses=self._task_means(nll_t, rows_t, task_ids),
+            return CKFOutput(loss=text_loss, task_losses=self._task_means(nll_t, rows_t, batch),
                              text_loss=text_loss.detach(), text_weight=w, num_tokens=nll_t.numel())
         nll, rows = self._token_nll(batch)
         if nll.numel() == 0:
             raise ValueError("batch without target tokens")
         cf_loss = nll.mean()
-        per_task = self._task_means(nll, rows, task_ids)
+        per_task = self._task_means(nll, rows, batch)
         if not use_curriculum or self.cfg.train.curriculum_mode == "sample":
             return CKFOutput(loss=cf_loss, task_losses=per_task, cf_loss=cf_loss.detach(), text_weight=w, num_tokens=nll.numel())
         nll_t, rows_t = self._token_nll(batch, text=True)
         text_loss = nll_t.mean()
         loss = w * text_loss + (1.0 - w) * cf_loss
-        per_text = self._task_means(nll_t, rows_t, task_ids)
+        per_text = self._task_means(nll_t, rows_t, batch)
         mixed = {k: w * per_text[k] + (1.0 - w) * v for k, v in per_task.items()}
         return CKFOutput(loss=loss, task_losses=mixed, cf_loss=cf_loss.detach(), text_loss=text_loss.detach(),
                          text_weight=w, num_tokens=nll.numel())

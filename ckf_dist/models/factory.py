@@ -47,10 +47,14 @@ def build_ckf_model(cfg: Config, llm_path: str | Path, cf_path: str | Path, devi
     llm, tok = load_llm(llm_path, cfg.model.placeholder_token, dtype=dtype)
     users, items = tables.model_inputs(cfg.model.cf_biases)
     model = assemble_ckf_model(cfg, llm, tok, torch.from_numpy(users), torch.from_numpy(items), device)
-    return BuiltModel(model=model, tokenizer=tok, collator=make_collator(cfg, tok),
-                      eval_collator=make_collator(cfg, tok, text_twin=False), tables=tables)
+    sizes = {"num_users": int(users.shape[0]), "num_items": int(items.shape[0])}
+    return BuiltModel(model=model, tokenizer=tok, collator=make_collator(cfg, tok, **sizes),
+                      eval_collator=make_collator(cfg, tok, text_twin=False, **sizes), tables=tables)
 
 
-def make_collator(cfg: Config, tok, text_twin: bool = True) -> Collator:
-    """The collator of `tok` for `cfg` (training, or evaluation with `text_twin=False`)."""
-    return Collator(tok, cfg, tok.convert_tokens_to_ids(cfg.model.placeholder_token), text_twin=text_twin)
+def make_collator(cfg: Config, tok, text_twin: Optional[bool] = None, num_users: Optional[int] = None,
+                  num_items: Optional[int] = None) -> Collator:
+    """The collator of `tok` for `cfg` (training; evaluation with `text_twin=False`), checking CF ids
+    against the table sizes when given."""
+    return Collator(tok, cfg, tok.convert_tokens_to_ids(cfg.model.placeholder_token), text_twin=text_twin,
+                    num_users=num_users, num_items=num_items)

@@ -75,10 +75,13 @@ class LoRAContext:
     backend:   "torch" | "triton", passed to every multi_lora_linear call.
     segments:  the current call's TaskSegments, or None outside ``tasks(...)``.
     num_tokens: N the segments were built for (checked against each layer's flattened input).
+    check_ids: check the task ids' range when building segments (a device-to-host read; the CKF
+               collator already checked them on the CPU).
     """
 
     num_tasks: int
     backend: str = "torch"
+    check_ids: bool = True
     segments: Optional[TaskSegments] = None
     num_tokens: int = 0
 
@@ -87,7 +90,7 @@ class LoRAContext:
         """Set the segments for one LLM call. token_task_ids: [N] int64 on the activations' device."""
         if self.segments is not None:
             raise RuntimeError("LoRAContext.tasks(...) is already active: nested LLM calls are not supported")
-        self.segments = build_segments(token_task_ids.reshape(-1), self.num_tasks)
+        self.segments = build_segments(token_task_ids.reshape(-1), self.num_tasks, check=self.check_ids)
         self.num_tokens = int(token_task_ids.numel())
         try:
             yield self
@@ -97,7 +100,7 @@ class LoRAContext:
 
     def row_tasks(self, task_ids: torch.Tensor, seq_len: int):
         """``tasks(...)`` for a [B, L] call given per-row ids task_ids: [B] (row id repeated over L)."""
-        return self.tasks(task_ids.long().repeat_interleave(seq_len))
+        return self.tasks(task_ids.long().unsqueeze(1).expand(-1, seq_len).reshape(-1))
 
 
 def _init_a(a: torch.Tensor) -> None:

@@ -77,8 +77,9 @@ class LocalEngine:
         (loss / self.cfg.train.grad_accum).backward()
         self.micro += 1
 
-    def step(self) -> Optional[float]:
-        """Apply the update after `grad_accum` micro-steps; returns the grad norm when it stepped."""
+    def step(self) -> Optional[torch.Tensor]:
+        """Apply the update after `grad_accum` micro-steps; returns the grad norm (a 0-d tensor on
+        the device, read by the caller only when it logs) when it stepped."""
         if self.micro % self.cfg.train.grad_accum:
             return None
         params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
@@ -87,7 +88,7 @@ class LocalEngine:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(norm)
+        return norm.detach()
 
     @property
     def lr(self) -> float:

@@ -167,20 +167,26 @@ class CKFRecipe:
 
     def train(self, stop_at: Optional[int] = None) -> dict:
         """Train to `train.steps`; `stop_at` ends early after that step (checkpointed), with the
-        schedule unchanged, as an interrupted run would."""
+        schedule unchanged, as an interrupted run would.
+
+        A micro-step reads nothing from the device: the loss and the per-task losses stay there
+        and are read at `train.log_every` steps (and before a validation or a checkpoint), where a
+        non-finite loss stops training naming its step, tasks and samples."""
         cfg = self.cfg
         total = cfg.train.steps
         self.model.train()
         meter = Throughput()
         it = iter(self.loader)
         bar = tqdm(total=total, initial=self.step, desc="train", disable=self.rank != 0 or None, dynamic_ncols=True)
-        task_sums: dict[str, list[float]] = {}
+        self._window: list[tuple[int, torch.Tensor, list, list]] = []
+        self._task_sum = torch.zeros(len(ALL_TASKS), dtype=torch.float64, device=self.device)
+        self._task_n = [0] * len(ALL_TASKS)
         last: dict = {}
         peak_mem = 0.0
         end = min(total, stop_at) if stop_at is not None else total
         started = (time.perf_counter(), self.step)
         while self.step < end:
-            loss_sum, tokens, samples, wait_s, compute_s = 0.0, 0, 0, 0.0, 0.0
+            tokens, samples, wait_s, compute_s = 0, 0, 0.0, 0.0
             for _ in range(cfg.train.grad_accum):
                 t0 = time.perf_counter()
                 try:
@@ -189,25 +195,11 @@ class CKFRecipe:
                     raise TrainingError(f"rank {self.rank}: the training stream ran dry at step {self.step} (no readable shard)") from None
                 t1 = time.perf_counter()
                 bad_count = batch.pop("bad_shards", 0)
-                # counted on the host copy: a device-side sum would sync the GPU every micro-step
-                cf_tokens = int(batch["attention_mask"].sum())
-                text_tokens = int(batch["text_attention_mask"].sum()) if "text_attention_mask" in batch else 0
-                batch = batch_to(batch, self.device)
-                out = self.model(batch, step=self.step, total_steps=total)
-                # the paths this step actually ran (curriculum_mode=sample runs one of the two)
-                tokens += (cf_tokens if out.cf_loss is not None else 0) + (text_tokens if out.text_loss is not None else 0)
-                if not torch.isfinite(out.loss):
-                    raise TrainingError(
-                        f"non-finite loss at step {self.step} (tasks {sorted(set(batch['tasks']))}, samples {batch['keys'][:3]}...); "
-                        f"last good checkpoint: {self.latest_checkpoint()}"
-                    )
-                self.engine.backward(out.loss)
+                n_tokens, n_samples = self._micro_step(batch, total)
                 compute_s += time.perf_counter() - t1
                 wait_s += t1 - t0
-                loss_sum += float(out.loss.detach())
-                samples += len(batch["keys"])
-                for k, v in out.task_losses.items():
-                    task_sums.setdefault(k, []).append(float(v))
+                tokens += n_tokens
+                samples += n_samples
             t2 = time.perf_counter()
             grad_norm = self.engine.step()
             compute_s += time.perf_counter() - t2
@@ -216,20 +208,54 @@ class CKFRecipe:
             if self.device.type == "cuda":
                 peak_mem = max(peak_mem, torch.cuda.max_memory_allocated() / 2**30)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / cfg.train.grad_accum:.3f}")
             if self.step % cfg.train.log_every == 0 or self.step == total:
-                last = self._log(meter, task_sums, loss_sum / cfg.train.grad_accum, grad_norm, peak_mem, bad_count)
-                task_sums = {}
+                loss = self._check_finite()
+                bar.set_postfix(loss=f"{loss:.3f}")
+                last = self._log(meter, loss, grad_norm, peak_mem, bad_count)
                 if self.rank == 0 and bar.disable:
                     self._progress_line(last, started, total)
             if cfg.train.eval_every and self.step % cfg.train.eval_every == 0 and self.step < total:
+                self._check_finite()
                 self.validate("valid")
             if self.step % cfg.train.save_every == 0 or self.step == end:
+                self._check_finite()
                 self.save_checkpoint(last)
         bar.close()
         if self.step == total:
             self.export()
         return last
+
+    def _micro_step(self, batch: dict, total: int) -> tuple[int, int]:
+        """Forward and backward of one micro-batch -> (tokens of the paths it ran, samples). No
+        device-to-host read: token counts come from the collator, losses stay on the device."""
+        batch = batch_to(batch, self.device)
+        out = self.model(batch, step=self.step, total_steps=total)
+        # the paths this step actually ran (curriculum_mode=sample runs one of the two)
+        tokens = (batch["num_tokens"] if out.cf_loss is not None else 0) + (batch.get("text_num_tokens", 0) if out.text_loss is not None else 0)
+        self.engine.backward(out.loss)
+        self._window.append((self.step, out.loss.detach(), batch["tasks"], batch["keys"][:3]))
+        for k, v in out.task_losses.items():
+            i = ALL_TASKS.index(k)
+            self._task_sum[i] += v.detach().double()
+            self._task_n[i] += 1
+        return tokens, len(batch["keys"])
+
+    def _check_finite(self) -> float:
+        """Read the micro-step losses since the last check (one device-to-host read); a
+        non-finite one stops training. Returns the mean loss of the last step (nan if none)."""
+        if not self._window:
+            return float("nan")
+        values = torch.stack([w[1].float() for w in self._window]).tolist()
+        for (step, _, tasks, keys), v in zip(self._window, values):
+            if not math.isfinite(v):
+                first = self._window[0][0]
+                raise TrainingError(
+                    f"non-finite loss at step {step} (tasks {sorted(set(tasks))}, samples {keys}...; found at step {self.step}, "
+                    f"losses read since step {first}); last good checkpoint: {self.latest_checkpoint()}"
+                )
+        last = [v for (step, *_), v in zip(self._window, values) if step == self._window[-1][0]]
+        self._window.clear()
+        return sum(last) / self.cfg.train.grad_accum
 
     def _progress_line(self, scalars: dict, started: tuple[float, int], total: int) -> None:
         """One progress line (step, loss, samples/s, tokens/s, ETA) where no progress bar is drawn
@@ -242,7 +268,7 @@ class CKFRecipe:
               f"samples/s {scalars.get('perf/samples_per_s', 0.0):.1f}  tokens/s {scalars.get('perf/tokens_per_s', 0.0):.0f}  "
               f"elapsed {elapsed / 60:.1f} min  ETA {eta / 60:.1f} min", flush=True)
 
-    def _log(self, meter, task_sums, loss, grad_norm, peak_mem, bad_shards) -> dict:
+    def _log(self, meter, loss, grad_norm, peak_mem, bad_shards) -> dict:
         rates = meter.report(self.world_size)
         # Sum token/sample rates and counts over ranks; average the rest.
         keys = ["perf/tokens_per_s", "perf/samples_per_s", "perf/tokens"]
@@ -253,9 +279,12 @@ class CKFRecipe:
         self.tokens_total += rates["perf/tokens"]
         rates["perf/tokens_total"] = self.tokens_total
         scalars = {**rates, "train/loss": summed[len(keys)] / self.world_size, "train/lr": self.engine.lr, "data/bad_shards": summed[-1]}
+        grad_norm = float(grad_norm) if grad_norm is not None else None
         if grad_norm is not None and math.isfinite(grad_norm):
             scalars["train/grad_norm"] = grad_norm
-        means = self._all_reduce([sum(task_sums.get(t, [])) for t in ALL_TASKS] + [len(task_sums.get(t, [])) for t in ALL_TASKS])
+        means = self._all_reduce(self._task_sum.tolist() + [float(n) for n in self._task_n])
+        self._task_sum.zero_()
+        self._task_n = [0] * len(ALL_TASKS)
         for i, t in enumerate(ALL_TASKS):
             if means[len(ALL_TASKS) + i] > 0:
                 scalars[f"train/{t}/loss"] = means[i] / means[len(ALL_TASKS) + i]

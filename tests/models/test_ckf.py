@@ -9,6 +9,7 @@ from ckf_dist.config import ALL_TASKS
 from ckf_dist.models.ckf import CKFModel, curriculum_weight
 from ckf_dist.data.collate import Collator, target_token_ids
 from ckf_dist.modules.multi_lora import MultiLoRALinear
+from conftest import small_config
 
 PH = "<|cf|>"
 
@@ -65,13 +66,42 @@ def test_the_llm_receives_the_spliced_embeddings(build_model, samples):
 
 
 def test_placeholder_count_mismatch_is_an_error(build_model, samples):
-    model, tok, cfg = build_model()
+    """The collator checks its batches on the CPU; the model re-checks on the device under
+    train.debug_checks, and always for a batch without the collator's index fields."""
+    cfg = small_config()
+    cfg.train.debug_checks = True
+    model, tok, cfg = build_model(cfg)
     batch = _batch(model, tok, cfg, samples)
     bad = dict(batch, item_ids=batch["item_ids"][1:], item_rows=batch["item_rows"][1:])
     with pytest.raises(ValueError, match=r"row 0 \(train/ctr/0/0\): 2 placeholders for 1 user \+ 0 items"):
         model.embed(batch["input_ids"], bad)
     with pytest.raises(ValueError, match="outside the CF table"):
         model.embed(batch["input_ids"], dict(batch, user_ids=batch["user_ids"] + 100))
+    model, tok, cfg = build_model()
+    hand_made = {k: v for k, v in bad.items() if not k.startswith(("cf_", "target_"))}
+    with pytest.raises(ValueError, match=r"row 0 \(train/ctr/0/0\): 2 placeholders"):
+        model.embed(batch["input_ids"], hand_made)
+
+
+def test_collator_checks_cf_ids_against_the_tables(build_model, samples):
+    model, tok, cfg = build_model()
+    coll = Collator(tok, cfg, model.placeholder_id, num_users=model.user_emb.shape[0], num_items=model.item_emb.shape[0])
+    coll(samples)
+    bad = [dict(samples[0], user=model.user_emb.shape[0] + 3), *samples[1:]]
+    with pytest.raises(ValueError, match=r"sample .*: user id \d+ is outside the CF table"):
+        coll(bad)
+
+
+def test_precomputed_positions_give_the_losses_of_the_device_checked_path(build_model, samples):
+    model, tok, cfg = build_model()
+    batch = _batch(model, tok, cfg, samples)
+    plain = {k: v for k, v in batch.items() if not k.startswith(("cf_", "target_", "text_target_"))}
+    with torch.no_grad():
+        a = model(batch)
+        b = model(plain)
+    assert torch.equal(a.loss, b.loss)
+    assert a.task_losses.keys() == b.task_losses.keys()
+    assert all(torch.equal(a.task_losses[k], b.task_losses[k]) for k in a.task_losses)
 
 
 def _lora_count(model, cfg, task_specific=True):

@@ -229,3 +229,32 @@ def test_local_engine_trains_in_train_dtype(run, tmp_path):
     r.train()
     r.cleanup()
     assert sorted(_losses(d)) == [1, 2, 3, 4] and all(math.isfinite(v) for v in _losses(d).values())
+
+
+@pytest.mark.parametrize("mode", ["sample", "mix"])
+def test_micro_steps_read_nothing_from_the_device_until_a_log_step(run, tmp_path, mode):
+    from test_host_sync import SyncCounter
+
+    d = tmp_path / f"sync-{mode}"
+    clone_run(run, d)
+    r = _recipe(d, "train.grad_accum=2", "train.log_every=2", "train.save_every=100", f"train.curriculum_mode={mode}")
+    r.setup()
+    micro, checks = [], []
+
+    def counted(fn, into):
+        def wrapped(*a, **k):
+            with SyncCounter() as c:
+                out = fn(*a, **k)
+            into.append(c.calls)
+            return out
+        return wrapped
+
+    r._micro_step = counted(r._micro_step, micro)
+    r._check_finite = counted(r._check_finite, checks)
+    r.train()
+    r.cleanup()
+    assert len(micro) == 4 * 2 and all(c == [] for c in micro), micro
+    # the losses are read at the two log steps (the final checkpoint's check finds nothing new)
+    assert [bool(c) for c in checks] == [True, True, False], checks
+    losses = _losses(d)
+    assert sorted(losses) == [2, 4] and all(math.isfinite(v) for v in losses.values())
