@@ -329,7 +329,6 @@ class CKFModel(nn.Module):
         With ``train.curriculum`` (and cf_fusion) and ``step``/``total_steps`` given, the batch
         must hold the text-only twin and loss = w L_text + (1 - w) L_cf, w = curriculum_weight.
         """
-        task_ids = batch["task_ids"]
         use_curriculum = self.curriculum and step is not None and bool(total_steps)
         if use_curriculum and "text_input_ids" not in batch:
             raise ValueError("train.curriculum needs the text-only twin in the batch (Collator(text_twin=True))")

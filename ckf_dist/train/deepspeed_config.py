@@ -4,14 +4,17 @@ Batch settings are consistent by construction:
 ``train_batch_size = train.micro_batch_size * train.grad_accum * world_size``.
 ZeRO stage 3 is the default; stage 2 is selectable (`dist.zero_stage`) and is usually the better
 choice for LoRA across nodes, because ZeRO-3 all-gathers the *frozen* base weights every step.
-On CPU the torch Adam implementation is requested (no JIT-built CPU-Adam op), and bf16 is off
-unless asked. `dist.deepspeed_overrides` is merged last, for rare knobs.
+The engine always hands DeepSpeed a torch AdamW (no JIT-built CPU-Adam op); bf16 is off on CPU
+unless asked. `dist.deepspeed_overrides` is merged last, for rare knobs. What is not DeepSpeed JSON
+(whether DeepSpeed's JIT-built shared-memory collective op may be used) is a separate field of
+:class:`DeepSpeedSetup`, never a key inside the JSON.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,21 @@ def _deep_merge(base: dict, extra: dict) -> dict:
         else:
             out[k] = v
     return out
+
+
+@dataclass(frozen=True)
+class DeepSpeedSetup:
+    """What :class:`ckf_dist.train.engine.DeepSpeedEngine` needs: the DeepSpeed JSON and the flags
+    that are not part of it."""
+
+    config: dict[str, Any]
+    shm_comm: bool
+    """May DeepSpeed use its shared-memory collective op? Off on CPU: it is a C++ extension
+    JIT-compiled on first use (about a minute on a fresh machine); gloo carries the collectives."""
+
+
+def deepspeed_setup(cfg: Config, world_size: int, on_gpu: bool) -> DeepSpeedSetup:
+    return DeepSpeedSetup(config=deepspeed_config(cfg, world_size, on_gpu), shm_comm=on_gpu)
 
 
 def deepspeed_config(cfg: Config, world_size: int, on_gpu: bool) -> dict[str, Any]:
@@ -68,8 +86,6 @@ def deepspeed_config(cfg: Config, world_size: int, on_gpu: bool) -> dict[str, An
         "wall_clock_breakdown": False,
         "zero_allow_untested_optimizer": True,
     }
-    if not on_gpu:
-        ds["optimizer_torch_adam"] = True  # marker consumed by train.engine: pass a torch AdamW
     merged = _deep_merge(ds, cfg.dist.deepspeed_overrides)
     check_batch_consistency(merged, world_size)
     return merged
@@ -88,4 +104,4 @@ def check_batch_consistency(ds: dict, world_size: int) -> None:
 
 def write_deepspeed_config(ds: dict, path: str | Path) -> Path:
     """Write to `path` (the run's deepspeed.json, beside the resolved config), atomically."""
-    return atomic_write_text(path, json.dumps({k: v for k, v in ds.items() if k != "optimizer_torch_adam"}, indent=2))
+    return atomic_write_text(path, json.dumps(ds, indent=2))

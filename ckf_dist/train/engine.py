@@ -14,12 +14,14 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 
 import torch
 
 from ckf_dist.config import Config
-from ckf_dist.fsutil import atomic_write_text, replace_dir, temp_dir_beside
+from ckf_dist.fsutil import atomic_write, atomic_write_text, replace_dir, temp_dir_beside
+from ckf_dist.run import Run
+from ckf_dist.train.deepspeed_config import DeepSpeedSetup, deepspeed_setup, resolve_dtype, write_deepspeed_config
 
 
 def lr_lambda(cfg: Config) -> Callable[[int], float]:
@@ -94,6 +96,10 @@ class LocalEngine:
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
+    def gather_trainable(self, named: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+        """Full CPU copies of `named` (one process: nothing to gather)."""
+        return {k: v.detach().cpu().clone() for k, v in named.items()}
+
     def save(self, folder: Path, state: dict[str, Any]) -> Path:
         """Trainable weights (safetensors), optimizer + scheduler + RNG (weights-only torch file), state JSON."""
         from safetensors.torch import save_file
@@ -137,16 +143,16 @@ class DeepSpeedEngine:
     shard into the same folder (saving on rank 0 only hangs).
     """
 
-    def __init__(self, model: torch.nn.Module, cfg: Config, ds_config: dict):
-        import deepspeed  # inside the worker: the driver never needs it
+    def __init__(self, model: torch.nn.Module, cfg: Config, setup: DeepSpeedSetup):
+        # Optional import: only the DeepSpeed launchers (Ray, `deepspeed`) need deepspeed installed;
+        # the local engine and the driver never import it.
+        import deepspeed
 
         self.cfg = cfg
-        if ds_config.get("optimizer_torch_adam"):
-            # CPU: skip DeepSpeed's shared-memory collective op, a C++ extension JIT-compiled on
-            # first use (about a minute on a fresh machine); gloo carries the collectives.
+        if not setup.shm_comm:
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.train.lr, eps=cfg.train.eps, weight_decay=cfg.train.weight_decay)
-        config = {k: v for k, v in ds_config.items() if k != "optimizer_torch_adam"}
+        config = setup.config
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model,
             optimizer=opt,
@@ -172,6 +178,18 @@ class DeepSpeedEngine:
     def lr(self) -> float:
         return float(self.engine.get_lr()[0])
 
+    def gather_trainable(self, named: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+        """Full CPU copies of `named` on rank 0 (ZeRO-3 partitions gathered; a collective: every
+        rank calls it); empty on the other ranks."""
+        import deepspeed
+
+        out: dict[str, torch.Tensor] = {}
+        for name, p in named.items():
+            with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
+                if self.rank == 0:
+                    out[name] = p.detach().cpu().clone()
+        return out
+
     def save(self, folder: Path, state: dict[str, Any]) -> Path:
         """Collective: every rank writes its shard; rank 0 writes the state JSON last."""
         folder.mkdir(parents=True, exist_ok=True)
@@ -180,9 +198,7 @@ class DeepSpeedEngine:
         rng = {"torch_rng": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda_rng"] = torch.cuda.get_rng_state()
-        tmp = folder / f"rng_rank{self.rank}.pt.tmp"
-        torch.save(rng, tmp)
-        tmp.replace(folder / f"rng_rank{self.rank}.pt")
+        atomic_write(folder / f"rng_rank{self.rank}.pt", lambda tmp: torch.save(rng, tmp))
         if self.rank == 0:
             atomic_write_text(folder / "state.json", json.dumps(state, indent=2))
         return folder
@@ -198,3 +214,42 @@ class DeepSpeedEngine:
             if "cuda_rng" in rng and torch.cuda.is_available():
                 torch.cuda.set_rng_state(rng["cuda_rng"])
         return json.loads(client["ckf_state"])
+
+
+# ------------------------------------------------------------------------------------------------
+# What a launcher hands the recipe: how to build its engine
+
+
+class EngineFactory(Protocol):
+    """Builds the optimizer engine of one rank; says in which dtype the model is loaded for it."""
+
+    def model_dtype(self, cfg: Config, device: torch.device) -> torch.dtype: ...
+
+    def __call__(self, model: torch.nn.Module, cfg: Config, run: Run, rank: int, world_size: int,
+                 device: torch.device) -> "LocalEngine | DeepSpeedEngine": ...
+
+
+class LocalEngineFactory:
+    """One process, torch AdamW: the model is loaded in the training dtype (`train.dtype`)."""
+
+    def model_dtype(self, cfg: Config, device: torch.device) -> torch.dtype:
+        return torch.bfloat16 if resolve_dtype(cfg, on_gpu=device.type == "cuda") == "bf16" else torch.float32
+
+    def __call__(self, model: torch.nn.Module, cfg: Config, run: Run, rank: int, world_size: int,
+                 device: torch.device) -> LocalEngine:
+        return LocalEngine(model, cfg)
+
+
+class DeepSpeedEngineFactory:
+    """ZeRO data parallelism: the model is loaded in fp32 (DeepSpeed casts it and keeps fp32
+    master weights); rank 0 writes the derived DeepSpeed JSON into the run."""
+
+    def model_dtype(self, cfg: Config, device: torch.device) -> torch.dtype:
+        return torch.float32
+
+    def __call__(self, model: torch.nn.Module, cfg: Config, run: Run, rank: int, world_size: int,
+                 device: torch.device) -> DeepSpeedEngine:
+        setup = deepspeed_setup(cfg, world_size, on_gpu=device.type == "cuda")
+        if rank == 0:
+            write_deepspeed_config(setup.config, run.deepspeed_file)
+        return DeepSpeedEngine(model, cfg, setup)

@@ -8,8 +8,11 @@
 - `deepspeed` processes started by `deepspeed --hostfile ... --module ckf_dist.train --config ...`
               (see cluster/), which set RANK / WORLD_SIZE / MASTER_ADDR themselves.
 
-The worker function receives the config as its argument (a plain dict), never from a global, and
-imports deepspeed inside. Ray binds to 127.0.0.1 unless `dist.ray_address` names a cluster.
+Each launcher hands the recipe what differs between them: an engine factory (local AdamW or
+DeepSpeed) and a checkpoint sink (the run directory, or Ray's report). The worker function receives
+the config as its argument (a plain dict), never from a global. `ray` and `deepspeed` are imported
+inside the functions that need them: optional dependencies, only for their launchers. Ray binds
+to 127.0.0.1 unless `dist.ray_address` names a cluster.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from typing import Any, Optional
 
 from ckf_dist.config import Config, ConfigError, from_dict, to_dict
 from ckf_dist.run import Run
+from ckf_dist.train.checkpoints import ReportedCheckpoints, RunCheckpoints
+from ckf_dist.train.engine import DeepSpeedEngineFactory, EngineFactory, LocalEngineFactory
+from ckf_dist.train.recipe import CKFRecipe
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +35,6 @@ def ray_worker_loop(loop_config: dict[str, Any]) -> None:
     """Body of each Ray Train worker: rebuild the config, resume, run the recipe."""
     import ray
     import ray.train
-
-    from ckf_dist.train.recipe import CKFRecipe
 
     cfg = from_dict(loop_config["config"], source="ray worker config")
     ctx = ray.train.get_context()
@@ -44,8 +48,8 @@ def ray_worker_loop(loop_config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)),
                              delete_local_checkpoint_after_upload=True)
 
-    recipe = CKFRecipe(Run(cfg), rank=ctx.get_world_rank(), world_size=ctx.get_world_size(), engine="deepspeed", report=report,
-                       node=ray.get_runtime_context().get_node_id())
+    recipe = CKFRecipe(Run(cfg), rank=ctx.get_world_rank(), world_size=ctx.get_world_size(), engine=DeepSpeedEngineFactory(),
+                       checkpoints=ReportedCheckpoints(report), node=ray.get_runtime_context().get_node_id())
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             recipe.setup(resume_from=Path(d))
@@ -165,10 +169,9 @@ def _worker_env(cfg: Config) -> dict[str, str]:
     return env
 
 
-def _run_recipe(run: Run, rank: int, world_size: int, engine: str, node: Optional[str] = None) -> None:
-    from ckf_dist.train.recipe import CKFRecipe
-
-    recipe = CKFRecipe(run, rank=rank, world_size=world_size, engine=engine, node=node)
+def _run_recipe(run: Run, rank: int, world_size: int, engine: EngineFactory, node: Optional[str] = None) -> None:
+    recipe = CKFRecipe(run, rank=rank, world_size=world_size, engine=engine,
+                       checkpoints=RunCheckpoints(run.cfg.dist.keep_checkpoints), node=node)
     recipe.setup(resume_from=recipe.latest_checkpoint())
     try:
         recipe.train()
@@ -177,7 +180,7 @@ def _run_recipe(run: Run, rank: int, world_size: int, engine: str, node: Optiona
 
 
 def run_local(run: Run) -> None:
-    _run_recipe(run, 0, 1, "local")
+    _run_recipe(run, 0, 1, LocalEngineFactory())
 
 
 def run_deepspeed_process(run: Run) -> None:
@@ -193,7 +196,7 @@ def run_deepspeed_process(run: Run) -> None:
         init_from_env("nccl" if cfg.dist.use_gpu else "gloo")
     # the launcher's node rank (CROSS_RANK): hosts may share a name, e.g. several nodes on one machine
     node = f"{socket.gethostname()}/node-{os.environ.get('CROSS_RANK', '0')}"
-    _run_recipe(run, int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), "deepspeed", node)
+    _run_recipe(run, int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), DeepSpeedEngineFactory(), node)
 
 
 def launch(run: Run | Config) -> None:

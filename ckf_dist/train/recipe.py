@@ -1,8 +1,9 @@
 """The per-worker CKF training recipe: setup / train / validate / save_checkpoint / cleanup.
 
-The same class runs in one process (`dist.launcher=local`, :class:`LocalEngine`) and in every
-rank under Ray Train or the `deepspeed` launcher (:class:`DeepSpeedEngine`); only the engine and
-the `report` callback differ. It reads what earlier stages left in the run directory
+The same class runs in one process (`dist.launcher=local`) and in every rank under Ray Train or
+the `deepspeed` launcher; it does not know which: the launcher hands it an engine factory
+(:mod:`ckf_dist.train.engine`: the optimizer engine and the dtype the model is loaded in, from the
+config and the device) and a checkpoint sink (:mod:`ckf_dist.train.checkpoints`). It reads what earlier stages left in the run directory
 (:class:`ckf_dist.run.Run`: the split's titles, the shards, the frozen CF tables, the base LLM) and
 writes its training outputs there: checkpoints (atomic), TensorBoard events + their JSON-lines
 twin, the final trainable weights (+ PEFT adapters), and where each rank ran (host, pid, node).
@@ -18,12 +19,10 @@ import json
 import logging
 import math
 import os
-import shutil
 import socket
-import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from safetensors.torch import save_file
@@ -39,13 +38,12 @@ from ckf_dist.data.collate import batch_to
 from ckf_dist.models.factory import build_ckf_model
 from ckf_dist.run import Run
 from ckf_dist.data.stream import TrainStream, train_loader
-from ckf_dist.train.deepspeed_config import deepspeed_config, resolve_dtype, write_deepspeed_config
-from ckf_dist.train.engine import DeepSpeedEngine, LocalEngine, checkpoint_state
+from ckf_dist.train.checkpoints import CheckpointSink, RunCheckpoints
+from ckf_dist.train.engine import EngineFactory, LocalEngineFactory, checkpoint_state
 from ckf_dist.train.export import export_peft_adapters
 
 log = logging.getLogger(__name__)
 
-ReportFn = Callable[[dict, Optional[Path]], None]
 
 
 class TrainingError(RuntimeError):
@@ -53,14 +51,17 @@ class TrainingError(RuntimeError):
 
 
 class CKFRecipe:
-    def __init__(self, run: Run | Config, rank: int = 0, world_size: int = 1, engine: str = "local", report: Optional[ReportFn] = None,
-                 node: Optional[str] = None):
-        """`run`: the run directory (a Config means its run.dir); `node`: the launcher's name for
-        this rank's node (Ray node id; default: the hostname)."""
+    def __init__(self, run: Run | Config, rank: int = 0, world_size: int = 1, engine: Optional[EngineFactory] = None,
+                 checkpoints: Optional[CheckpointSink] = None, node: Optional[str] = None):
+        """What the launcher hands over: `run` (a Config means its run.dir), this rank and the world
+        size, `engine` (how to build the optimizer engine and in which dtype to load the model;
+        default: one process, torch AdamW), `checkpoints` (where checkpoints go; default: the run
+        directory) and `node` (its name for this rank's node; default: the hostname)."""
         self.run = run if isinstance(run, Run) else Run(run)
         cfg = self.run.cfg
-        self.cfg, self.rank, self.world_size, self.engine_kind = cfg, rank, world_size, engine
-        self.report = report
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.engine_factory = engine or LocalEngineFactory()
+        self.checkpoints = checkpoints or RunCheckpoints(cfg.dist.keep_checkpoints)
         self.node = node
         self.tokens_total = 0.0
         """Non-pad tokens processed by all ranks since this process started (TensorBoard `perf/tokens_total`)."""
@@ -91,21 +92,11 @@ class CKFRecipe:
         manifest = load_manifest(shard_dir)
         tables = load_cf_tables(self.run.cf_table())
         self._check_inputs(manifest, tables)
-        # The local engine trains in the LLM's dtype (`train.dtype`: bf16 on GPU, fp32 on CPU);
-        # DeepSpeed casts the fp32-loaded model itself and keeps fp32 master weights.
-        dtype = torch.float32
-        if self.engine_kind == "local":
-            dtype = torch.bfloat16 if resolve_dtype(cfg, on_gpu=self.device.type == "cuda") == "bf16" else torch.float32
+        dtype = self.engine_factory.model_dtype(cfg, self.device)
         built = build_ckf_model(cfg, self.run.model_dir, self.run.cf_table(), self.device, dtype)
         self.tokenizer, self.model = built.tokenizer, built.model
         self.collator, self.eval_collator = built.collator, built.eval_collator
-        if self.engine_kind == "deepspeed":
-            ds = deepspeed_config(cfg, self.world_size, on_gpu=self.device.type == "cuda")
-            if self.rank == 0:
-                write_deepspeed_config(ds, self.run.deepspeed_file)
-            self.engine = DeepSpeedEngine(self.model, cfg, ds)
-        else:
-            self.engine = LocalEngine(self.model, cfg)
+        self.engine = self.engine_factory(self.model, cfg, self.run, self.rank, self.world_size, self.device)
         self._record_placement()
         params = list(self.model.trainable_parameters())
         self.n_trainable = sum(int(getattr(p, "ds_numel", p.numel())) for p in params)
@@ -319,40 +310,17 @@ class CKFRecipe:
     # ------------------------------------------------------------------ save / export
     def save_checkpoint(self, metrics: Optional[dict] = None) -> Path:
         t0 = time.perf_counter()
-        name = self.run.checkpoint_name(self.step)
-        folder = self.run.checkpoint(self.step)
-        if self.engine_kind == "deepspeed" and self.report is not None:
-            folder = Path(tempfile.mkdtemp(prefix=f"ckf-{name}-"))
+        folder = self.checkpoints.folder(self.run, self.step)
         state = {"step": self.step, "world_size": self.world_size, "seed": self.cfg.seed, "samples_skipped": self.step * self.cfg.train.grad_accum}
         self.engine.save(folder, state)
-        if self.rank == 0 and self.report is None:
-            self.run.mark_latest(folder)
-            self._prune(keep=self.cfg.dist.keep_checkpoints)
-        seconds = time.perf_counter() - t0
-        self.logger.log(self.step, {"ckpt/save_s": seconds})
-        if self.report is not None:
-            self.report({**(metrics or {}), "step": self.step}, folder)
+        self.logger.log(self.step, {"ckpt/save_s": time.perf_counter() - t0})
+        self.checkpoints.commit(self.run, folder, self.step, metrics or {}, self.rank)
         return folder
-
-    def _prune(self, keep: int) -> None:
-        folders = self.run.checkpoints()
-        for p in folders[:-keep] if keep > 0 else []:
-            shutil.rmtree(p, ignore_errors=True)
 
     def export(self) -> Optional[Path]:
         """Final trainable weights (adapters, meta-network, projections) as safetensors, gathered on rank 0."""
         final = self.run.final_dir
-        params = dict(self.model.trainable_named_parameters())
-        gathered: dict[str, torch.Tensor] = {}
-        if self.engine_kind == "deepspeed":
-            import deepspeed
-
-            for name, p in params.items():
-                with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
-                    if self.rank == 0:
-                        gathered[name] = p.detach().cpu().clone()
-        else:
-            gathered = {k: v.detach().cpu().clone() for k, v in params.items()}
+        gathered = self.engine.gather_trainable(dict(self.model.trainable_named_parameters()))
         if self.rank != 0:
             return None
         atomic_write(self.run.final_weights, lambda tmp: save_file({k: v.contiguous() for k, v in gathered.items()}, str(tmp),

@@ -31,7 +31,7 @@ def test_overrides_merge_last_and_inconsistent_batch_is_an_error(tmp_path):
     assert ds["zero_optimization"]["stage3_max_live_parameters"] == 5
     assert ds["zero_optimization"]["stage"] == 3
     p = write_deepspeed_config(ds, tmp_path / "deepspeed.json")
-    assert "optimizer_torch_adam" not in json.loads(p.read_text())
+    assert json.loads(p.read_text()) == ds  # only DeepSpeed keys: the engine's flags live beside the JSON
     bad = load_config(None, ["dist.deepspeed_overrides={train_batch_size: 7}"])
     with pytest.raises(ConfigError, match="train_batch_size 7 != micro batch 8 x grad accum 1 x world size 2"):
         deepspeed_config(bad, world_size=2, on_gpu=False)
@@ -47,3 +47,13 @@ def test_unreachable_ray_address_is_a_one_line_error(monkeypatch):
     assert not ray.is_initialized()
     with pytest.raises(ConfigError, match=r"dist.ray_address: cannot reach Ray at 127.0.0.1:1"):
         _init_ray(cfg)
+
+
+def test_setup_carries_the_shared_memory_op_flag_outside_the_json():
+    from ckf_dist.train.deepspeed_config import deepspeed_setup
+
+    cfg = load_config(None, [])
+    cpu, gpu = deepspeed_setup(cfg, 1, on_gpu=False), deepspeed_setup(cfg, 1, on_gpu=True)
+    assert cpu.shm_comm is False and gpu.shm_comm is True
+    assert cpu.config == deepspeed_config(cfg, 1, on_gpu=False)
+    assert all(isinstance(k, str) and not k.startswith("optimizer") for k in cpu.config)

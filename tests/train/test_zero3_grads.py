@@ -26,7 +26,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from ckf_dist.bench.e2e_gpu import SyntheticTokenizer, synthetic_batch
 from ckf_dist.config import load_config
 from ckf_dist.models.ckf import CKFModel
-from ckf_dist.train.deepspeed_config import deepspeed_config
+from ckf_dist.train.deepspeed_config import deepspeed_setup
 from ckf_dist.train.engine import DeepSpeedEngine
 
 SHAPE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
@@ -67,7 +67,7 @@ dist.init_process_group("gloo", rank=0, world_size=1, init_method=f"tcp://127.0.
 from deepspeed.utils import safe_get_full_grad
 
 model, _ = build()
-engine = DeepSpeedEngine(model, cfg, deepspeed_config(cfg, 1, on_gpu=False))
+engine = DeepSpeedEngine(model, cfg, deepspeed_setup(cfg, 1, on_gpu=False))
 named = engine.model.trainable_named_parameters()
 assert named and all(p.numel() == 0 for p in named.values()), "ZeRO-3 left a trainable tensor unpartitioned"
 out = engine.model(batch)

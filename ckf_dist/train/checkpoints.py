@@ -1,0 +1,59 @@
+"""Where the recipe's checkpoints go: what a launcher hands the recipe besides its engine.
+
+- :class:`RunCheckpoints` (local and `deepspeed` launchers): ``run.dir/train/checkpoints/step-N``,
+  the ``latest`` pointer and pruning to ``dist.keep_checkpoints`` on rank 0; a restarted process
+  resumes from :meth:`ckf_dist.run.Run.latest_checkpoint`.
+- :class:`ReportedCheckpoints` (Ray Train): each rank writes into its own temporary folder and
+  hands it to a report callback (Ray uploads it to its storage, keeps ``num_to_keep``, and gives
+  the latest back to a restarted worker group).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional, Protocol
+
+from ckf_dist.run import Run
+
+ReportFn = Callable[[dict, Optional[Path]], None]
+"""Ray's report: (metrics, checkpoint folder or None)."""
+
+
+class CheckpointSink(Protocol):
+    def folder(self, run: Run, step: int) -> Path:
+        """Where the engine saves the checkpoint of `step`."""
+
+    def commit(self, run: Run, folder: Path, step: int, metrics: dict, rank: int) -> None:
+        """The engine has saved into `folder` (on every rank)."""
+
+
+class RunCheckpoints:
+    """Checkpoints in the run directory, newest named by the `latest` pointer."""
+
+    def __init__(self, keep: int):
+        self.keep = keep
+
+    def folder(self, run: Run, step: int) -> Path:
+        return run.checkpoint(step)
+
+    def commit(self, run: Run, folder: Path, step: int, metrics: dict, rank: int) -> None:
+        if rank != 0:
+            return
+        run.mark_latest(folder)
+        for old in run.checkpoints()[:-self.keep] if self.keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+class ReportedCheckpoints:
+    """Checkpoints handed to a report callback (Ray Train), one temporary folder per rank."""
+
+    def __init__(self, report: ReportFn):
+        self.report = report
+
+    def folder(self, run: Run, step: int) -> Path:
+        return Path(tempfile.mkdtemp(prefix=f"ckf-{Run.checkpoint_name(step)}-"))
+
+    def commit(self, run: Run, folder: Path, step: int, metrics: dict, rank: int) -> None:
+        self.report({**metrics, "step": step}, folder)
