@@ -235,6 +235,10 @@ class TrainConfig:
     length_group: int = 16
     """Micro-batches pooled, sorted by prompt length and cut into batches of similar length, then
     yielded in seeded random order (mixed tasks pad less); 0 or 1 = stream order."""
+    activation_checkpointing: bool = False
+    """Recompute each decoder layer's activations in backward instead of keeping them (less memory,
+    about a third more compute): what a 7B model at long prompts needs. Gradients are unchanged.
+    The Multi-LoRA task context of the forward is replayed in the recomputation."""
     debug_checks: bool = False
     """Also check batch invariants on the device (CF id ranges, placeholder counts, task ids) in the
     model's forward; each check reads the device from the host (a stall per micro-step on a GPU).

@@ -65,7 +65,7 @@ def source_fingerprint(cfg: Config) -> str:
     return stage_hash(entries)
 
 
-TRAIN_KEY_IGNORES = ("debug_checks",)
+TRAIN_KEY_IGNORES = ("debug_checks", "activation_checkpointing")
 """train.* keys that do not change what training computes: left out of the training stage key, so
 switching them keeps a finished run fresh (and the keys of runs made before they existed)."""
 

@@ -129,6 +129,13 @@ class CKFModel(nn.Module):
         if cfg.model.mapping == "collm":
             lora_cfg = dataclasses.replace(cfg.lora, task_specific=False)
         self.lora_modules = inject_multi_lora(llm, lora_cfg, self.num_tasks, self.ctx)
+        if cfg.train.activation_checkpointing:
+            # non-reentrant checkpoints, whose recomputation replays this forward's task segments
+            kwargs = {"use_reentrant": False, "context_fn": self.ctx.checkpoint_context}
+            if hasattr(llm, "activation_checkpointing_enable"):  # transformers >= 5.x
+                llm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
         self.register_buffer("user_emb", user_emb, persistent=False)
         self.register_buffer("item_emb", item_emb, persistent=False)

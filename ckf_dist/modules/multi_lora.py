@@ -41,6 +41,10 @@ reach the wrapped layers through a :class:`LoRAContext`:
    Autograd keeps a reference to the segments, so the backward of a layer sees the same
    segments as its forward even after the context is cleared.
 
+4. Activation checkpointing recomputes a layer's forward in backward, after the block has exited:
+   the checkpoint's ``context_fn`` (:meth:`LoRAContext.checkpoint_context`) captures the segments
+   at forward time and sets them again for the recomputation.
+
 A layer with task adapters called outside ``ctx.tasks(...)`` raises (a forgotten task id would
 silently train the wrong thing); a layer with shared adapters only does not need the context.
 
@@ -55,7 +59,7 @@ size, keeps the fully fused path.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
@@ -97,6 +101,23 @@ class LoRAContext:
         finally:
             self.segments = None
             self.num_tokens = 0
+
+    def checkpoint_context(self):
+        """``context_fn`` for :func:`torch.utils.checkpoint.checkpoint` (non-reentrant): called in
+        the forward of a checkpointed block, it captures the current segments; the recomputation in
+        backward (after the forward's ``tasks(...)`` block has exited) runs with them set again."""
+        segments, num_tokens = self.segments, self.num_tokens
+
+        @contextmanager
+        def replay() -> Iterator[None]:
+            saved = (self.segments, self.num_tokens)
+            self.segments, self.num_tokens = segments, num_tokens
+            try:
+                yield
+            finally:
+                self.segments, self.num_tokens = saved
+
+        return nullcontext(), replay()
 
     def row_tasks(self, task_ids: torch.Tensor, seq_len: int):
         """``tasks(...)`` for a [B, L] call given per-row ids task_ids: [B] (row id repeated over L)."""

@@ -374,3 +374,59 @@ def test_forward_reads_parameters_only_where_zero3_gathers_them(build_model, sam
         assert model.generate(batch, 3) == want_gen
     finally:
         emu.close()
+
+
+@pytest.mark.parametrize("mode", ["sample", "mix"])
+def test_activation_checkpointing_gives_the_gradients_of_the_plain_run(build_model, samples, mode):
+    """The recomputed forward in backward finds this forward's task segments (the Multi-LoRA
+    context is replayed): a few training steps, with dropout, match the run without checkpoints."""
+    from ckf_dist.train.engine import LocalEngine
+
+    def steps(checkpointing: bool):
+        cfg = small_config()
+        cfg.lora.shared.dropout = cfg.lora.task.dropout = 0.1
+        cfg.train.curriculum_mode = mode
+        cfg.train.activation_checkpointing = checkpointing
+        cfg.train.steps = 3
+        model, tok, cfg = build_model(cfg)
+        assert any(getattr(m, "gradient_checkpointing", False) for m in model.llm.modules()) == checkpointing
+        model.train()
+        engine = LocalEngine(model, cfg)
+        batch = _batch(model, tok, cfg, samples)
+        torch.manual_seed(7)
+        grads, recomputed = [], 0
+        layer = model.llm.get_submodule(model.lora_modules[0])
+        for step in range(cfg.train.steps):
+            out = model(batch, step=step, total_steps=cfg.train.steps)
+            calls = []
+            handle = layer.register_forward_hook(lambda *a: calls.append(1))
+            engine.backward(out.loss)
+            handle.remove()
+            recomputed += len(calls)
+            grads.append({n: p.grad.clone() for n, p in model.trainable_named_parameters().items() if p.grad is not None})
+            engine.step()
+        return grads, {n: p.detach().clone() for n, p in model.trainable_named_parameters().items()}, recomputed
+
+    plain_grads, plain_params, plain_recomputed = steps(False)
+    ckpt_grads, ckpt_params, ckpt_recomputed = steps(True)
+    assert plain_recomputed == 0 and ckpt_recomputed > 0  # backward really re-ran the adapters' forward
+    for a, b in zip(plain_grads, ckpt_grads):
+        assert a.keys() == b.keys() and a
+        for n in a:
+            torch.testing.assert_close(b[n], a[n], rtol=1e-5, atol=1e-7, msg=n)
+    for n in plain_params:
+        torch.testing.assert_close(ckpt_params[n], plain_params[n], rtol=1e-5, atol=1e-7, msg=n)
+
+
+def test_checkpointing_without_the_context_replay_loses_the_task_ids(build_model, samples):
+    cfg = small_config()
+    model, tok, cfg = build_model(cfg)
+    enable = getattr(model.llm, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})  # no context_fn
+    else:
+        model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    out = model(_batch(model, tok, cfg, samples))
+    with pytest.raises(RuntimeError, match="called without task ids"):
+        out.loss.backward()

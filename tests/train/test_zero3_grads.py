@@ -66,7 +66,10 @@ os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0
 dist.init_process_group("gloo", rank=0, world_size=1, init_method=f"tcp://127.0.0.1:{port}")
 from deepspeed.utils import safe_get_full_grad
 
+if os.environ.get("CKF_TEST_ACTIVATION_CHECKPOINTING") == "1":
+    cfg.train.activation_checkpointing = True  # the ZeRO-3 model recomputes; the local reference does not
 model, _ = build()
+assert any(getattr(m, "gradient_checkpointing", False) for m in model.llm.modules()) == cfg.train.activation_checkpointing
 engine = DeepSpeedEngine(model, cfg, deepspeed_setup(cfg, 1, on_gpu=False))
 named = engine.model.trainable_named_parameters()
 assert named and all(p.numel() == 0 for p in named.values()), "ZeRO-3 left a trainable tensor unpartitioned"
@@ -84,8 +87,10 @@ print("grads equal:", len(named))
 '''
 
 
-def test_zero3_step_gradients_equal_the_local_engine():
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "activation_checkpointing"])
+def test_zero3_step_gradients_equal_the_local_engine(checkpointing):
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
+           "CKF_TEST_ACTIVATION_CHECKPOINTING": "1" if checkpointing else "0"}
     proc = subprocess.run([sys.executable, "-c", CODE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-4000:]
