@@ -71,7 +71,10 @@ switching them keeps a finished run fresh (and the keys of runs made before they
 
 
 def _train_key(cfg: Config) -> dict:
+    """train.* as the training key hashes it: with the loader.* keys under their former train.*
+    names (a run made before they moved stays fresh), without TRAIN_KEY_IGNORES."""
     d = {k: v for k, v in to_dict(cfg.train).items() if k not in TRAIN_KEY_IGNORES}
+    d.update(data_workers=cfg.loader.workers, shuffle_buffer=cfg.loader.shuffle_buffer, length_group=cfg.loader.length_group)
     return d
 
 

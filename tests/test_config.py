@@ -1,5 +1,6 @@
 """The typed config: YAML + overrides, strict keys and types, one-line errors, resolved copy."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,24 @@ def test_every_field_documented():
     assert "data.history_len" in docs and "lora.shared.r" in docs and "dist.num_workers" in docs
     assert all(docs.values()), [k for k, v in docs.items() if not v]
     assert Config().tasks == list(ALL_TASKS)
+
+
+def test_moved_keys_name_their_new_place(tmp_path):
+    p = tmp_path / "old.yaml"
+    p.write_text("train:\n  data_workers: 2\n")
+    with pytest.raises(ConfigError, match=r"old.yaml: key 'train.data_workers' is now 'loader.workers'"):
+        load_config(p)
+    with pytest.raises(ConfigError, match=r"command line: key 'train.length_group' is now 'loader.length_group'"):
+        load_config(None, ["train.length_group=4"])
+    assert load_config(None, ["loader.workers=3"]).loader.workers == 3
+
+
+@pytest.mark.parametrize("override, key", [
+    ("loader.workers=-1", "loader.workers"), ("loader.length_group=-2", "loader.length_group"),
+    ("data.split_fractions=[0.5,0.5]", "data.split_fractions"), ("dist.zero_stage=4", "dist.zero_stage"),
+    ("lora.task.r=0", "lora.task.r"), ("eval.task_caps={nope: 3}", "eval.task_caps.nope"),
+    ("cf.baselines=[svd]", "cf.baselines"),
+])
+def test_each_section_checks_its_fields(override, key):
+    with pytest.raises(ConfigError, match=rf"command line: key '{re.escape(key)}': "):
+        load_config(None, [override])

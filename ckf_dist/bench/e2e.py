@@ -200,7 +200,7 @@ def run_e2e_bench(
     # (c) data pipeline alone: the recipe's loader settings, and inline (0 workers) for reference
     print("measuring: data pipeline alone", flush=True)
     data_rows = {}
-    for w in dict.fromkeys([cfg.train.data_workers, 0]):
+    for w in dict.fromkeys([cfg.loader.workers, 0]):
         data_rows[w] = measure_data_pipeline(cfg, data_batches, w)
 
     diag: list[dict] = []
@@ -227,7 +227,7 @@ def run_e2e_bench(
                          INCLUDES["data_pipeline"] + (f", {w} DataLoader worker process(es)" if w else ", inline in the caller"), None))
 
     trainer = best["ckf_local"]
-    cfg_loader = data_rows[cfg.train.data_workers]
+    cfg_loader = data_rows[cfg.loader.workers]
     summary: dict[str, Any] = {
         "ratio_tokens_ckf_vs_peft": round(trainer["tokens_per_s"] / base["tokens_per_s"], 3),
         "ratio_samples_ckf_vs_peft": round(trainer["samples_per_s"] / base["samples_per_s"], 3),

@@ -10,7 +10,7 @@ DataLoader worker dropping its own share of the round-robin order the DataLoader
 DataLoader always asks worker 0 first, so after skipping `skip` batches worker w plays the part
 of reader (w + skip) % workers: the resumed sequence is the uninterrupted one, batch for batch.
 
-Length grouping (`train.length_group` = G): G micro-batches' worth of samples are pooled, sorted
+Length grouping (`loader.length_group` = G): G micro-batches' worth of samples are pooled, sorted
 by prompt + target length and cut into G batches, which are yielded in a seeded random order.
 Prompt lengths differ by task (topk prompts are ~2.5x explanation's), so stream-order mixed
 batches are a third padding; grouped batches stay mixed-task (each row keeps its own task
@@ -65,7 +65,7 @@ class TrainStream(torch.utils.data.IterableDataset):
                 self.urls,
                 rank=self.rank,
                 world_size=self.world_size,
-                shuffle_buffer=self.cfg.train.shuffle_buffer,
+                shuffle_buffer=self.cfg.loader.shuffle_buffer,
                 seed=self.cfg.seed,
                 epoch=epoch,
                 bad_shards=self.bad_shards,
@@ -80,9 +80,9 @@ class TrainStream(torch.utils.data.IterableDataset):
             epoch += 1
 
     def _batches(self, worker: int, workers: int) -> Iterator[list[dict]]:
-        """Micro-batches of samples, length-grouped per pool of `train.length_group` batches."""
+        """Micro-batches of samples, length-grouped per pool of `loader.length_group` batches."""
         mb = self.cfg.train.micro_batch_size
-        group = max(1, self.cfg.train.length_group)
+        group = max(1, self.cfg.loader.length_group)
         rng = random.Random(f"{self.cfg.seed}/group/{self.rank}/{worker}")
         pool: list[dict] = []
         for s in self._samples(worker, workers):

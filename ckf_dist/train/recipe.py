@@ -118,7 +118,7 @@ class CKFRecipe:
             log.info("rank %d: resumed from %s at step %d", self.rank, resume_from, self.step)
         self.resumed_from = self.step if resume_from is not None else None
         self.bad_shards = BadShardCounter(cfg.dist.on_bad_shard)
-        workers = cfg.train.data_workers
+        workers = cfg.loader.workers
         shards_per_rank = len(manifest["splits"]["train"]["shards"]) // max(1, self.world_size)
         workers = min(workers, max(1, shards_per_rank)) if workers else 0
         self.stream = TrainStream(

@@ -39,8 +39,8 @@ def _cfg(group: int) -> Config:
     cfg = Config()
     cfg.tasks = list(TASKS)
     cfg.train.micro_batch_size = 4
-    cfg.train.length_group = group
-    cfg.train.shuffle_buffer = 16
+    cfg.loader.length_group = group
+    cfg.loader.shuffle_buffer = 16
     return cfg
 
 

@@ -20,7 +20,7 @@ def tiny_run(steps: int = 4, max_failures: int = 0) -> list[str]:
         "tiny.num_heads=2", "tiny.vocab_size=600",
         "model.max_length=256", "model.meta_hidden=8", "lora.shared.r=2", "lora.task.r=2",
         f"train.steps={steps}", "train.micro_batch_size=2", "train.log_every=1", "train.save_every=2",
-        "train.data_workers=0", "eval.max_samples_per_task=4", "eval.max_new_tokens=2",
+        "loader.workers=0", "eval.max_samples_per_task=4", "eval.max_new_tokens=2",
         # threshold 0: else the tiny LoRA tensors are never partitioned
         "dist.num_workers=2", "dist.zero_stage=3", "dist.param_persistence_threshold=0", f"dist.max_failures={max_failures}",
     ]

@@ -25,7 +25,7 @@ QUICK = [
     "tiny.pretrain_steps=4", "tiny.hidden_size=64", "tiny.intermediate_size=128", "tiny.num_layers=1", "tiny.vocab_size=800",
     "model.max_length=320", "model.meta_hidden=16", "cf.dim=8",
     "lora.shared.r=4", "lora.task.r=4",
-    "train.steps=4", "train.micro_batch_size=4", "train.log_every=1", "train.save_every=2", "train.data_workers=0",
+    "train.steps=4", "train.micro_batch_size=4", "train.log_every=1", "train.save_every=2", "loader.workers=0",
     "eval.max_samples_per_task=8", "eval.batch_size=8", "eval.max_new_tokens=4",
     "dist.launcher=local", "dist.num_workers=1",
 ]
@@ -93,7 +93,7 @@ def test_corrupted_shard_during_training_is_skipped_counted_or_fatal(run, tmp_pa
     with open(shard_urls(d / "data" / "shards", "train")[0], "r+b") as f:
         f.truncate(1500)  # cut mid-member, as an interrupted copy would
     # a DataLoader worker reads the shards: the count travels with the batches
-    r = CKFRecipe(load_config("configs/quickstart.yaml", [f"run.dir={d}", *QUICK, "train.data_workers=1"]))
+    r = CKFRecipe(load_config("configs/quickstart.yaml", [f"run.dir={d}", *QUICK, "loader.workers=1"]))
     r.setup()
     r.train()
     r.cleanup()
