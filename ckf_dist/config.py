@@ -31,6 +31,7 @@ from ckf_dist.config_sections import (
     ALL_TASKS, CFConfig, ConfigError, DataConfig, DistConfig, EvalConfig, KernelsConfig, LoaderConfig, LoRAConfig,
     LoRASetConfig, ModelConfig, RunConfig, SyntheticConfig, TinyLMConfig, TrainConfig,
 )
+from ckf_dist.fsutil import atomic_write_text
 
 __all__ = [
     "ALL_TASKS", "CFConfig", "Config", "ConfigError", "DataConfig", "DistConfig", "EvalConfig", "KernelsConfig",
@@ -259,12 +260,7 @@ def to_dict(cfg: Any) -> dict:
 
 def save_config(cfg: Config, path: str | Path) -> Path:
     """Write the resolved config as YAML (atomically)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(p.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    tmp.replace(p)
-    return p
+    return atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def field_docs(cls: type = Config, prefix: str = "") -> dict[str, str]:

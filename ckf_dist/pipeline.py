@@ -132,7 +132,7 @@ def run_training(run: Run, force: bool = False) -> dict:
         if state_file.exists() and state_file.read_text() != stage.key:
             log.info("training config changed: discarding old checkpoints in %s", folder)
             run.clear_training()
-        state_file.write_text(stage.key)
+        atomic_write_text(state_file, stage.key)
         launch(run)
         return {"final": str(run.final_weights)}
 

@@ -20,6 +20,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from ckf_dist.config import ConfigError
+from ckf_dist.fsutil import atomic_write_text
 
 
 def device_name(device: str) -> str:
@@ -93,7 +94,7 @@ def write_rows(out_dir: Path, stem: str, rows: Sequence[dict], result: dict[str,
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    json_path.write_text(json.dumps(result, indent=1, default=str))
+    atomic_write_text(json_path, json.dumps(result, indent=1, default=str))
     print(f"wrote {csv_path} and {json_path}")
     return csv_path, json_path
 

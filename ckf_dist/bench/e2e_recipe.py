@@ -17,6 +17,7 @@ from typing import Any, Optional, Sequence
 from ckf_dist.bench.common import load_avg
 from ckf_dist.config import Config, ConfigError, load_config
 from ckf_dist.run import Run
+from ckf_dist.fsutil import atomic_write_text
 
 MARKER = ".ckf_bench"
 """File the bench leaves in its run.dir: only such a run.dir has its training outputs deleted."""
@@ -30,7 +31,7 @@ def claim_run_dir(cfg: Config) -> None:
         raise ConfigError(f"run.dir {d}: holds a training run the bench did not make (it would delete train/ and ray/); "
                           "give the bench its own run.dir")
     d.mkdir(parents=True, exist_ok=True)
-    (d / MARKER).write_text("run.dir of `ckf bench e2e`: train/ and ray/ are deleted before each measurement\n")
+    atomic_write_text(d / MARKER, "run.dir of `ckf bench e2e`: train/ and ray/ are deleted before each measurement\n")
 
 
 def _clean_training(cfg: Config) -> None:

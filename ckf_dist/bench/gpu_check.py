@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from ckf_dist.bench.common import utc_date
+from ckf_dist.fsutil import atomic_write_text
 
 DEFAULT_BUDGET_S = 450
 """All steps together; with the install, `make gpu-check` is meant to fit in 8 minutes."""
@@ -134,7 +135,7 @@ def environment(out: Path) -> dict[str, Any]:
         info["device_name"] = torch.cuda.get_device_name()
         info["device_count"] = torch.cuda.device_count()
         info["capability"] = ".".join(map(str, torch.cuda.get_device_capability()))
-    (out / "environment_info.json").write_text(json.dumps(info, indent=1))
+    atomic_write_text(out / "environment_info.json", json.dumps(info, indent=1))
     print(json.dumps(info, indent=1))
     if torch.version.cuda is None:
         raise StepFailed(f"torch {torch.__version__} is a CPU build: install a CUDA torch into the venv first")
@@ -194,7 +195,7 @@ def run_step(step: Step, out: Path, timeout_s: float) -> dict[str, Any]:
                 rec["status"], rec["error"] = "failed", str(exc)
             except (OSError, ValueError, KeyError, IndexError, ET.ParseError) as exc:
                 rec["status"], rec["error"] = "failed", f"its results are unreadable: {type(exc).__name__}: {exc}"
-    (out / f"{step.name}.json").write_text(json.dumps(rec, indent=1, default=str))
+    atomic_write_text(out / f"{step.name}.json", json.dumps(rec, indent=1, default=str))
     return rec
 
 
@@ -224,8 +225,8 @@ def write_summary(out: Path, records: list[dict[str, Any]], meta: dict[str, Any]
     lines.append("")
     lines.append("Ranges are min/median/max over the benchmark's grid of shapes.")
     path = out / "summary.md"
-    path.write_text("\n".join(lines) + "\n")
-    (out / "summary.json").write_text(json.dumps({"passed": ok, "meta": meta, "steps": records}, indent=1, default=str))
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    atomic_write_text(out / "summary.json", json.dumps({"passed": ok, "meta": meta, "steps": records}, indent=1, default=str))
     return path
 
 

@@ -26,12 +26,13 @@ knows nothing of how the tables were trained nor of the LLM.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
+
+from ckf_dist.fsutil import atomic_write
 
 META_KEY = "ckf_cf"
 
@@ -183,10 +184,7 @@ def save_cf_tables(
     meta.setdefault("dim", int(tensors["user_emb"].shape[1]))
     meta["user_ids"] = [str(x) for x in user_ids]
     meta["item_ids"] = [str(x) for x in item_ids]
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta)})
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta)}))
 
 
 def load_cf_tables(path: str | Path) -> CFTables:

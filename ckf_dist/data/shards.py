@@ -22,7 +22,6 @@ deepspeed launcher.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import math
@@ -31,6 +30,8 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
+
+from ckf_dist.fsutil import atomic_write, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +42,14 @@ def _write_tar(path: Path, samples: list[dict]) -> int:
     """Write one shard atomically; returns its size in bytes."""
     import webdataset as wds
 
-    tmp = path.with_suffix(".tar.tmp")
-    with open(tmp, "wb") as f:
-        with wds.TarWriter(f, encoder=False, mtime=0) as sink:
-            for s in samples:
-                key = s["key"].replace("/", "_").replace(".", "_")
-                sink.write({"__key__": key, "json": json.dumps(s, sort_keys=True).encode()})
-    tmp.replace(path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            with wds.TarWriter(f, encoder=False, mtime=0) as sink:
+                for s in samples:
+                    key = s["key"].replace("/", "_").replace(".", "_")
+                    sink.write({"__key__": key, "json": json.dumps(s, sort_keys=True).encode()})
+
+    atomic_write(path, write)
     return path.stat().st_size
 
 
@@ -101,9 +103,7 @@ def write_shards(
         manifest["splits"][split] = {"samples": len(samples), "tasks": dict(sorted(per_task.items())), "shards": shards}
     if extra:
         manifest.update(extra)
-    tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    tmp.replace(out / MANIFEST)
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2))
     return manifest
 
 
@@ -263,14 +263,3 @@ def sample_stream(
 def read_split(shard_dir: str | Path, split: str) -> list[dict]:
     """All samples of a split, in shard order (evaluation and tests)."""
     return list(sample_stream(shard_urls(shard_dir, split), rank=0, world_size=1))
-
-
-def tar_bytes_of(samples: list[dict]) -> bytes:
-    """Serialise samples as one in-memory shard (tests and tools)."""
-    import webdataset as wds
-
-    buf = io.BytesIO()
-    with wds.TarWriter(buf, encoder=False, mtime=0) as sink:
-        for s in samples:
-            sink.write({"__key__": s["key"].replace("/", "_"), "json": json.dumps(s).encode()})
-    return buf.getvalue()

@@ -15,6 +15,7 @@ from typing import Optional
 
 from ckf_dist.config import Config, load_config, to_dict
 from ckf_dist.run import Run
+from ckf_dist.fsutil import atomic_write_text
 
 COLUMNS = [
     ("ctr", "auc"), ("ctr", "uauc"),
@@ -113,5 +114,5 @@ def cmd_report(args) -> int:
     table = report_markdown(collect(args.runs))
     print(table)
     if args.out:
-        Path(args.out).write_text(table + "\n")
+        atomic_write_text(Path(args.out), table + "\n")
     return 0

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -33,6 +32,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from ckf_dist.config import ALL_TASKS, Config
+from ckf_dist.fsutil import atomic_write
 from ckf_dist.kernels.multi_lora import resolve_backend
 from ckf_dist.modules.inject import inject_multi_lora
 from ckf_dist.modules.meta_net import CFMapper
@@ -163,13 +163,8 @@ class CKFModel(nn.Module):
         """Write the trainable tensors as safetensors (to ``path.tmp``, then renamed)."""
         from safetensors.torch import save_file
 
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
         tensors = {n: t.detach().to("cpu").contiguous() for n, t in self.trainable_named_parameters().items()}
-        tmp = p.with_name(p.name + ".tmp")
-        save_file(tensors, str(tmp), metadata={"format": TRAINABLE_FORMAT})
-        os.replace(tmp, p)
-        return p
+        return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": TRAINABLE_FORMAT}))
 
     def load_trainable(self, path: str | Path) -> None:
         """Load tensors written by :meth:`save_trainable`; names and shapes must match exactly."""

@@ -29,6 +29,7 @@ from typing import Any, Iterable, Optional
 
 from ckf_dist.sweep.grid import TASK_NAMES, Grid, Trial, config_value, finite
 from ckf_dist.run import Run
+from ckf_dist.fsutil import replace_dir, temp_dir_beside
 
 log = logging.getLogger(__name__)
 
@@ -342,8 +343,7 @@ def write_tensorboard(grid: Grid, results: dict, configs: dict[str, Any], tb_roo
         final_step = int(config_value(cfg, "train.steps") or 0) if cfg is not None else 0
         exp, ssi, sei = hparams(hp, {m: flat.get(m, 0.0) for m in metric_tags}, hparam_domain_discrete={"variant": variants})
         dest = tb_root / t["name"]
-        tmp = tb_root / f".{t['name']}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = temp_dir_beside(dest)
         w = SummaryWriter(log_dir=str(tmp))
         try:
             w.file_writer.add_summary(exp)
@@ -356,8 +356,7 @@ def write_tensorboard(grid: Grid, results: dict, configs: dict[str, Any], tb_roo
             w.file_writer.add_summary(sei)
         finally:
             w.close()
-        shutil.rmtree(dest, ignore_errors=True)
-        tmp.rename(dest)
+        replace_dir(tmp, dest)
         written.append(dest)
     names = {t["name"] for t in done}
     for d in tb_root.iterdir():  # runs of trials that are no longer done (or renamed variants)
