@@ -23,7 +23,7 @@ def measure_data_pipeline(cfg: Config, n_batches: int, workers: int, warmup: int
     """The recipe's TrainStream + Collator through its DataLoader, without a model."""
     from ckf_dist.data.shards import load_manifest, shard_urls
     from ckf_dist.models.factory import make_collator
-    from ckf_dist.models.tiny import load_llm
+    from ckf_dist.models.llm import load_llm
     from ckf_dist.data.stream import TrainStream, train_loader
 
     run = Run(cfg)

@@ -17,7 +17,7 @@ from ckf_dist.cf.tables import CFTables, load_cf_tables
 from ckf_dist.config import Config
 from ckf_dist.models.ckf import CKFModel
 from ckf_dist.data.collate import Collator
-from ckf_dist.models.tiny import load_llm
+from ckf_dist.models.llm import load_llm
 
 
 @dataclass

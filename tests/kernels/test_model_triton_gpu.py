@@ -22,7 +22,8 @@ def triton_vs_torch(device: str, tmp_path: Path, dtype: torch.dtype = torch.floa
     """Loss and trainable-parameter gradients of one batch for each backend on `device`."""
     from ckf_dist.models.ckf import CKFModel
     from ckf_dist.data.collate import Collator, batch_to
-    from ckf_dist.models.tiny import init_tiny, load_llm
+    from ckf_dist.models.llm import load_llm
+    from ckf_dist.models.tiny import init_tiny
 
     fx = _model_fixtures()
     tiny = init_tiny(fx.corpus(), fx.small_config(), tmp_path / "llm")

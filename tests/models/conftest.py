@@ -122,7 +122,7 @@ def cf_tables():
 def build_model(tiny_dir, cf_tables):
     """build(cfg=None, random_b=True) -> (CKFModel, tokenizer, cfg); a fresh LLM each call."""
     from ckf_dist.models.ckf import CKFModel
-    from ckf_dist.models.tiny import load_llm
+    from ckf_dist.models.llm import load_llm
 
     def build(cfg=None, random_b=True, seed=0):
         cfg = cfg or small_config()

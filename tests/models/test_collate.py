@@ -7,7 +7,7 @@ import torch
 
 from ckf_dist.config import ALL_TASKS
 from ckf_dist.data.collate import Collator, target_token_ids
-from ckf_dist.models.tiny import load_llm
+from ckf_dist.models.llm import load_llm
 
 PH = "<|cf|>"
 

@@ -6,7 +6,8 @@ import shutil
 import pytest
 import torch
 
-from ckf_dist.models.tiny import ModelDirError, ensure_placeholder, init_tiny, load_llm, train_tokenizer
+from ckf_dist.models.llm import ModelDirError, ensure_placeholder, load_llm
+from ckf_dist.models.tiny import init_tiny, train_tokenizer
 
 PH = "<|cf|>"
 

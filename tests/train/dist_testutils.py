@@ -70,7 +70,7 @@ def shard_tokens(run: Path, overrides: list[str], world_size: int, steps: int) -
     from ckf_dist.config import load_config
     from ckf_dist.data.shards import shard_urls
     from ckf_dist.data.collate import Collator
-    from ckf_dist.models.tiny import load_llm
+    from ckf_dist.models.llm import load_llm
     from ckf_dist.data.stream import TrainStream, train_loader
 
     cfg = load_config(str(ROOT / "configs" / "quickstart.yaml"), [f"run.dir={run}", *overrides])
