@@ -45,7 +45,6 @@ from ckf_dist.train.export import export_peft_adapters
 log = logging.getLogger(__name__)
 
 
-
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the message is one line."""
 
@@ -85,7 +84,6 @@ class CKFRecipe:
             )
 
     def setup(self, resume_from: Optional[Path] = None) -> None:
-
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
         shard_dir = self.run.shards_dir
