@@ -234,6 +234,16 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     return cfg
 
 
+def read_yaml(path: Path, error: type[Exception]) -> Any:
+    """yaml.safe_load of a file; a syntax error raises `error` with one line naming file:line."""
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise error(f"{path}{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+
+
 def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> Config:
     """Defaults <- YAML file <- overrides, then validated."""
     cfg = Config()
@@ -242,12 +252,7 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"{p}: config file not found")
-        try:
-            data = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f":{mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"{p}{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+        data = read_yaml(p, ConfigError)
         from_dict(data or {}, source=str(p), base=cfg)
         source = str(p)
     apply_overrides(cfg, overrides or [])

@@ -30,9 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
 
-from ckf_dist.config import Config, ConfigError, apply_overrides, load_config, parse_override, to_dict
+from ckf_dist.config import Config, ConfigError, apply_overrides, load_config, parse_override, read_yaml, to_dict
 from ckf_dist.run import Run
 
 GRID_KEYS = ("config", "out", "seeds", "overrides", "variants", "metrics", "cpus_per_trial", "gpus_per_trial", "max_concurrent", "description")
@@ -175,12 +174,7 @@ def load_grid(path: str | Path, out: Optional[str | Path] = None) -> Grid:
     src = Path(path)
     if not src.is_file():
         raise GridError(f"{src}: grid file not found")
-    try:
-        data = yaml.safe_load(src.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        raise GridError(f"{src}{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    data = read_yaml(src, GridError)
     if not isinstance(data, dict):
         raise GridError(f"{src}: expected a mapping with keys {', '.join(GRID_KEYS)}")
     for k in data:

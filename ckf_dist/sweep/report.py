@@ -61,9 +61,9 @@ def read_baselines(run_dir: Path) -> Optional[dict]:
     return res if isinstance(res, dict) else None
 
 
-def read_curves(run_dir: Path) -> dict[str, dict[int, float]]:
-    """Validation records of a run: {"ctr/auc": {step: value}} (the last record of a step wins,
-    as after a resume)."""
+def _scalar_series(run_dir: Path, prefix: str = "") -> dict[str, dict[int, float]]:
+    """Finite scalars of run_dir's training log whose name starts with `prefix` (prefix cut off):
+    {name: {step: value}}; the last record of a step wins (as after a resume)."""
     p = Run.at(run_dir).train_log
     out: dict[str, dict[int, float]] = {}
     if not p.is_file():
@@ -73,13 +73,18 @@ def read_curves(run_dir: Path) -> dict[str, dict[int, float]]:
             rec = json.loads(line)
         except ValueError:
             continue
-        step = rec.get("step")
+        step = rec.pop("step", None)
         if not isinstance(step, int):
             continue
         for k, v in rec.items():
-            if k.startswith("eval/") and finite(v) is not None:
-                out.setdefault(k[len("eval/"):], {})[step] = float(v)
+            if k.startswith(prefix) and finite(v) is not None:
+                out.setdefault(k[len(prefix):], {})[step] = float(v)
     return out
+
+
+def read_curves(run_dir: Path) -> dict[str, dict[int, float]]:
+    """Validation records of a run: {"ctr/auc": {step: value}}."""
+    return _scalar_series(run_dir, "eval/")
 
 
 def trial_record(trial: Trial, status: str, error: Optional[str] = None) -> dict:
@@ -366,20 +371,5 @@ def write_tensorboard(grid: Grid, results: dict, configs: dict[str, Any], tb_roo
 
 
 def _mirrored(run_dir: Path) -> dict[str, dict[int, float]]:
-    """Every scalar of run_dir/train/tb/metrics.jsonl: {name: {step: value}}, last one wins."""
-    p = Run.at(run_dir).train_log
-    out: dict[str, dict[int, float]] = {}
-    if not p.is_file():
-        return out
-    for line in p.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        step = rec.pop("step", None)
-        if not isinstance(step, int):
-            continue
-        for k, v in rec.items():
-            if finite(v) is not None:
-                out.setdefault(k, {})[step] = float(v)
-    return out
+    """Every scalar of the run's training log: {name: {step: value}}, last one wins."""
+    return _scalar_series(run_dir)
