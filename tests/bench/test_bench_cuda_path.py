@@ -94,7 +94,8 @@ def test_e2e_cuda_branch_metadata_mfu_and_files(fake_cuda, tmp_path):
     # what `make gpu-check` reads from this file
     nums = e2e_numbers(tmp_path)
     assert nums["tokens_per_s_per_gpu"] == row["tokens_per_s"] and nums["mfu"] == row["mfu"] and raw["mfu"] > 0
-    assert nums["peak_mem_gib"] == 3.0 and nums["target_met"] is False
+    # the verdict follows the measured rate (a timing, so either value is possible here)
+    assert nums["peak_mem_gib"] == 3.0 and nums["target_met"] is (row["tokens_per_s"] >= TARGET_GPU_TOKENS)
 
 
 def test_kernel_bench_cuda_metadata(fake_cuda, monkeypatch, tmp_path):
