@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ __all__ = [
 
 _FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
-SECTIONS = ("data", "cf", "model", "lora", "train", "eval", "dist", "loader")
+SECTIONS = ("data", "cf", "model", "tiny", "lora", "train", "eval", "dist", "loader")
 """Sections with a `problems()` method, checked in this order."""
 
 MOVED = {"train.data_workers": "loader.workers", "train.shuffle_buffer": "loader.shuffle_buffer",
@@ -88,9 +89,15 @@ class Config:
             raise ConfigError(f"{source}: key 'tasks': unknown task {bad[0]!r} (choose from {', '.join(ALL_TASKS)})")
         if not self.tasks:
             raise ConfigError(f"{source}: key 'tasks': at least one task is needed")
-        for t in self.task_mix:
+        if self.seed < 0:
+            raise ConfigError(f"{source}: key 'seed': invalid value {self.seed!r} (a seed is >= 0)")
+        for t, w in self.task_mix.items():
             if t not in ALL_TASKS:
                 raise ConfigError(f"{source}: key 'task_mix.{t}': unknown task")
+            if not (math.isfinite(w) and w >= 0):
+                raise ConfigError(f"{source}: key 'task_mix.{t}': invalid weight {w!r} (finite, >= 0)")
+        if not any(self.task_mix.get(t, 1.0) > 0 for t in self.tasks):
+            raise ConfigError(f"{source}: key 'task_mix': every task of 'tasks' has weight 0; nothing would be trained")
         # each section checks its own fields (and those that depend on each other) beside them
         for name in SECTIONS:
             for key, problem in getattr(self, name).problems()[:1]:

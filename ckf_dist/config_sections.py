@@ -5,6 +5,7 @@ its fields. Import-light (no torch): loaded with :mod:`ckf_dist.config`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
@@ -13,6 +14,15 @@ ALL_TASKS = ("ctr", "topk", "rating", "review_rating", "explanation")
 
 class ConfigError(ValueError):
     """A bad configuration; the message is one line naming the key and its source."""
+
+
+def _pos(x: float) -> bool:
+    """A finite number > 0 (rejects NaN and infinities, which pass a plain comparison or fail it silently)."""
+    return math.isfinite(x) and x > 0
+
+
+def _nonneg(x: float) -> bool:
+    return math.isfinite(x) and x >= 0
 
 
 def _invalid(checks: list[tuple[str, bool, Any]]) -> list[tuple[str, str]]:
@@ -123,7 +133,11 @@ class CFConfig:
     """CF models trained and reported as baselines beside popularity."""
 
     def problems(self) -> list[tuple[str, str]]:
-        out = _invalid([("dim", self.dim >= 1, self.dim), ("weight_decays", len(self.weight_decays) >= 1, self.weight_decays)])
+        out = _invalid([("dim", self.dim >= 1, self.dim),
+                        ("weight_decays", len(self.weight_decays) >= 1 and all(_nonneg(w) for w in self.weight_decays), self.weight_decays),
+                        ("epochs", self.epochs >= 1, self.epochs), ("patience", self.patience >= 1, self.patience),
+                        ("lr", _pos(self.lr), self.lr), ("batch_size", self.batch_size >= 1, self.batch_size),
+                        ("lightgcn_layers", self.lightgcn_layers >= 1, self.lightgcn_layers)])
         out += [("baselines", f"unknown model {n!r} (mf, lightgcn)") for n in self.baselines if n not in ("mf", "lightgcn")][:1]
         return out
 
@@ -154,7 +168,14 @@ class ModelConfig:
     """Special token marking where CF vectors are spliced."""
 
     def problems(self) -> list[tuple[str, str]]:
-        return _invalid([("meta_lambda", 0.0 <= self.meta_lambda <= 1.0, self.meta_lambda)])
+        return _invalid([("meta_lambda", 0.0 <= self.meta_lambda <= 1.0, self.meta_lambda),
+                         ("meta_hidden", self.meta_hidden >= 1, self.meta_hidden),
+                         ("max_length", self.max_length >= MIN_MAX_LENGTH, self.max_length),
+                         ("placeholder_token", bool(self.placeholder_token.strip()), self.placeholder_token)])
+
+
+MIN_MAX_LENGTH = 32
+"""No prompt template fits in fewer tokens: a smaller model.max_length fails before any stage runs."""
 
 
 @dataclass
@@ -175,6 +196,15 @@ class TinyLMConfig:
     """Sequences per pre-training step."""
     pretrain_lr: float = 3e-3
     """Pre-training learning rate."""
+
+    def problems(self) -> list[tuple[str, str]]:
+        return _invalid([("vocab_size", self.vocab_size >= 64, self.vocab_size),
+                         ("hidden_size", self.hidden_size >= 1 and self.hidden_size % max(1, self.num_heads) == 0, self.hidden_size),
+                         ("num_layers", self.num_layers >= 1, self.num_layers), ("num_heads", self.num_heads >= 1, self.num_heads),
+                         ("intermediate_size", self.intermediate_size >= 1, self.intermediate_size),
+                         ("pretrain_steps", self.pretrain_steps >= 0, self.pretrain_steps),
+                         ("pretrain_batch_size", self.pretrain_batch_size >= 1, self.pretrain_batch_size),
+                         ("pretrain_lr", _pos(self.pretrain_lr), self.pretrain_lr)])
 
 
 @dataclass
@@ -199,7 +229,11 @@ class LoRAConfig:
     """false = the shared adapter only (one LoRA for all tasks)."""
 
     def problems(self) -> list[tuple[str, str]]:
-        return _invalid([("shared.r", self.shared.r >= 1, self.shared.r), ("task.r", self.task.r >= 1, self.task.r)])
+        out = []
+        for name, ls in (("shared", self.shared), ("task", self.task)):
+            out += _invalid([(f"{name}.r", ls.r >= 1, ls.r), (f"{name}.alpha", _pos(ls.alpha), ls.alpha),
+                             (f"{name}.dropout", math.isfinite(ls.dropout) and 0.0 <= ls.dropout < 1.0, ls.dropout)])
+        return out
 
 
 @dataclass
@@ -254,7 +288,15 @@ class TrainConfig:
     def problems(self) -> list[tuple[str, str]]:
         return _invalid([
             ("steps", self.steps >= 1, self.steps),
-            ("mapper_lr_scale", self.mapper_lr_scale > 0, self.mapper_lr_scale),
+            ("lr", _pos(self.lr), self.lr),
+            ("eps", _pos(self.eps), self.eps),
+            ("weight_decay", _nonneg(self.weight_decay), self.weight_decay),
+            ("warmup_frac", math.isfinite(self.warmup_frac) and 0.0 <= self.warmup_frac < 1.0, self.warmup_frac),
+            ("grad_clip", _nonneg(self.grad_clip), self.grad_clip),
+            ("log_every", self.log_every >= 1, self.log_every),
+            ("eval_every", self.eval_every >= 0, self.eval_every),
+            ("save_every", self.save_every >= 1, self.save_every),
+            ("mapper_lr_scale", _pos(self.mapper_lr_scale), self.mapper_lr_scale),
             ("curriculum_midpoint", 0.0 < self.curriculum_midpoint <= 1.0, self.curriculum_midpoint),
             ("micro_batch_size", self.micro_batch_size >= 1, self.micro_batch_size),
             ("grad_accum", self.grad_accum >= 1, self.grad_accum),
@@ -295,8 +337,13 @@ class EvalConfig:
     """Cap per task for the validations during training (train.eval_every); 0 = all."""
 
     def problems(self) -> list[tuple[str, str]]:
-        return [(f"task_caps.{t}", f"unknown task or negative cap {cap!r}") for t, cap in self.task_caps.items()
-                if t not in ALL_TASKS or cap < 0][:1]
+        out = _invalid([("batch_size", self.batch_size >= 1, self.batch_size),
+                        ("max_new_tokens", self.max_new_tokens >= 1, self.max_new_tokens),
+                        ("ks", len(self.ks) >= 1 and all(k >= 1 for k in self.ks), self.ks),
+                        ("max_samples_per_task", self.max_samples_per_task >= 0, self.max_samples_per_task),
+                        ("valid_max_samples_per_task", self.valid_max_samples_per_task >= 0, self.valid_max_samples_per_task)])
+        return out + [(f"task_caps.{t}", f"unknown task or negative cap {cap!r}") for t, cap in self.task_caps.items()
+                      if t not in ALL_TASKS or cap < 0][:1]
 
 
 @dataclass

@@ -8,7 +8,8 @@ import yaml
 
 from ckf_dist.config import ALL_TASKS, Config, ConfigError, field_docs, load_config, save_config
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
@@ -113,3 +114,17 @@ def test_moved_keys_name_their_new_place(tmp_path):
 def test_each_section_checks_its_fields(override, key):
     with pytest.raises(ConfigError, match=rf"command line: key '{re.escape(key)}': "):
         load_config(None, [override])
+
+
+@pytest.mark.parametrize("override, key", [
+    ("seed=-1", "seed"), ("train.log_every=0", "train.log_every"), ("train.save_every=0", "train.save_every"),
+    ("eval.batch_size=0", "eval.batch_size"), ("cf.batch_size=0", "cf.batch_size"),
+    ("lora.shared.dropout=1.5", "lora.shared.dropout"), ("train.lr=.nan", "train.lr"), ("train.lr=.inf", "train.lr"),
+    ("model.max_length=4", "model.max_length"), ("tiny.num_heads=3", "tiny.hidden_size"),
+    ("task_mix={ctr: 0, topk: 0, rating: 0, review_rating: 0, explanation: 0}", "task_mix"),
+    ("task_mix={ctr: -1}", "task_mix.ctr"), ("eval.ks=[0]", "eval.ks"), ("cf.weight_decays=[.nan]", "cf.weight_decays"),
+])
+def test_values_that_would_crash_later_fail_up_front(override, key):
+    """Each of these used to pass validation and crash (or hang) after data, CF and LLM stages ran."""
+    with pytest.raises(ConfigError, match=rf"key '{re.escape(key)}'"):
+        load_config(str(ROOT / "configs" / "quickstart.yaml"), [override])
