@@ -168,6 +168,7 @@ class CKFRecipe:
         it = iter(self.loader)
         bar = tqdm(total=total, initial=self.step, desc="train", disable=self.rank != 0 or None, dynamic_ncols=True)
         self._window: list[tuple[int, torch.Tensor, list, list]] = []
+        self._norms: list[tuple[int, object]] = []  # (step, grad norm as the engine returned it), read with the losses
         self._task_sum = torch.zeros(len(ALL_TASKS), dtype=torch.float64, device=self.device)
         self._task_n = [0] * len(ALL_TASKS)
         last: dict = {}
@@ -191,6 +192,8 @@ class CKFRecipe:
                 samples += n_samples
             t2 = time.perf_counter()
             grad_norm = self.engine.step()
+            if grad_norm is not None:  # checked with the losses: a NaN update must never reach a checkpoint
+                self._norms.append((self.step, grad_norm))
             compute_s += time.perf_counter() - t2
             self.step += 1
             meter.add(tokens, samples, wait_s, compute_s)
@@ -230,10 +233,12 @@ class CKFRecipe:
         return tokens, len(batch["keys"])
 
     def _check_finite(self) -> float:
-        """Read the micro-step losses since the last check (one device-to-host read); a
-        non-finite one stops training. Returns the mean loss of the last step (nan if none)."""
-        if not self._window:
-            return float("nan")
+        """Read the micro-step losses and gradient norms since the last check (device-to-host reads
+        here only); a non-finite one stops training before anything is saved. Returns the mean loss
+        of the last step (nan if none)."""
+        empty = not self._window
+        if empty:  # no new loss: only the gradient norms to read
+            self._window.append((self.step, torch.zeros(()), [], []))
         values = torch.stack([w[1].float() for w in self._window]).tolist()
         for (step, _, tasks, keys), v in zip(self._window, values):
             if not math.isfinite(v):
@@ -242,9 +247,16 @@ class CKFRecipe:
                     f"non-finite loss at step {step} (tasks {sorted(set(tasks))}, samples {keys}...; found at step {self.step}, "
                     f"losses read since step {first}); last good checkpoint: {self.latest_checkpoint()}"
                 )
+        if self._norms:  # after the losses: a non-finite loss names its tasks and samples
+            norms = torch.stack([torch.as_tensor(n, dtype=torch.float32).reshape(()) for _, n in self._norms]).tolist()
+            for (step, _), v in zip(self._norms, norms):
+                if not math.isfinite(v):
+                    raise TrainingError(f"non-finite gradient norm at step {step} (found at step {self.step}); the update "
+                                        f"was not saved; last good checkpoint: {self.latest_checkpoint()}")
+            self._norms.clear()
         last = [v for (step, *_), v in zip(self._window, values) if step == self._window[-1][0]]
         self._window.clear()
-        return sum(last) / self.cfg.train.grad_accum
+        return float("nan") if empty else sum(last) / self.cfg.train.grad_accum
 
     def _progress_line(self, scalars: dict, started: tuple[float, int], total: int) -> None:
         """One progress line (step, loss, samples/s, tokens/s, ETA) where no progress bar is drawn

@@ -158,6 +158,38 @@ def test_non_finite_loss_stops_naming_step_and_keeps_checkpoint(run, tmp_path):
     r.cleanup()
 
 
+def test_non_finite_gradient_norm_stops_before_a_nan_checkpoint(run, tmp_path):
+    """A finite loss with a non-finite gradient norm (the update it applies is NaN): training stops
+    naming the step, and the last checkpoint is the one before, with finite weights."""
+    from safetensors.torch import load_file
+
+    from ckf_dist.train.recipe import TrainingError
+
+    d = tmp_path / "nan_grad"
+    clone_run(run, d)
+    r = _recipe(d, "train.save_every=1", "train.log_every=1")
+    r.setup()
+    step = r.engine.step
+
+    def poisoned():
+        norm = step()
+        if r.step == 1:  # the update of step 1: wreck the weights as a NaN gradient would
+            with torch.no_grad():
+                for p in r.model.trainable_parameters():
+                    p.fill_(float("nan"))
+            return float("inf")
+        return norm
+
+    r.engine.step = poisoned
+    with pytest.raises(TrainingError, match=r"non-finite gradient norm at step 1 .*last good checkpoint: .*step-000001"):
+        r.train()
+    r.cleanup()
+    ckpt = r.latest_checkpoint()
+    assert ckpt is not None and ckpt.name == "step-000001"
+    weights = load_file(str(ckpt / "trainable.safetensors"))
+    assert weights and all(torch.isfinite(t).all() for t in weights.values())
+
+
 def test_tasks_missing_from_shards_fail_before_training(run, tmp_path):
     d = tmp_path / "bad"
     clone_run(run, d)
