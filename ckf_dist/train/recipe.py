@@ -237,6 +237,8 @@ class CKFRecipe:
         here only); a non-finite one stops training before anything is saved. Returns the mean loss
         of the last step (nan if none)."""
         empty = not self._window
+        if empty and not self._norms:
+            return float("nan")  # nothing new to read
         if empty:  # no new loss: only the gradient norms to read
             self._window.append((self.step, torch.zeros(()), [], []))
         values = torch.stack([w[1].float() for w in self._window]).tolist()
