@@ -86,7 +86,11 @@ def parse_timestamp(text: object, where: str, bad: BadRecords) -> Optional[int]:
             t = text  # type: ignore[assignment]
         if isinstance(t, bool) or not isinstance(t, (int, float)) or t != t or int(t) != t:
             raise ValueError
-        return int(t)
+        value = int(t)
     except (TypeError, ValueError, OverflowError):
         bad(where, "bad_timestamp", f"timestamp {text!r} is not an integer")
         return None
+    if not -(2**62) <= value < 2**62:  # stored as int64: a 20-digit value is not a time
+        bad(where, "bad_timestamp", f"timestamp {text!r} is out of range")
+        return None
+    return value

@@ -213,3 +213,10 @@ def test_split_keeps_users_without_train_as_new(tmp_path):
     assert groups == {"a": "cold", "b": "new"}
     only_held_out = RecData("handmade", inter.iloc[2:], items_frame(["x"], ["X"]))
     raises_at(lambda: split_dataset(only_held_out, DataConfig(), 0), "handmade", "left no training interaction")
+
+
+def test_csv_timestamp_out_of_int64_range_is_a_bad_record(tmp_path):
+    d = write_csv(tmp_path / "c", ["u1,i1,1,5,,,,", "u1,i2,12345678901234567890,4,,,,", "u1,i3,3,4,,,,"])
+    raises_at(lambda: load_csv(d), "interactions.csv:3:", "timestamp '12345678901234567890' is out of range")
+    data = load_csv(d, on_bad_record="skip")
+    assert data.skipped == {"bad_timestamp": 1} and len(data.interactions) == 2
