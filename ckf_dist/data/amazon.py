@@ -30,10 +30,16 @@ _TAG = re.compile(r"<[^>]+>")
 _SPACE = re.compile(r"\s+")
 
 
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")
+"""Bytes that are not UTF-8, as surrogateescape keeps them (distinct per byte, never merged)."""
+
+
 def _open_text(path: Path) -> IO[str]:
+    # surrogateescape, not replace: "AXX\xffZ" and "AXX\xfeZ" must not become the same id; a line
+    # holding such bytes is a bad record (see load_amazon)
     if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
-    return open(path, encoding="utf-8", errors="replace")
+        return gzip.open(path, "rt", encoding="utf-8", errors="surrogateescape")
+    return open(path, encoding="utf-8", errors="surrogateescape")
 
 
 def _clean(text: object) -> str:
@@ -49,6 +55,8 @@ def _parse_line(line: str) -> object:
     """JSON first; python-literal (2014 metadata) second; raises ValueError when neither parses."""
     try:
         return json.loads(line)
+    except RecursionError:
+        raise ValueError("invalid JSON (nested too deeply)") from None
     except json.JSONDecodeError as e:
         first = e
     try:
@@ -66,6 +74,10 @@ def read_metadata(path: str | Path, bad: BadRecords) -> dict[str, str]:
             if not line.strip():
                 continue
             where = f"{p}:{n}"
+            bad_byte = _NOT_UTF8.search(line)
+            if bad_byte:
+                bad(where, "bad_encoding", f"byte 0x{ord(bad_byte.group()) - 0xDC00:02x} at column {bad_byte.start() + 1} is not UTF-8")
+                continue
             try:
                 rec = _parse_line(line)
             except ValueError as e:
@@ -90,6 +102,10 @@ def load_amazon_json(path: str | Path, meta_path: Optional[str | Path] = None, o
             if not line.strip():
                 continue
             where = f"{p}:{n}"
+            bad_byte = _NOT_UTF8.search(line)
+            if bad_byte:
+                bad(where, "bad_encoding", f"byte 0x{ord(bad_byte.group()) - 0xDC00:02x} at column {bad_byte.start() + 1} is not UTF-8")
+                continue
             try:
                 rec = _parse_line(line)
             except ValueError as e:

@@ -27,8 +27,20 @@ REQUIRED = ("user_id", "item_id", "timestamp")
 OPTIONAL = ("rating", "label", "review", "summary", "split")
 
 
+def _check_utf8(path: Path) -> None:
+    """A byte that is not UTF-8 stops with file:line (the csv module would raise mid-file without one)."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{n}: byte 0x{raw[e.start]:02x} at column {e.start + 1} is not UTF-8 "
+                                "(save the file as UTF-8)") from None
+
+
 def _records(path: Path):
     """(header, iterator of (line number where the record starts, fields)); skips blank lines."""
+    _check_utf8(path)
     f = open(path, encoding="utf-8-sig", newline="")
     reader = csv.reader(f)
 

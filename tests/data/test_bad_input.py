@@ -220,3 +220,27 @@ def test_csv_timestamp_out_of_int64_range_is_a_bad_record(tmp_path):
     raises_at(lambda: load_csv(d), "interactions.csv:3:", "timestamp '12345678901234567890' is out of range")
     data = load_csv(d, on_bad_record="skip")
     assert data.skipped == {"bad_timestamp": 1} and len(data.interactions) == 2
+
+
+def test_csv_non_utf8_byte_names_file_and_line(tmp_path):
+    d = write_csv(tmp_path / "c", ["u1,i1,1,5,,,,", "u1,i2,2,4,,,,"])
+    p = d / "interactions.csv"
+    p.write_bytes(p.read_bytes().replace(b"u1,i2", b"u\xff1,i2"))
+    raises_at(lambda: load_csv(d), "interactions.csv:3:", "byte 0xff at column 2 is not UTF-8")
+
+
+def test_amazon_non_utf8_ids_are_bad_records_never_merged(tmp_path):
+    f = tmp_path / "Reviews_5.json"
+    lines = [review("u1", "i1").encode(), review("AXX-Z", "i1").encode().replace(b"AXX-Z", b"AXX\xffZ"),
+             review("AXX-Z", "i2").encode().replace(b"AXX-Z", b"AXX\xfeZ"), review("u1", "i2").encode()]
+    f.write_bytes(b"\n".join(lines) + b"\n")
+    raises_at(lambda: load_amazon_json(f), "Reviews_5.json:2:", "byte 0xff at column", "is not UTF-8")
+    data = load_amazon_json(f, on_bad_record="skip")
+    assert data.skipped == {"bad_encoding": 2} and sorted(set(data.interactions["user"])) == ["u1"]
+
+
+def test_amazon_deeply_nested_json_is_a_bad_record(tmp_path):
+    f = tmp_path / "Reviews_5.json"
+    f.write_text(review("u1", "i1") + "\n" + "[" * 100000 + "]" * 100000 + "\n" + review("u1", "i2") + "\n")
+    raises_at(lambda: load_amazon_json(f), "Reviews_5.json:2:", "nested too deeply")
+    assert load_amazon_json(f, on_bad_record="skip").skipped == {"bad_json": 1}
