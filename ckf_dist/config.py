@@ -89,6 +89,10 @@ class Config:
             raise ConfigError(f"{source}: key 'tasks': unknown task {bad[0]!r} (choose from {', '.join(ALL_TASKS)})")
         if not self.tasks:
             raise ConfigError(f"{source}: key 'tasks': at least one task is needed")
+        run_dir = Path(self.run.dir)
+        existing = next((q for q in (run_dir, *run_dir.parents) if q.exists()), None)
+        if existing is not None and not existing.is_dir():
+            raise ConfigError(f"{source}: key 'run.dir': {existing} is a file, not a directory")
         if self.seed < 0:
             raise ConfigError(f"{source}: key 'seed': invalid value {self.seed!r} (a seed is >= 0)")
         for t, w in self.task_mix.items():

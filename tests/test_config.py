@@ -128,3 +128,11 @@ def test_values_that_would_crash_later_fail_up_front(override, key):
     """Each of these used to pass validation and crash (or hang) after data, CF and LLM stages ran."""
     with pytest.raises(ConfigError, match=rf"key '{re.escape(key)}'"):
         load_config(str(ROOT / "configs" / "quickstart.yaml"), [override])
+
+
+def test_run_dir_on_a_file_fails_up_front(tmp_path):
+    f = tmp_path / "notes.txt"
+    f.write_text("x")
+    for d in (f, f / "sub"):
+        with pytest.raises(ConfigError, match=rf"key 'run.dir': {re.escape(str(f))} is a file"):
+            load_config(str(ROOT / "configs" / "quickstart.yaml"), [f"run.dir={d}"])
