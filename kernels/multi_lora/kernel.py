@@ -209,7 +209,7 @@ def r_pad(r_t: int, r_sh: int) -> int:
 def _blocks(k: int, n: int) -> tuple[int, int]:
     # NOTE: interpreter cost is per program and per loop iteration, so big tiles are fastest
     # there; on GPU BLOCK_N=128 / BLOCK_K=64 with BLOCK_M=64 is a standard fp16/bf16 GEMM tile.
-    # GPU tuning is owed (no GPU in the session that wrote this).
+    # NOTE: block sizes are not yet tuned on a GPU (BENCHMARKS.md, "GPU: owed").
     block_n = 64 if TRITON_INTERPRETED else 128
     block_k = 64
     block_n = min(block_n, max(16, triton.next_power_of_2(n)))
