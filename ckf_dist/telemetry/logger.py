@@ -127,6 +127,7 @@ class Throughput:
             "perf/data_wait_frac": self.data_wait_s / max(1e-9, self.data_wait_s + self.compute_s),
             "perf/step_s": (self.data_wait_s + self.compute_s) / max(1, self.steps),
             "perf/tokens": float(self.tokens),
+            "perf/samples": float(self.samples),
             "perf/window_s": wall,
         }
         self.tokens = self.samples = self.steps = 0

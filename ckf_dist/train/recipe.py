@@ -273,11 +273,14 @@ class CKFRecipe:
 
     def _log(self, meter, loss, grad_norm, peak_mem, bad_shards) -> dict:
         rates = meter.report(self.world_size)
-        # Sum token/sample rates and counts over ranks; average the rest.
-        keys = ["perf/tokens_per_s", "perf/samples_per_s", "perf/tokens"]
+        # Sum token/sample counts over ranks; the cluster's rates are those sums over this rank's
+        # window (the ranks' windows end at the same collective, so they differ by scheduling only).
+        keys = ["perf/tokens", "perf/samples"]
         summed = self._all_reduce([rates[k] for k in keys] + [loss, float(bad_shards)])
         for k, v in zip(keys, summed):
             rates[k] = v
+        rates["perf/tokens_per_s"] = rates["perf/tokens"] / rates["perf/window_s"]
+        rates["perf/samples_per_s"] = rates["perf/samples"] / rates["perf/window_s"]
         rates["perf/tokens_per_s_per_worker"] = rates["perf/tokens_per_s"] / self.world_size
         self.tokens_total += rates["perf/tokens"]
         rates["perf/tokens_total"] = self.tokens_total
