@@ -2,7 +2,7 @@
 
 Verbs, grouped by stage:
     ckf data prepare  --config FILE [key=value ...]   load, split, build samples, write shards
-    ckf data download movielens-100k|movielens-1m [--dest DIR]
+    ckf data download movielens-100k|movielens-1m|movielens-latest-small|movielens-25m|movielens-32m [--dest DIR]
     ckf cf train      --config FILE [key=value ...]   CF backbone + baselines table
     ckf model init-tiny --config FILE [key=value ...] the embedded tiny LLM
     ckf train         --config FILE [key=value ...]   every stage, end to end
@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ckf_dist.config import ConfigError, field_docs, load_config
+from ckf_dist.data.download import URLS as DOWNLOADS
 from ckf_dist.run import Run
 
 
@@ -68,10 +69,10 @@ def _print_data_summary(run: Run, s: dict) -> None:
 
 
 def cmd_data_download(args) -> int:
-    from ckf_dist.data.download import download
+    from ckf_dist.data.download import FORMAT_OF, download
 
     path = download(args.name, Path(args.dest))
-    print(f"downloaded {args.name} to {path}")
+    print(f"downloaded {args.name} to {path} (data.format={FORMAT_OF[args.name]} data.path={path})")
     return 0
 
 
@@ -183,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.set_defaults(func=cmd_data_prepare)
     p = data.add_parser("download", help="download a public dataset (needs internet)")
-    p.add_argument("name", choices=["movielens-100k", "movielens-1m"])
+    p.add_argument("name", choices=list(DOWNLOADS))
     p.add_argument("--dest", default="data", help="folder to extract into (default: data/)")
     p.set_defaults(func=cmd_data_download)
 

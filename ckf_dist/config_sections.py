@@ -46,8 +46,9 @@ class SyntheticConfig:
 
 @dataclass
 class DataConfig:
-    format: Literal["movielens-100k", "movielens-1m", "amazon-json", "csv", "synthetic"] = "synthetic"
-    """Input format: movielens-100k | movielens-1m | amazon-json | csv | synthetic."""
+    format: Literal["movielens-100k", "movielens-1m", "movielens-latest", "amazon-json", "csv", "synthetic"] = "synthetic"
+    """Input format: movielens-100k | movielens-1m | movielens-latest (ml-latest-small, ml-25m, ml-32m:
+    ratings.csv + movies.csv, half stars) | amazon-json | csv | synthetic."""
     path: Optional[str] = None
     """Dataset folder (or JSON-lines file for amazon-json); unused for synthetic."""
     meta_path: Optional[str] = None
@@ -80,6 +81,9 @@ class DataConfig:
     """Per user, the last `test_per_user` interactions go to test."""
     like_threshold: float = 4.0
     """Ratings >= this are positives (ctr label Yes, liked history, topk positives)."""
+    rating_scale: Optional[list[float]] = None
+    """[lo, hi, step] of the ratings (e.g. [0.5, 5, 0.5] for half stars); null = from the data (the
+    format's scale, or the observed ratings for csv). Rating answers are the nearest level."""
     review_words: int = 100
     """The review_rating prompt keeps the first `review_words` words of the review."""
     title_words: int = 4
@@ -104,6 +108,15 @@ class DataConfig:
             ("valid_per_user", self.valid_per_user >= 0, self.valid_per_user),
             ("test_per_user", self.test_per_user >= 1, self.test_per_user),
         ])
+        if self.rating_scale is not None:
+            from ckf_dist.rating_scale import RatingScale, RatingScaleError
+
+            try:
+                if len(self.rating_scale) != 3:
+                    raise RatingScaleError(f"expected [lo, hi, step], got {self.rating_scale!r}")
+                RatingScale(*(float(v) for v in self.rating_scale))
+            except (RatingScaleError, TypeError, ValueError) as e:
+                out.append(("rating_scale", str(e)))
         if self.format != "synthetic" and not self.path:
             out.append(("path", f"required for data.format={self.format}"))
         return out

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ckf_dist.config import Config, load_config, save_config, to_dict
+from ckf_dist.rating_scale import RatingScale
 from ckf_dist.fsutil import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -201,6 +202,10 @@ class Run:
 
     def item_titles(self) -> list[str]:
         return self.split_meta()["item_titles"]
+
+    def rating_scale(self) -> RatingScale:
+        """The split's rating scale (whole stars 1..5 for splits written before scales were recorded)."""
+        return RatingScale(*self.split_meta().get("rating_scale", [1.0, 5.0, 1.0]))
 
     # ------------------------------------------------------------------ cf
     @property

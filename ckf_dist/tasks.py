@@ -16,11 +16,11 @@ metric computation in ``eval/``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 from ckf_dist.config import ALL_TASKS
+from ckf_dist.rating_scale import DEFAULT_SCALE
 
 # A template takes the task's fields and the placeholder (None = the text-only twin).
 Template = Callable[[dict, Optional[str]], str]
@@ -61,19 +61,21 @@ def topk_template(f: dict, ph: Optional[str]) -> str:
 
 
 def rating_template(f: dict, ph: Optional[str]) -> str:
-    """fields: history (list of (title, rating digit)), title."""
+    """fields: history (list of (title, rating text)), title, scale (RatingScale; default 1..5)."""
+    scale = f.get("scale", DEFAULT_SCALE)
     if f["history"]:
-        hist = "The user rated these items from 1 to 5: " + "; ".join(f'"{t}", rating: {r}' for t, r in f["history"]) + ". "
+        hist = (f"The user rated these items from {scale.range_text()}: "
+                + "; ".join(f'"{t}", rating: {r}' for t, r in f["history"]) + ". ")
     else:
         hist = "The user has not rated any items yet. "
-    return (f"{_user(ph)}{hist}How would the user rate {_item(f['title'], ph)}? "
-            "Answer with one digit from 1 to 5.")
+    return f"{_user(ph)}{hist}How would the user rate {_item(f['title'], ph)}? {scale.instruction()}"
 
 
 def review_rating_template(f: dict, ph: Optional[str]) -> str:
-    """fields: title, review (already cut to data.review_words words)."""
+    """fields: title, review (already cut to data.review_words words), scale (RatingScale; default 1..5)."""
+    scale = f.get("scale", DEFAULT_SCALE)
     return (f"{_user(ph)}The user wrote this review of {_item(f['title'], ph)}: \"{f['review']}\". "
-            "What rating from 1 to 5 did the user give? Answer with one digit from 1 to 5.")
+            f"What rating from {scale.range_text()} did the user give? {scale.instruction()}")
 
 
 def explanation_template(f: dict, ph: Optional[str]) -> str:
@@ -143,11 +145,6 @@ def count_placeholders(prompt: str, placeholder: str) -> int:
 def yes_no(label: float) -> str:
     """ctr answer."""
     return "Yes" if label >= 0.5 else "No"
-
-
-def rating_digit(rating: float) -> str:
-    """rating / review_rating answer: the rating rounded half up, clipped to 1..5."""
-    return str(int(min(5, max(1, math.floor(rating + 0.5)))))
 
 
 def available_tasks(split_data) -> list[str]:

@@ -6,7 +6,8 @@ import pytest
 
 from ckf_dist.config import ALL_TASKS
 from ckf_dist.data.table import SplitData
-from ckf_dist.tasks import TASKS, available_tasks, count_placeholders, rating_digit, render, yes_no
+from ckf_dist.rating_scale import DEFAULT_SCALE, RatingScale
+from ckf_dist.tasks import TASKS, available_tasks, count_placeholders, render, yes_no
 
 PH = "<|cf|>"
 
@@ -64,7 +65,10 @@ def test_empty_history_and_answers():
     prompt, _ = render("ctr", {"history": [], "title": "X"}, PH)
     assert "has not liked any items" in prompt
     assert (yes_no(1.0), yes_no(0.0)) == ("Yes", "No")
-    assert [rating_digit(r) for r in (1.0, 2.5, 3.49, 4.5, 5.0, 0.5, 7)] == ["1", "3", "3", "5", "5", "1", "5"]
+    assert [DEFAULT_SCALE.answer(r) for r in (1.0, 2.5, 3.49, 4.5, 5.0, 0.5, 7)] == ["1", "3", "3", "5", "5", "1", "5"]
+    half = RatingScale(0.5, 5.0, 0.5)
+    assert [half.answer(r) for r in (0.5, 0.74, 0.75, 3.0, 3.5, 4.2, 5.0, 0.1, 9)] == \
+        ["0.5", "0.5", "1", "3", "3.5", "4", "5", "0.5", "5"]
     with pytest.raises(ValueError):
         render("ctr", FIELDS["ctr"], "")
 

@@ -92,7 +92,8 @@ def read_metadata(path: str | Path, bad: BadRecords) -> dict[str, str]:
     return titles
 
 
-def load_amazon_json(path: str | Path, meta_path: Optional[str | Path] = None, on_bad_record: str = "error") -> RecData:
+def load_amazon_json(path: str | Path, meta_path: Optional[str | Path] = None, on_bad_record: str = "error",
+                     bounds: Optional[tuple[float, float]] = (1.0, 5.0)) -> RecData:
     """Reviews file (+ optional metadata) -> RecData with rating, review and summary set."""
     p = require_file(path, "Amazon reviews file")
     bad = BadRecords(on_bad_record)
@@ -118,7 +119,7 @@ def load_amazon_json(path: str | Path, meta_path: Optional[str | Path] = None, o
             if missing:
                 bad(where, "missing_field", f"missing field {missing[0]!r}")
                 continue
-            rating = parse_rating(rec["overall"], where, bad)
+            rating = parse_rating(rec["overall"], where, bad, bounds)
             if rating is None:
                 continue
             ts = parse_timestamp(rec["unixReviewTime"], where, bad)

@@ -1,7 +1,9 @@
 """Fetch a MovieLens release from GroupLens and unpack it atomically.
 
 ``download("movielens-100k", Path("data"))`` -> ``data/ml-100k`` (ready for
-``data.format=movielens-100k data.path=data/ml-100k``). The archive is streamed to a ``.part``
+``data.format=movielens-100k data.path=data/ml-100k``); the current releases
+(``movielens-latest-small``, ``movielens-25m``, ``movielens-32m``) are read with
+``data.format=movielens-latest``. The archive is streamed to a ``.part``
 file with a progress bar, then extracted into a temporary folder beside the destination and
 renamed into place, so an interrupted run never leaves a half-extracted data set that a later
 run would mistake for a complete one. Tests exercise :func:`extract_archive` only (no network).
@@ -20,7 +22,13 @@ from ckf_dist.data.errors import DataError
 URLS = {
     "movielens-100k": "https://files.grouplens.org/datasets/movielens/ml-100k.zip",
     "movielens-1m": "https://files.grouplens.org/datasets/movielens/ml-1m.zip",
+    "movielens-latest-small": "https://files.grouplens.org/datasets/movielens/ml-latest-small.zip",
+    "movielens-25m": "https://files.grouplens.org/datasets/movielens/ml-25m.zip",
+    "movielens-32m": "https://files.grouplens.org/datasets/movielens/ml-32m.zip",
 }
+FORMAT_OF = {"movielens-100k": "movielens-100k", "movielens-1m": "movielens-1m", "movielens-latest-small": "movielens-latest",
+             "movielens-25m": "movielens-latest", "movielens-32m": "movielens-latest"}
+"""The data.format that reads each downloadable release."""
 
 
 def extract_archive(zip_path: str | Path, dest: str | Path) -> Path:
@@ -65,7 +73,7 @@ def extract_archive(zip_path: str | Path, dest: str | Path) -> Path:
 
 
 def download(name: str, dest: str | Path) -> Path:
-    """Download and extract GroupLens `name` (movielens-100k | movielens-1m) under `dest`."""
+    """Download and extract GroupLens `name` (a key of URLS) under `dest`."""
     if name not in URLS:
         raise DataError(f"unknown dataset {name!r} (downloadable: {', '.join(URLS)})")
     from tqdm import tqdm

@@ -10,6 +10,7 @@ empty after skipping is always an error: there is nothing sensible to continue w
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from pathlib import Path
 from typing import Optional
@@ -63,15 +64,20 @@ class BadRecords:
             log.warning("%s: skipped %d bad record(s) (%s)", name, total, detail)
 
 
-def parse_rating(text: object, where: str, bad: BadRecords) -> Optional[float]:
-    """A rating in 1..5, or None after reporting the record to `bad`."""
+def parse_rating(text: object, where: str, bad: BadRecords,
+                 scale: Optional[tuple[float, float]] = (1.0, 5.0)) -> Optional[float]:
+    """A rating within `scale` (lo, hi; None = any finite number), or None after reporting the
+    record to `bad`."""
     try:
         r = float(text)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         bad(where, "bad_rating", f"rating {text!r} is not a number")
         return None
-    if not 1.0 <= r <= 5.0:  # also rejects NaN
-        bad(where, "bad_rating", f"rating {text!r} outside 1..5")
+    if not math.isfinite(r):
+        bad(where, "bad_rating", f"rating {text!r} is not a finite number")
+        return None
+    if scale is not None and not scale[0] - 1e-9 <= r <= scale[1] + 1e-9:
+        bad(where, "bad_rating", f"rating {text!r} outside {scale[0]:g}..{scale[1]:g}")
         return None
     return r
 

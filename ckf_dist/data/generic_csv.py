@@ -38,7 +38,7 @@ def _check_utf8(path: Path) -> None:
                                 "(save the file as UTF-8)") from None
 
 
-def _records(path: Path):
+def csv_records(path: Path):
     """(header, iterator of (line number where the record starts, fields)); skips blank lines."""
     _check_utf8(path)
     f = open(path, encoding="utf-8-sig", newline="")
@@ -88,7 +88,7 @@ def _parse_label(text: str, where: str, bad: BadRecords) -> Optional[float]:
 
 
 def _read_items(path: Path, bad: BadRecords) -> tuple[list[str], list[str], list[str]]:
-    header, rows = _records(path)
+    header, rows = csv_records(path)
     for c in ("item_id", "title"):
         if c not in header:
             raise DataError(f"{path}:1: missing column {c!r} (have {', '.join(header)})")
@@ -114,8 +114,9 @@ def _read_items(path: Path, bad: BadRecords) -> tuple[list[str], list[str], list
     return ids, titles, descs
 
 
-def load_csv(folder: str | Path, on_bad_record: str = "error") -> RecData:
-    """``interactions.csv`` + ``items.csv`` in `folder` -> RecData (split column kept when filled)."""
+def load_csv(folder: str | Path, on_bad_record: str = "error", bounds: Optional[tuple[float, float]] = None) -> RecData:
+    """``interactions.csv`` + ``items.csv`` in `folder` -> RecData (split column kept when filled);
+    ratings outside `bounds` (lo, hi: data.rating_scale) are bad records, any finite one without."""
     folder = Path(folder)
     bad = BadRecords(on_bad_record)
     inter_path = require_file(folder / "interactions.csv", "interactions file")
@@ -123,7 +124,7 @@ def load_csv(folder: str | Path, on_bad_record: str = "error") -> RecData:
     item_ids, titles, descs = _read_items(items_path, bad)
     known_items = set(item_ids)
 
-    header, rows = _records(inter_path)
+    header, rows = csv_records(inter_path)
     for c in REQUIRED:
         if c not in header:
             raise DataError(f"{inter_path}:1: missing column {c!r} (have {', '.join(header)})")
@@ -154,7 +155,7 @@ def load_csv(folder: str | Path, on_bad_record: str = "error") -> RecData:
             bad(where, "missing_rating", "neither rating nor label given")
             continue
         if r_text or "label" not in pos:
-            r = parse_rating(r_text, where, bad)
+            r = parse_rating(r_text, where, bad, bounds)
             if r is None:
                 continue
             rating = r

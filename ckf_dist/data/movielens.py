@@ -1,9 +1,11 @@
-"""MovieLens loaders (GroupLens 100K and 1M) -> RecData.
+"""MovieLens loaders (GroupLens 100K, 1M and the current "latest" releases) -> RecData.
 
-Both releases are explicit ratings 1..5 with no text: ``rating`` is set, ``label`` is NaN,
-reviews and summaries are "". Titles come from the item file (latin-1), genres become the
-item description. Files are parsed line by line so a bad record is reported with its line
-number (``u.data:17: expected 4 tab-separated fields, got 3``) or skipped and counted.
+100K and 1M are explicit ratings 1..5; the current releases (ml-latest-small, ml-25m, ml-32m:
+``ratings.csv`` + ``movies.csv`` with headers, UTF-8, CSV quoting) rate 0.5..5.0 in half stars.
+None has review text: ``rating`` is set, ``label`` is NaN, reviews and summaries are "". Titles
+come from the item file, genres become the item description. A file that is entirely valid is
+read vectorised; otherwise it is parsed record by record so a bad record is reported with its
+line number (``u.data:17: expected 4 tab-separated fields, got 3``) or skipped and counted.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ckf_dist.data.errors import BadRecords, DataError, parse_rating, parse_timestamp, require_file
+from ckf_dist.data.generic_csv import csv_records
 from ckf_dist.data.table import RecData, interactions_frame, items_frame
 
 ML100K_GENRES = [
@@ -35,7 +38,10 @@ def _lines(path: Path):
                 yield n, line
 
 
-def _fast_ratings(path: Path, sep: str, known_items: set[str]) -> Optional[dict[str, list]]:
+Bounds = Optional[tuple[float, float]]
+
+
+def _fast_ratings(path: Path, sep: str, known_items: set[str], bounds: Bounds) -> Optional[dict[str, list]]:
     """Vectorised read of a ratings file that is entirely valid; None at the first doubt.
 
     The line-by-line reader below is the reference (exact line numbers, skip counts); this path
@@ -56,15 +62,16 @@ def _fast_ratings(path: Path, sep: str, known_items: set[str]) -> Optional[dict[
     user, item = df[0].str.strip(), df[1].str.strip()
     rating = df[2].to_numpy(dtype=np.float64)
     ok = ((user.str.len() > 0).all() and (item.str.len() > 0).all() and item.isin(known_items).all()
-          and ((rating >= 1) & (rating <= 5)).all())
+          and np.isfinite(rating).all() and (bounds is None or ((rating >= bounds[0]) & (rating <= bounds[1])).all()))
     if not ok:
         return None
     return {"user": user.tolist(), "item": item.tolist(), "timestamp": df[3].tolist(), "rating": rating.tolist()}
 
 
-def _read_ratings(path: Path, sep: str, sep_name: str, bad: BadRecords, known_items: set[str]) -> dict[str, list]:
+def _read_ratings(path: Path, sep: str, sep_name: str, bad: BadRecords, known_items: set[str],
+                  bounds: Bounds) -> dict[str, list]:
     """Ratings of known items; bad records reported with their line (see _fast_ratings for valid files)."""
-    fast = _fast_ratings(path, sep, known_items)
+    fast = _fast_ratings(path, sep, known_items, bounds)
     if fast is not None:
         return fast
     cols: dict[str, list] = {"user": [], "item": [], "timestamp": [], "rating": []}
@@ -81,7 +88,7 @@ def _read_ratings(path: Path, sep: str, sep_name: str, bad: BadRecords, known_it
         if item not in known_items:
             bad(where, "unknown_item", f"item {item!r} is not in the item file")
             continue
-        rating = parse_rating(parts[2], where, bad)
+        rating = parse_rating(parts[2], where, bad, bounds)
         if rating is None:
             continue
         ts = parse_timestamp(parts[3], where, bad)
@@ -145,7 +152,7 @@ def _read_users(path: Path, sep: str, columns: list[str], bad: BadRecords) -> Op
     return pd.DataFrame(rows, columns=columns)
 
 
-def load_movielens_100k(folder: str | Path, on_bad_record: str = "error") -> RecData:
+def load_movielens_100k(folder: str | Path, on_bad_record: str = "error", bounds: Bounds = (1.0, 5.0)) -> RecData:
     """MovieLens 100K: ``u.data`` (tab-separated), ``u.item`` ('|', latin-1), optional ``u.user``."""
     folder = Path(folder)
     bad = BadRecords(on_bad_record)
@@ -156,18 +163,117 @@ def load_movielens_100k(folder: str | Path, on_bad_record: str = "error") -> Rec
         return [g for g, flag in zip(ML100K_GENRES, parts[5:]) if flag.strip() == "1" and g != "unknown"]
 
     ids, titles, descs, seen = _read_items(item_path, "|", 5 + len(ML100K_GENRES), genres, bad)
-    cols = _read_ratings(data_path, "\t", "tab", bad, seen)
+    cols = _read_ratings(data_path, "\t", "tab", bad, seen, bounds)
     users = _read_users(folder / "u.user", "|", ["user", "age", "gender", "occupation", "zip"], bad)
     return _finish("movielens-100k", data_path, cols, items_frame(ids, titles, descs), users, bad)
 
 
-def load_movielens_1m(folder: str | Path, on_bad_record: str = "error") -> RecData:
+def load_movielens_1m(folder: str | Path, on_bad_record: str = "error", bounds: Bounds = (1.0, 5.0)) -> RecData:
     """MovieLens 1M: ``ratings.dat``, ``movies.dat``, optional ``users.dat``; '::'-separated, latin-1."""
     folder = Path(folder)
     bad = BadRecords(on_bad_record)
     data_path = require_file(folder / "ratings.dat", "MovieLens-1M ratings file")
     item_path = require_file(folder / "movies.dat", "MovieLens-1M movies file")
     ids, titles, descs, seen = _read_items(item_path, "::", 3, lambda parts: [g for g in parts[2].split("|") if g], bad)
-    cols = _read_ratings(data_path, "::", "'::'", bad, seen)
+    cols = _read_ratings(data_path, "::", "'::'", bad, seen, bounds)
     users = _read_users(folder / "users.dat", "::", ["user", "gender", "age", "occupation", "zip"], bad)
     return _finish("movielens-1m", data_path, cols, items_frame(ids, titles, descs), users, bad)
+
+
+LATEST_RATINGS = ["userId", "movieId", "rating", "timestamp"]
+LATEST_MOVIES = ["movieId", "title", "genres"]
+LATEST_MOVIES_FILE = "movies.csv"
+
+
+def _header_check(path: Path, header: list[str], need: list[str]) -> dict[str, int]:
+    missing = [c for c in need if c not in header]
+    if missing:
+        raise DataError(f"{path}:1: missing column {missing[0]!r} (have {', '.join(header)})")
+    return {c: header.index(c) for c in need}
+
+
+def _latest_movies(path: Path, bad: BadRecords) -> tuple[list[str], list[str], list[str]]:
+    header, rows = csv_records(path)
+    pos = _header_check(path, header, LATEST_MOVIES)
+    ids, titles, descs, seen = [], [], [], set()
+    for n, row in rows:
+        where = f"{path}:{n}"
+        if len(row) != len(header):
+            bad(where, "wrong_field_count", f"expected {len(header)} comma-separated fields, got {len(row)}")
+            continue
+        item, title = row[pos["movieId"]].strip(), row[pos["title"]].strip()
+        if not item or not title:
+            bad(where, "missing_title", "empty movieId or title")
+            continue
+        if item in seen:
+            bad(where, "duplicate_item", f"item {item!r} listed twice")
+            continue
+        seen.add(item)
+        genres = [g for g in row[pos["genres"]].split("|") if g and g != "(no genres listed)"]
+        ids.append(item)
+        titles.append(title)
+        descs.append(", ".join(genres))
+    return ids, titles, descs
+
+
+def _fast_latest_ratings(path: Path, known_items: set[str], bounds: Bounds) -> Optional[dict[str, list]]:
+    """Vectorised read of a ratings.csv on which the record reader would report nothing; else None."""
+    try:
+        df = pd.read_csv(path, dtype={"userId": str, "movieId": str, "rating": np.float64, "timestamp": np.int64},
+                         keep_default_na=False, engine="c", encoding="utf-8")
+    except (ValueError, OverflowError, UnicodeDecodeError, pd.errors.ParserError):
+        return None
+    if list(df.columns[:4]) != LATEST_RATINGS or df.shape[1] != 4 or df.isna().any().any():
+        return None
+    user, item = df["userId"].str.strip(), df["movieId"].str.strip()
+    rating = df["rating"].to_numpy(dtype=np.float64)
+    ok = ((user.str.len() > 0).all() and (item.str.len() > 0).all() and item.isin(known_items).all()
+          and np.isfinite(rating).all() and (bounds is None or ((rating >= bounds[0]) & (rating <= bounds[1])).all()))
+    if not ok:
+        return None
+    return {"user": user.tolist(), "item": item.tolist(), "timestamp": df["timestamp"].tolist(), "rating": rating.tolist()}
+
+
+def _latest_ratings(path: Path, known_items: set[str], bounds: Bounds, bad: BadRecords) -> dict[str, list]:
+    fast = _fast_latest_ratings(path, known_items, bounds)
+    if fast is not None:
+        return fast
+    header, rows = csv_records(path)
+    pos = _header_check(path, header, LATEST_RATINGS)
+    cols: dict[str, list] = {"user": [], "item": [], "timestamp": [], "rating": []}
+    for n, row in rows:
+        where = f"{path}:{n}"
+        if len(row) != len(header):
+            bad(where, "wrong_field_count", f"expected {len(header)} comma-separated fields, got {len(row)}")
+            continue
+        user, item = row[pos["userId"]].strip(), row[pos["movieId"]].strip()
+        if not user or not item:
+            bad(where, "missing_id", "empty userId or movieId")
+            continue
+        if item not in known_items:
+            bad(where, "unknown_item", f"item {item!r} is not in {LATEST_MOVIES_FILE}")
+            continue
+        rating = parse_rating(row[pos["rating"]], where, bad, bounds)
+        if rating is None:
+            continue
+        ts = parse_timestamp(row[pos["timestamp"]], where, bad)
+        if ts is None:
+            continue
+        cols["user"].append(user)
+        cols["item"].append(item)
+        cols["rating"].append(rating)
+        cols["timestamp"].append(ts)
+    return cols
+
+
+def load_movielens_latest(folder: str | Path, on_bad_record: str = "error", bounds: Bounds = (0.5, 5.0)) -> RecData:
+    """A current GroupLens release (ml-latest-small, ml-25m, ml-32m): ``ratings.csv`` (userId,
+    movieId, rating in half stars 0.5..5.0, timestamp) and ``movies.csv`` (movieId, title, genres
+    separated by '|'); the other files of the release are not read."""
+    folder = Path(folder)
+    bad = BadRecords(on_bad_record)
+    data_path = require_file(folder / "ratings.csv", "MovieLens ratings file")
+    item_path = require_file(folder / LATEST_MOVIES_FILE, "MovieLens movies file")
+    ids, titles, descs = _latest_movies(item_path, bad)
+    cols = _latest_ratings(data_path, set(ids), bounds, bad)
+    return _finish(f"movielens-{folder.name}", data_path, cols, items_frame(ids, titles, descs), None, bad)

@@ -70,7 +70,6 @@ from ckf_dist.tasks import (
     available_tasks,
     count_placeholders,
     missing_requirement,
-    rating_digit,
     render,
     yes_no,
 )
@@ -88,7 +87,7 @@ SPLIT_LEVEL = {"train": 0, "valid": 1, "test": 2, "serve": 2}
 class _User:
     """One user's interactions in time order, as arrays (positions index into these)."""
 
-    __slots__ = ("u", "i", "ts", "level", "split", "pos", "rating", "digit", "review", "summary", "has_review",
+    __slots__ = ("u", "i", "ts", "level", "split", "pos", "rating", "rating_text", "review", "summary", "has_review",
                  "has_summary", "liked", "rated", "seen")
 
     def __init__(self, u: int, rows: dict[str, np.ndarray]):
@@ -99,7 +98,7 @@ class _User:
         self.level = np.array([SPLIT_LEVEL[x] for x in self.split], dtype=np.int64)
         self.pos = rows["pos"]
         self.rating = rows["rating"]
-        self.digit = rows["digit"]
+        self.rating_text = rows["rating_text"]
         self.review = rows["review"]
         self.summary = rows["summary"]
         self.has_review = rows["has_review"]
@@ -125,6 +124,7 @@ class _Builder:
         self.d = cfg.data
         self.ph = cfg.model.placeholder_token
         self.titles = sd.item_titles
+        self.scale = sd.scale
         self.num_items = sd.num_items
         self.groups = sd.user_groups()
         self.counts = counts
@@ -238,10 +238,10 @@ class _Builder:
         for p in positions:
             at = user.history(p, split, self.d.history_len, user.rated)
             hist = user.i[at].tolist()
-            fields = {"history": [(self.titles[h], d) for h, d in zip(hist, user.digit[at].tolist())],
-                      "title": self.titles[int(user.i[p])]}
+            fields = {"history": [(self.titles[h], d) for h, d in zip(hist, user.rating_text[at].tolist())],
+                      "title": self.titles[int(user.i[p])], "scale": self.scale}
             r = float(user.rating[p])
-            out.append(self.sample(split, "rating", user, len(out), [int(user.i[p])], hist, fields, rating_digit(r), r))
+            out.append(self.sample(split, "rating", user, len(out), [int(user.i[p])], hist, fields, self.scale.answer(r), r))
         return out
 
     def review_rating(self, split: str, user: _User, positions: list[int]) -> list[dict]:
@@ -249,10 +249,10 @@ class _Builder:
         for p in positions:
             hist = user.i[user.history(p, split, self.d.history_len)].tolist()
             review = " ".join(str(user.review[p]).split()[: self.d.review_words])
-            fields = {"title": self.titles[int(user.i[p])], "review": review}
+            fields = {"title": self.titles[int(user.i[p])], "review": review, "scale": self.scale}
             r = float(user.rating[p])
             out.append(self.sample(split, "review_rating", user, len(out), [int(user.i[p])], hist, fields,
-                                   rating_digit(r), r))
+                                   self.scale.answer(r), r))
         return out
 
     def explanation(self, split: str, user: _User, positions: list[int]) -> list[dict]:
@@ -310,19 +310,13 @@ def protocol_of(cfg: Config, sd: SplitData) -> dict:
     out = {"split": sd.protocol, "ctr_negatives": resolve_ctr_negatives(d, sd), "like_threshold": d.like_threshold,
            "history_len": d.history_len, "topk_candidates": d.topk_candidates,
            "topk_score": "mean log-prob per answer token; hr@1 = greedy exact title",
-           "rating_score": "expected value over digits 1..5 (mae/rmse); greedy digit (mae_greedy/rmse_greedy)",
+           "rating_scale": list(sd.rating_scale),
+           "rating_score": "expected value over the scale's levels (mae/rmse); most likely level (mae_greedy/rmse_greedy)",
            "cold_threshold": d.cold_threshold, "samples_per_user": d.samples_per_user,
            "eval_max_samples_per_task": cfg.eval.max_samples_per_task, "eval_task_caps": dict(cfg.eval.task_caps)}
     if sd.protocol == "global_time":
         out["split_fractions"] = list(d.split_fractions)
     return out
-
-
-def _digits(rating: np.ndarray) -> np.ndarray:
-    """Vectorised rating_digit ("" where the rating is NaN), object [n]."""
-    d = np.clip(np.floor(np.nan_to_num(rating, nan=0.0) + 0.5), 1, 5).astype(int).astype(str).astype(object)
-    d[np.isnan(rating)] = ""
-    return d
 
 
 def _users(sd: SplitData) -> list[_User]:
@@ -336,7 +330,7 @@ def _users(sd: SplitData) -> list[_User]:
         "split": inter["split"].to_numpy(dtype=object).astype(str),
         "pos": inter["pos"].to_numpy(dtype=np.float64),
         "rating": inter["rating"].to_numpy(dtype=np.float64),
-        "digit": _digits(inter["rating"].to_numpy(dtype=np.float64)),
+        "rating_text": sd.scale.answer_texts(inter["rating"].to_numpy(dtype=np.float64)),
         "review": inter["review"].to_numpy(dtype=object),
         "summary": inter["summary"].to_numpy(dtype=object),
         "has_review": (inter["review"].str.strip().str.len() > 0).to_numpy(dtype=bool),
@@ -401,7 +395,8 @@ def _serving_user(sd: SplitData, u: int) -> _User:
     sub = sd.inter[sd.inter["u"] == u].copy()
     sub["split"] = "train"
     view = SplitData(name=sd.name, inter=sub, user_ids=sd.user_ids, item_ids=sd.item_ids,
-                     item_titles=sd.item_titles, item_text=sd.item_text, cold_threshold=sd.cold_threshold)
+                     item_titles=sd.item_titles, item_text=sd.item_text, cold_threshold=sd.cold_threshold,
+                     rating_scale=sd.rating_scale)
     users = _users(view)
     if not users:
         raise DataError(f"user {sd.user_ids[u]!r} has no interactions")

@@ -262,4 +262,5 @@ def split_dataset(data: RecData, cfg: DataConfig, seed: int) -> SplitData:
         cold_threshold=cfg.cold_threshold,
         skipped={k: int(v) for k, v in sorted(skipped.items())},
         protocol=protocol,
+        rating_scale=list(data.rating_scale or [1.0, 5.0, 1.0]),
     )

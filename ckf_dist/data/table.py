@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ckf_dist.fsutil import atomic_write, atomic_write_text
+from ckf_dist.rating_scale import RatingScale
 
 # Columns of RecData.interactions. `rating` and `label` are float with NaN where absent;
 # `review`/`summary` are "" where absent; `split` is "" unless the source fixes it.
@@ -39,6 +40,8 @@ class RecData:
     """Optional user metadata: a `user` column plus free attributes."""
     skipped: dict[str, int] = field(default_factory=dict)
     """Bad records skipped under data.on_bad_record=skip: reason -> count."""
+    rating_scale: Optional[list[float]] = None
+    """[lo, hi, step] of the ratings (set by the loader; see ckf_dist.rating_scale)."""
 
     @property
     def has_rating(self) -> bool:
@@ -75,6 +78,12 @@ class SplitData:
     """Bad records skipped while loading: reason -> count."""
     protocol: str = "leave_last"
     """The split protocol that produced `split` (leave_last | global_time | column)."""
+    rating_scale: list[float] = field(default_factory=lambda: [1.0, 5.0, 1.0])
+    """[lo, hi, step] of the ratings: rating answers are its levels (ckf_dist.rating_scale)."""
+
+    @property
+    def scale(self) -> RatingScale:
+        return RatingScale(*self.rating_scale)
 
     @property
     def num_users(self) -> int:
@@ -126,6 +135,7 @@ class SplitData:
             "cold_threshold": self.cold_threshold,
             "skipped": self.skipped,
             "protocol": self.protocol,
+            "rating_scale": self.rating_scale,
         }
         atomic_write_text(folder / "meta.json", json.dumps(meta))
 

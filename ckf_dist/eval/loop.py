@@ -5,8 +5,11 @@ Per task (the CKF paper, arXiv 2410.20642), on the model's own predictions:
 - topk: every candidate title scored by its mean log-probability per answer token (target tokens
   and EOS; a sum would favour short titles) -> HR@k, NDCG@k; HR@1 by greedy decoding and exact
   title match (LLaRA's protocol);
-- rating, review_rating: expected value over the digit tokens 1..5 at the first answer token
-  (the headline MAE/RMSE) and the greedy digit (`mae_greedy`, `rmse_greedy`);
+- rating, review_rating: expected value over the rating scale's levels (the headline MAE/RMSE) and
+  the most likely level (`mae_greedy`, `rmse_greedy`). On whole-star scales (1..5) each level is
+  one digit token, scored at the first answer token; on others (half stars: "3.5") each level's
+  probability is that of its whole answer (tokens and EOS, one KV-cached prompt pass), normalised
+  over the levels;
 - explanation: greedy generation -> BLEU-4, ROUGE-1/2/L.
 Metrics come from the pure functions of :mod:`ckf_dist.eval.metrics`, with the warm / cold / new user groups.
 """
@@ -23,9 +26,9 @@ from ckf_dist.config import ALL_TASKS, Config
 from ckf_dist.eval.metrics import task_metrics
 from ckf_dist.eval.selection import eval_cap, select
 from ckf_dist.fsutil import atomic_write_text
+from ckf_dist.rating_scale import DEFAULT_SCALE, RatingScale
 from ckf_dist.data.collate import batch_to, target_token_ids
 
-DIGITS = ("1", "2", "3", "4", "5")
 
 
 def _first_ids(tokenizer, words: Sequence[str]) -> list[int]:
@@ -43,12 +46,17 @@ def _batches(items: list, size: int):
 class Evaluator:
     """Scores samples with a CKF model; one instance serves validation, `ckf eval` and `recommend`."""
 
-    def __init__(self, model, collator, cfg: Config, titles: list[str], device: torch.device | str = "cpu"):
+    def __init__(self, model, collator, cfg: Config, titles: list[str], device: torch.device | str = "cpu",
+                 scale: RatingScale = DEFAULT_SCALE):
         self.model, self.collator, self.cfg, self.titles = model, collator, cfg, titles
         self.device = torch.device(device)
         tok = collator.tok
         self.yes_id, self.no_id = _first_ids(tok, ["Yes", "No"])
-        self.digit_ids = _first_ids(tok, DIGITS)
+        self.levels = torch.tensor(scale.levels, dtype=torch.float32, device=self.device)
+        self.level_tokens = [target_token_ids(tok, a) for a in scale.answers]
+        # one distinct token per level: the first answer token decides (no candidate pass needed)
+        self.level_ids = ([t[0] for t in self.level_tokens] if all(len(t) == 1 for t in self.level_tokens)
+                          and len({t[0] for t in self.level_tokens}) == len(self.level_tokens) else None)
         self.bs = cfg.eval.batch_size
 
     def _batch(self, samples: list[dict]) -> dict:
@@ -65,14 +73,18 @@ class Evaluator:
         return out
 
     def rating(self, samples: list[dict]) -> tuple[list[float], list[float]]:
-        """(expected-value predictions, greedy-digit predictions)."""
+        """(expected-value predictions, most-likely-level predictions) over the rating scale."""
         expected, greedy = [], []
-        values = torch.arange(1, 6, dtype=torch.float32, device=self.device)
         for chunk in _batches(samples, self.bs):
-            logits = self.model.answer_logits(self._batch(chunk))[:, self.digit_ids].float()
+            batch = self._batch(chunk)
+            if self.level_ids is not None:
+                logits = self.model.answer_logits(batch)[:, self.level_ids].float()
+            else:
+                rows = self.model.candidate_logprobs(batch, [self.level_tokens] * len(chunk))
+                logits = torch.tensor([[total for total, _ in row] for row in rows], dtype=torch.float32, device=self.device)
             p = torch.softmax(logits, dim=-1)
-            expected += (p * values).sum(-1).tolist()
-            greedy += (logits.argmax(-1) + 1).float().tolist()
+            expected += (p * self.levels).sum(-1).tolist()
+            greedy += self.levels[logits.argmax(-1)].tolist()
         return expected, greedy
 
     def candidate_scores(self, samples: list[dict]) -> list[list[float]]:

@@ -24,7 +24,7 @@ def load_trained(run: Run, device: str = "cpu") -> Evaluator:
     model, collator = built.model, built.eval_collator
     model.load_trainable(final)
     model.eval()
-    return Evaluator(model, collator, run.cfg, run.item_titles(), device)
+    return Evaluator(model, collator, run.cfg, run.item_titles(), device, run.rating_scale())
 
 
 def evaluate_run(run: Run, split: str = "test", device: str = "cpu") -> dict:

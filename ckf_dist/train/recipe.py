@@ -308,7 +308,8 @@ class CKFRecipe:
 
     # ------------------------------------------------------------------ validate
     def evaluator(self):
-        return Evaluator(self.model, self.eval_collator, self.cfg, self.run.item_titles(), self.device)
+        return Evaluator(self.model, self.eval_collator, self.cfg, self.run.item_titles(), self.device,
+                         self.run.rating_scale())
 
     def validate(self, split: str = "valid") -> dict:
         """Evaluate on rank 0 (others wait); logs `eval/<task>/<metric>`."""

@@ -2,6 +2,8 @@
 
 import zipfile
 
+from pathlib import Path
+
 import pytest
 
 from ckf_dist.data.download import URLS, download, extract_archive
@@ -43,7 +45,9 @@ def test_extract_refuses_unsafe_and_broken(tmp_path):
 
 
 def test_download_known_names_and_existing_folder(tmp_path):
-    assert set(URLS) == {"movielens-100k", "movielens-1m"}
+    assert set(URLS) == {"movielens-100k", "movielens-1m", "movielens-latest-small", "movielens-25m", "movielens-32m"}
+    # each release unpacks to the folder its data.format reads
+    assert {Path(u).stem for u in URLS.values()} == {"ml-100k", "ml-1m", "ml-latest-small", "ml-25m", "ml-32m"}
     with pytest.raises(DataError, match="unknown dataset"):
         download("netflix", tmp_path)
     (tmp_path / "ml-1m").mkdir()

@@ -400,3 +400,22 @@ def test_evaluate_applies_the_per_task_cap(tok):
     assert out["uauc_users"] == 2  # two whole users, each with its positive and negative
     scored = [k for name, _, keys in model.calls if name == "yes_probability" for k in keys]
     assert scored == [s["key"] for s in chosen]
+
+
+def test_half_star_rating_scores_each_level_by_its_whole_answer(tok):
+    """On a scale whose levels are not one token each ("0.5", "1.5"), a level's probability is that
+    of its whole answer (tokens + EOS), normalised over the levels."""
+    from ckf_dist.rating_scale import RatingScale
+
+    scale = RatingScale(0.5, 2.0, 0.5)
+    totals = {"0.5": -3.0, "1": -1.0, "1.5": -2.0, "2": -4.0}  # log P(answer tokens + EOS)
+    s = _sample("rating", 40, 0, "warm", target="1.5", label=1.5)
+    per_token = {(s["key"], a): t / (len(target_token_ids(tok, a)) + 1) for a, t in totals.items()}
+    cfg = _cfg()
+    ev = Evaluator(FakeModel(tok, per_token=per_token), Collator(tok, cfg, tok.convert_tokens_to_ids(PH), text_twin=False),
+                   cfg, TITLES, scale=scale)
+    assert ev.level_ids is None  # "0.5" is more than one token: the whole-answer path
+    z = sum(math.exp(t) for t in totals.values())
+    by_hand = (0.5 * math.exp(-3.0) + 1.0 * math.exp(-1.0) + 1.5 * math.exp(-2.0) + 2.0 * math.exp(-4.0)) / z
+    expected, greedy = ev.rating([s])
+    assert expected == pytest.approx([by_hand], abs=1e-6) and greedy == [1.0]
