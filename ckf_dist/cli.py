@@ -117,8 +117,15 @@ def cmd_eval(args) -> int:
     from ckf_dist.eval.loop import metrics_markdown, write_metrics
     from ckf_dist.eval.serve import evaluate_run
 
+    if args.workers < 0:
+        raise ConfigError(f"--workers: must be >= 0, got {args.workers}")
     run = Run.open(args.run)
-    metrics = evaluate_run(run, args.split)
+    if args.workers:
+        from ckf_dist.eval.distributed import evaluate_run_distributed
+
+        metrics = evaluate_run_distributed(run, args.split, args.workers)
+    else:
+        metrics = evaluate_run(run, args.split)
     write_metrics(metrics, run.metrics_file(args.split))
     print(metrics_markdown(metrics, f"{args.split} metrics"))
     return 0
@@ -205,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a finished run")
     p.add_argument("--run", required=True, help="run directory")
     p.add_argument("--split", default="test", choices=["valid", "test"])
+    p.add_argument("--workers", type=int, default=0,
+                   help="score on N Ray workers (Ray Data batch inference; 0 = in this process)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("recommend", help="CF retrieval + LLM re-ranking for one user")

@@ -111,13 +111,13 @@ def measure_ray(config: Optional[str], base: Sequence[str], workers: Sequence[in
         os.environ.setdefault(k, v)
     import ray
 
-    from ckf_dist.train.launch import _init_ray
+    from ckf_dist.train.launch import init_ray
 
     started = not ray.is_initialized()
     out: dict[int, dict[str, Any]] = {}
     try:
         # Start the local cluster sized for the largest worker count (later fits reuse it).
-        _init_ray(load_config(config, [*base, "dist.launcher=ray", f"dist.num_workers={max(workers)}"]))
+        init_ray(load_config(config, [*base, "dist.launcher=ray", f"dist.num_workers={max(workers)}"]))
         for n in workers:
             cfg = load_config(config, [*base, "dist.launcher=ray", f"dist.num_workers={n}"])
             out[n] = measure_recipe(cfg)

@@ -58,6 +58,7 @@ class Evaluator:
         self.level_ids = ([t[0] for t in self.level_tokens] if all(len(t) == 1 for t in self.level_tokens)
                           and len({t[0] for t in self.level_tokens}) == len(self.level_tokens) else None)
         self.bs = cfg.eval.batch_size
+        self._longest: Optional[int] = None
 
     def _batch(self, samples: list[dict]) -> dict:
         return batch_to(self.collator(samples), self.device)
@@ -106,8 +107,7 @@ class Evaluator:
 
     def topk(self, samples: list[dict]) -> list[dict]:
         scores = self.candidate_scores(samples)
-        longest = max((len(self.collator.tok(self.titles[c], add_special_tokens=False)["input_ids"]) for s in samples for c in s["candidates"]), default=8)
-        texts = self.generate(samples, max_new_tokens=longest + 2)
+        texts = self.generate(samples, max_new_tokens=self.longest_title_tokens() + 2)
         preds = []
         for s, sc, text in zip(samples, scores, texts):
             names = [self.titles[c].strip().lower() for c in s["candidates"]]
@@ -115,37 +115,66 @@ class Evaluator:
             preds.append({"scores": sc, "choice": choice})
         return preds
 
+    def longest_title_tokens(self) -> int:
+        """Tokens of the catalogue's longest title: the greedy topk answer's budget (a property of the
+        run, not of a batch, so any partition of the rows decodes the same)."""
+        if self._longest is None:
+            tok = self.collator.tok
+            self._longest = max((len(tok(t, add_special_tokens=False)["input_ids"]) for t in self.titles), default=8)
+        return self._longest
+
     # -------------------------------------------------------------- all tasks
     @torch.no_grad()
-    def evaluate(self, samples: list[dict], progress: bool = True, during_training: bool = False) -> dict[str, dict]:
-        """Metrics per task on the rows :func:`select` keeps (caps: :func:`eval_cap`)."""
-        from tqdm import tqdm
-
+    def predict(self, task: str, samples: list[dict]) -> list:
+        """Per-sample predictions of `task`, batch by batch (eval.batch_size): ctr P(Yes); rating and
+        review_rating (expected value, most likely level); topk {"scores", "choice"}; explanation text.
+        A batch's numbers depend on that batch only, so scoring the batches anywhere gives the same."""
         was_training = self.model.training
         self.model.eval()
-        by_task: dict[str, list[dict]] = {}
-        for s in samples:
-            by_task.setdefault(s["task"], []).append(s)
-        results: dict[str, dict] = {}
-        ks = self.cfg.eval.ks
-        tasks = [t for t in ALL_TASKS if t in by_task]
-        for task in tqdm(tasks, desc="eval", disable=not progress, leave=False):
-            chunk = select(by_task[task], eval_cap(self.cfg.eval, task, during_training), self.cfg.seed)
+        try:
             if task == "ctr":
-                results[task] = task_metrics(task, chunk, self.ctr(chunk), ks)
-            elif task in ("rating", "review_rating"):
-                ev, gr = self.rating(chunk)
-                m = task_metrics(task, chunk, ev, ks)
-                g = task_metrics(task, chunk, gr, ks)
-                m["mae_greedy"], m["rmse_greedy"] = g["mae"], g["rmse"]
-                results[task] = m
-            elif task == "topk":
-                results[task] = task_metrics(task, chunk, self.topk(chunk), ks)
-            elif task == "explanation":
-                results[task] = task_metrics(task, chunk, self.generate(chunk), ks)
-        if was_training:
-            self.model.train()
-        return results
+                return self.ctr(samples)
+            if task in ("rating", "review_rating"):
+                return list(zip(*self.rating(samples)))
+            if task == "topk":
+                return self.topk(samples)
+            if task == "explanation":
+                return self.generate(samples)
+            raise ValueError(f"unknown task {task!r}")
+        finally:
+            if was_training:
+                self.model.train()
+
+    def evaluate(self, samples: list[dict], progress: bool = True, during_training: bool = False) -> dict[str, dict]:
+        """Metrics per task on the rows :func:`eval_rows` keeps (caps: :func:`eval_cap`)."""
+        from tqdm import tqdm
+
+        rows = eval_rows(samples, self.cfg, during_training)
+        preds = {task: self.predict(task, chunk) for task, chunk in tqdm(rows.items(), desc="eval", disable=not progress, leave=False)}
+        return metrics_of(rows, preds, self.cfg.eval.ks)
+
+
+def eval_rows(samples: list[dict], cfg: Config, during_training: bool = False) -> dict[str, list[dict]]:
+    """The rows each task is scored on, in ALL_TASKS order: :func:`select` under :func:`eval_cap`."""
+    by_task: dict[str, list[dict]] = {}
+    for s in samples:
+        by_task.setdefault(s["task"], []).append(s)
+    return {t: select(by_task[t], eval_cap(cfg.eval, t, during_training), cfg.seed) for t in ALL_TASKS if t in by_task}
+
+
+def metrics_of(rows: dict[str, list[dict]], preds: dict[str, list], ks: Sequence[int]) -> dict[str, dict]:
+    """Each task's metrics from its rows and their predictions (same order), as :meth:`Evaluator.predict` gives."""
+    results: dict[str, dict] = {}
+    for task, chunk in rows.items():
+        p = preds[task]
+        if task in ("rating", "review_rating"):
+            m = task_metrics(task, chunk, [e for e, _ in p], ks)
+            g = task_metrics(task, chunk, [g for _, g in p], ks)
+            m["mae_greedy"], m["rmse_greedy"] = g["mae"], g["rmse"]
+            results[task] = m
+        else:
+            results[task] = task_metrics(task, chunk, p, ks)
+    return results
 
 
 HEADLINE = {

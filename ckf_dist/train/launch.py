@@ -61,7 +61,7 @@ def ray_worker_loop(loop_config: dict[str, Any]) -> None:
         recipe.cleanup()
 
 
-def _init_ray(cfg: Config) -> bool:
+def init_ray(cfg: Config) -> bool:
     """Connect to `dist.ray_address` or start a local cluster; True when this call started one."""
     import ray
 
@@ -130,7 +130,7 @@ def fit_ray(run: Run) -> Any:
     import ray
 
     cfg = with_absolute_paths(run.cfg)
-    started = _init_ray(cfg)
+    started = init_ray(cfg)
     storage = Run(cfg).ray_storage.resolve()
     trainer = TorchTrainer(
         ray_worker_loop,

@@ -38,7 +38,7 @@ def test_overrides_merge_last_and_inconsistent_batch_is_an_error(tmp_path):
 
 
 def test_unreachable_ray_address_is_a_one_line_error(monkeypatch):
-    from ckf_dist.train.launch import _init_ray
+    from ckf_dist.train.launch import init_ray
 
     import ray
 
@@ -46,7 +46,7 @@ def test_unreachable_ray_address_is_a_one_line_error(monkeypatch):
     cfg = load_config(None, ["dist.ray_address=127.0.0.1:1"])
     assert not ray.is_initialized()
     with pytest.raises(ConfigError, match=r"dist.ray_address: cannot reach Ray at 127.0.0.1:1"):
-        _init_ray(cfg)
+        init_ray(cfg)
 
 
 def test_setup_carries_the_shared_memory_op_flag_outside_the_json():
