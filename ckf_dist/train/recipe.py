@@ -28,7 +28,6 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from ckf_dist.cf.tables import load_cf_tables
 from ckf_dist.config import ALL_TASKS, Config, ConfigError
 from ckf_dist.data.shards import BadShardCounter, load_manifest, read_split, shard_urls
 from ckf_dist.eval.loop import Evaluator
@@ -88,10 +87,9 @@ class CKFRecipe:
         torch.manual_seed(cfg.seed)
         shard_dir = self.run.shards_dir
         manifest = load_manifest(shard_dir)
-        tables = load_cf_tables(self.run.cf_table())
-        self._check_inputs(manifest, tables)
         dtype = self.engine_factory.model_dtype(cfg, self.device)
         built = build_ckf_model(cfg, self.run.model_dir, self.run.cf_table(), self.device, dtype)
+        self._check_inputs(manifest, built.tables)
         self.tokenizer, self.model = built.tokenizer, built.model
         self.collator, self.eval_collator = built.collator, built.eval_collator
         self.engine = self.engine_factory(self.model, cfg, self.run, self.rank, self.world_size, self.device)
