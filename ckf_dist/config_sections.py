@@ -209,6 +209,12 @@ class TinyLMConfig:
     """Sequences per pre-training step."""
     pretrain_lr: float = 3e-3
     """Pre-training learning rate."""
+    prompt_texts: int = 4000
+    """Training prompts (their text-only twins, without answers) added to the pre-training corpus, with
+    the answer words (Yes, No, the rating levels) as texts of their own: like any real LLM, the
+    embedded one then knows the words of its prompts and answers (without them the answer tokens
+    keep their random initial embeddings and the frozen LM head cannot sharpen on them). 0 = only
+    the training split's titles, reviews and summaries."""
 
     def problems(self) -> list[tuple[str, str]]:
         return _invalid([("vocab_size", self.vocab_size >= 64, self.vocab_size),
@@ -217,7 +223,8 @@ class TinyLMConfig:
                          ("intermediate_size", self.intermediate_size >= 1, self.intermediate_size),
                          ("pretrain_steps", self.pretrain_steps >= 0, self.pretrain_steps),
                          ("pretrain_batch_size", self.pretrain_batch_size >= 1, self.pretrain_batch_size),
-                         ("pretrain_lr", _pos(self.pretrain_lr), self.pretrain_lr)])
+                         ("pretrain_lr", _pos(self.pretrain_lr), self.pretrain_lr),
+                         ("prompt_texts", self.prompt_texts >= 0, self.prompt_texts)])
 
 
 @dataclass

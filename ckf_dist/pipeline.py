@@ -8,6 +8,7 @@ caching or the CLI. `ckf train` calls :func:`run_all`.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import shutil
@@ -20,7 +21,7 @@ from ckf_dist.cf.fit import train_cf
 from ckf_dist.cf.tables import save_cf_tables
 from ckf_dist.data.loaders import load_dataset
 from ckf_dist.data.samples import build_samples, protocol_of
-from ckf_dist.data.shards import fingerprint_frame, load_manifest, read_split, write_shards
+from ckf_dist.data.shards import fingerprint_frame, load_manifest, read_split, sample_stream, shard_urls, write_shards
 from ckf_dist.data.splits import split_dataset
 from ckf_dist.data.table import SplitData
 from ckf_dist.eval.loop import write_metrics
@@ -101,17 +102,30 @@ def train_cf_stage(run: Run, force: bool = False) -> dict:
     return stage.run(build, force)
 
 
+def pretraining_texts(run: Run) -> list[str]:
+    """The embedded LLM's corpus, from the training split only: titles, train reviews and summaries,
+    the first `tiny.prompt_texts` training prompts in shard order (text-only twins, no answers) and
+    the answer words (Yes, No, the rating scale's levels), one text each."""
+    cfg = run.cfg
+    sd = load_split(run)
+    train = sd.part("train")
+    texts = list(sd.item_titles) + [t for t in train["review"].tolist() if t] + [t for t in train["summary"].tolist() if t]
+    if cfg.tiny.prompt_texts:
+        stream = sample_stream(shard_urls(run.shards_dir, "train"), rank=0, world_size=1)
+        texts += [s["prompt_text"] for s in itertools.islice(stream, cfg.tiny.prompt_texts)]
+        texts += ["Yes", "No", *sd.scale.answers]
+    return texts
+
+
 def ensure_tiny(run: Run, force: bool = False) -> Path:
-    """The embedded LLM, pre-trained on training-split text only (titles, train reviews, summaries)."""
+    """The embedded LLM, pre-trained on training-split text only (:func:`pretraining_texts`)."""
     cfg = run.cfg
     prepare_data(run)
     stage = run.llm_stage()
     out = run.llm_dir
 
     def build(folder: Path) -> dict:
-        sd = load_split(run)
-        train = sd.part("train")
-        texts = list(sd.item_titles) + [t for t in train["review"].tolist() if t] + [t for t in train["summary"].tolist() if t]
+        texts = pretraining_texts(run)
         # init_tiny writes atomically into `out`; keep the stage record outside the model files.
         stage.clear_record()
         shutil.rmtree(out, ignore_errors=True)

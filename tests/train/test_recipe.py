@@ -290,3 +290,19 @@ def test_micro_steps_read_nothing_from_the_device_until_a_log_step(run, tmp_path
     assert [bool(c) for c in checks] == [True, True, False], checks
     losses = _losses(d)
     assert sorted(losses) == [2, 4] and all(math.isfinite(v) for v in losses.values())
+
+
+def test_tiny_llm_corpus_is_training_prompts_and_answer_words(run):
+    """The embedded LLM reads the language of its prompts: training prompts (text twins, no answers)
+    and the answer words are in its corpus, nothing from valid/test."""
+    from ckf_dist.data.shards import read_split
+    from ckf_dist.pipeline import pretraining_texts
+    from ckf_dist.run import Run
+
+    r = Run.open(run)
+    texts = pretraining_texts(r)
+    train_prompts = {s["prompt_text"] for s in read_split(r.shards_dir, "train")}
+    held_out = {s["prompt_text"] for split in ("valid", "test") for s in read_split(r.shards_dir, split)} - train_prompts
+    assert train_prompts & set(texts) and not held_out & set(texts)
+    assert {"Yes", "No", "1", "5"} <= set(texts)
+    assert not any(t.endswith((" Yes", " No")) for t in texts if t in train_prompts)  # prompts without answers
