@@ -382,7 +382,8 @@ class DistConfig:
     ray_address: Optional[str] = None
     """Ray cluster address; unset = start a local cluster on 127.0.0.1."""
     dashboard_host: str = "127.0.0.1"
-    """Ray dashboard bind address."""
+    """Ray dashboard bind address (a local cluster's; anything but loopback exposes the dashboard and
+    its job-submission API, which runs code, to the network: a warning says so)."""
     storage_path: Optional[str] = None
     """Shared storage for Ray checkpoints (multi-node needs one); unset = run.dir/ray."""
     max_failures: int = 2
@@ -395,6 +396,22 @@ class DistConfig:
     def problems(self) -> list[tuple[str, str]]:
         return _invalid([("num_workers", self.num_workers >= 1, self.num_workers),
                          ("zero_stage", self.zero_stage in (0, 1, 2, 3), self.zero_stage)])
+
+    def exposure(self) -> Optional[str]:
+        """A warning when a local Ray cluster would listen beyond loopback (None when it would not)."""
+        import ipaddress
+
+        if self.launcher != "ray" or self.ray_address:
+            return None
+        host = self.dashboard_host.strip()
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if loopback:
+            return None
+        return (f"dist.dashboard_host={host} is not a loopback address: the Ray dashboard and its job-submission "
+                "API (which runs arbitrary code) will accept connections from the network on port 8265")
 
 
 @dataclass

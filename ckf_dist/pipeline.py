@@ -20,14 +20,14 @@ from ckf_dist.cf.fit import train_cf
 from ckf_dist.cf.tables import save_cf_tables
 from ckf_dist.data.loaders import load_dataset
 from ckf_dist.data.samples import build_samples, protocol_of
-from ckf_dist.data.shards import fingerprint_frame, load_manifest, read_split, write_shards
+from ckf_dist.data.shards import fingerprint_frame, load_manifest, read_split, verify_shards, write_shards
 from ckf_dist.data.splits import split_dataset
 from ckf_dist.data.table import SplitData
 from ckf_dist.eval.loop import write_metrics
 from ckf_dist.eval.serve import evaluate_run
 from ckf_dist.fsutil import atomic_write_text
 from ckf_dist.models.tiny import INFO_FILE, init_tiny
-from ckf_dist.run import Run
+from ckf_dist.run import Run, stage_hash
 from ckf_dist.train.launch import launch
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,8 @@ def prepare_data(run: Run, force: bool = False) -> dict:
             "skipped": sd.skipped,
         }
 
-    return stage.run(build, force)
+    # fresh only while every shard the manifest lists is there, whole
+    return stage.run(build, force, intact=lambda: verify_shards(run.shards_dir))
 
 
 def train_cf_stage(run: Run, force: bool = False) -> dict:
@@ -128,11 +129,13 @@ def run_training(run: Run, force: bool = False) -> dict:
     stage = run.train_stage()
 
     def build(folder: Path) -> dict:
+        # checkpoints resume only under the same config and the same inputs (CF tables, LLM)
+        state_key = stage_hash([stage.key, {name: up.output() for name, up in stage.upstream.items()}])
         state_file = run.config_key_file
-        if state_file.exists() and state_file.read_text() != stage.key:
-            log.info("training config changed: discarding old checkpoints in %s", folder)
+        if state_file.exists() and state_file.read_text() != state_key:
+            log.info("training config or inputs changed: discarding old checkpoints in %s", folder)
             run.clear_training()
-        atomic_write_text(state_file, stage.key)
+        atomic_write_text(state_file, state_key)
         launch(run)
         return {"final": str(run.final_weights)}
 

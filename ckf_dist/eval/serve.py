@@ -12,15 +12,28 @@ from ckf_dist.data.shards import read_split
 from ckf_dist.data.table import SplitData
 from ckf_dist.eval.loop import Evaluator
 from ckf_dist.models.factory import build_ckf_model
-from ckf_dist.run import Run
+from ckf_dist.run import Run, StaleStage
+
+
+def check_tables(run: Run, tables) -> None:
+    """The CF table's rows are the split's users and items (one line naming the table if not)."""
+    meta = run.split_meta()
+    problem = tables.id_mismatch(meta["user_ids"], meta["item_ids"])
+    if problem is not None:
+        raise StaleStage(f"{run.cf_table()}: {problem}; rerun `ckf train` with this run's config to rebuild it")
 
 
 def load_trained(run: Run, device: str = "cpu") -> Evaluator:
-    """An Evaluator over the trained model of a finished run."""
+    """An Evaluator over the trained model of a finished run: every stage it reads current
+    (:meth:`Run.check_current`), the final weights as training wrote them (:meth:`Run.verify_final`),
+    the CF table's ids those of the split."""
     final = run.final_weights
     if not final.is_file():
         raise FileNotFoundError(f"{final}: no trained weights (run `ckf train` first)")
+    run.check_current()
+    run.verify_final()
     built = build_ckf_model(run.cfg, run.model_dir, run.cf_table(), device)
+    check_tables(run, built.tables)
     model, collator = built.model, built.eval_collator
     model.load_trainable(final)
     model.eval()
@@ -37,11 +50,15 @@ def evaluate_run(run: Run, split: str = "test", device: str = "cpu") -> dict:
 def recommend(run: Run, user: str, k: int, candidates: int, device: str = "cpu") -> dict:
     """CF retrieves the top `candidates` unseen items; the LLM re-ranks them by candidate likelihood."""
     cfg = run.cfg
+    if k < 1 or candidates < 1:
+        raise ConfigError(f"recommend: k and candidates must be at least 1 (got k={k}, candidates={candidates})")
+    run.check_current()
     sd = SplitData.load(run.split_dir)
     if user not in sd.user_ids:
         raise ConfigError(f"--user: unknown user id {user!r} in {run.dir} (ids look like: {', '.join(sorted(sd.user_ids)[:3])})")
     u = sd.user_ids.index(user)
     tables = load_cf_tables(run.cf_table())
+    check_tables(run, tables)
     seen = set(sd.inter.loc[sd.inter["u"] == u, "i"].tolist())
     scores = tables.score(np.full(sd.num_items, u), np.arange(sd.num_items))
     order = [int(i) for i in np.argsort(-scores, kind="stable") if int(i) not in seen][:candidates]

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Optional, Protocol
 
+from ckf_dist.fsutil import write_manifest
 from ckf_dist.run import Run
 
 ReportFn = Callable[[dict, Optional[Path]], None]
@@ -24,6 +25,9 @@ ReportFn = Callable[[dict, Optional[Path]], None]
 class CheckpointSink(Protocol):
     def folder(self, run: Run, step: int) -> Path:
         """Where the engine saves the checkpoint of `step`."""
+
+    def seal(self, folder: Path, rank: int, world_size: int) -> None:
+        """Write the sha256 manifest of what was saved, last (every rank calls it)."""
 
     def commit(self, run: Run, folder: Path, step: int, metrics: dict, rank: int) -> None:
         """The engine has saved into `folder` (on every rank)."""
@@ -37,6 +41,15 @@ class RunCheckpoints:
 
     def folder(self, run: Run, step: int) -> Path:
         return run.checkpoint(step)
+
+    def seal(self, folder: Path, rank: int, world_size: int) -> None:
+        """Every rank wrote into the one folder: after a barrier, rank 0 writes `manifest.json`."""
+        import torch.distributed as dist
+
+        if world_size > 1 and dist.is_initialized():
+            dist.barrier()
+        if rank == 0:
+            write_manifest(folder)
 
     def commit(self, run: Run, folder: Path, step: int, metrics: dict, rank: int) -> None:
         if rank != 0:
@@ -54,6 +67,10 @@ class ReportedCheckpoints:
 
     def folder(self, run: Run, step: int) -> Path:
         return Path(tempfile.mkdtemp(prefix=f"ckf-{Run.checkpoint_name(step)}-"))
+
+    def seal(self, folder: Path, rank: int, world_size: int) -> None:
+        """Each rank's own folder gets its own manifest (Ray merges the folders into one)."""
+        write_manifest(folder, f"manifest-rank{rank}.json")
 
     def commit(self, run: Run, folder: Path, step: int, metrics: dict, rank: int) -> None:
         self.report({**metrics, "step": step}, folder)
