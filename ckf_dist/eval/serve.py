@@ -3,16 +3,20 @@ re-ranking, an explanation), both over the model :func:`load_trained` rebuilds f
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from ckf_dist.cf.tables import load_cf_tables
 from ckf_dist.config import ConfigError
 from ckf_dist.data.samples import build_explanation_request, build_topk_request
-from ckf_dist.data.shards import read_split
+from ckf_dist.data.shards import BadShardCounter, read_split
 from ckf_dist.data.table import SplitData
 from ckf_dist.eval.loop import Evaluator
 from ckf_dist.models.factory import build_ckf_model
 from ckf_dist.run import Run, StaleStage
+
+log = logging.getLogger(__name__)
 
 
 def check_tables(run: Run, tables) -> None:
@@ -41,10 +45,17 @@ def load_trained(run: Run, device: str = "cpu") -> Evaluator:
 
 
 def evaluate_run(run: Run, split: str = "test", device: str = "cpu") -> dict:
-    """Load the final trainable weights into a fresh model and evaluate `split`."""
+    """Load the final trainable weights into a fresh model and evaluate `split`. A bad shard
+    (unreadable, or not the sample count of the manifest) stops with one line under
+    dist.on_bad_shard=error; under skip it is left out and counted (`bad_shards` in the metrics)."""
     evaluator = load_trained(run, device)
-    samples = [s for s in read_split(run.shards_dir, split) if s["task"] in run.cfg.tasks]
-    return evaluator.evaluate(samples)
+    bad = BadShardCounter(run.cfg.dist.on_bad_shard)
+    samples = [s for s in read_split(run.shards_dir, split, bad_shards=bad) if s["task"] in run.cfg.tasks]
+    metrics = evaluator.evaluate(samples)
+    if bad.count:
+        log.warning("%s: %d bad %s shard(s) left out of the evaluation", run.dir, bad.count, split)
+        metrics["bad_shards"] = bad.count
+    return metrics
 
 
 def recommend(run: Run, user: str, k: int, candidates: int, device: str = "cpu") -> dict:

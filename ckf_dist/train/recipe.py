@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import socket
 import time
 from pathlib import Path
@@ -114,7 +115,11 @@ class CKFRecipe:
                 raise ConfigError(
                     f"dist.num_workers: checkpoint {resume_from} was written by {written_by} workers, this run has {self.world_size}"
                 )
-            state = self.engine.load(Path(resume_from))
+            try:
+                state = self.engine.load(Path(resume_from))
+            except (pickle.UnpicklingError, ValueError, KeyError, OSError) as e:  # refused or unreadable state
+                raise TrainingError(f"checkpoint {resume_from}: cannot be loaded ({type(e).__name__}: "
+                                    f"{str(e).splitlines()[0] if str(e) else ''})") from e
             self.step = int(state["step"])
             log.info("rank %d: resumed from %s at step %d", self.rank, resume_from, self.step)
         self.resumed_from = self.step if resume_from is not None else None
