@@ -176,3 +176,23 @@ def test_shard_members_are_json_samples(shard_dir):
         member = json.loads(tf.extractfile(names[0]).read())
     assert all(n.endswith(".json") for n in names)
     assert set(member) >= {"key", "task", "prompt", "prompt_text", "target", "items", "warm"}
+
+
+def test_data_prepare_rebuilds_a_deleted_shard(tmp_path, caplog):
+    import os
+
+    from ckf_dist.cli import main
+
+    args = ["data", "prepare", f"run.dir={tmp_path}", "data.synthetic.num_users=20", "data.synthetic.num_items=20"]
+    assert main(args) == 0
+    shards = tmp_path / "data" / "shards"
+    gone = shard_urls(shards, "test")[1]
+    os.unlink(gone)
+    with caplog.at_level("INFO", logger="ckf_dist.run"):
+        assert main(args) == 0
+    assert f"stage data: shard {gone} is missing; rebuilding" in caplog.text
+    assert os.path.isfile(gone) and verify_shards(shards) is None
+    caplog.clear()
+    with caplog.at_level("INFO", logger="ckf_dist.run"):
+        assert main(args) == 0
+    assert "stage data: up to date" in caplog.text
