@@ -127,6 +127,7 @@ def test_recommend_refuses_non_positive_counts(tmp_path, capsys, flags, expected
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.integration
 def test_non_loopback_dashboard_host_warns_naming_the_exposure(tmp_path, caplog):
     run_dir = tmp_path / "run"
     with caplog.at_level("WARNING", logger="ckf_dist.cli"):

@@ -178,6 +178,7 @@ def test_shard_members_are_json_samples(shard_dir):
     assert set(member) >= {"key", "task", "prompt", "prompt_text", "target", "items", "warm"}
 
 
+@pytest.mark.integration
 def test_data_prepare_rebuilds_a_deleted_shard(tmp_path, caplog):
     import os
 
