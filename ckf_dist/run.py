@@ -221,9 +221,15 @@ def _holder_line(fd: int) -> str:
     except (OSError, ValueError):
         info = None
     if not isinstance(info, dict):
-        return "a process that only reads it (ckf recommend / report)"
+        return "a process that reads it (`ckf recommend` or `ckf report`) or a writer just starting"
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.get("since", 0)))
     return f"pid {info.get('pid')} on host {info.get('host')} (`{info.get('command')}`, since {since})"
+
+
+def _command_line(limit: int = 120) -> str:
+    """This process's command line as the lock records it (shortened in the middle)."""
+    text = " ".join(["ckf", *sys.argv[1:]]) if sys.argv else "ckf"
+    return text if len(text) <= limit else text[: limit // 2 - 2] + " ... " + text[-(limit // 2 - 3):]
 
 
 def _acquire(run_dir: Path, exclusive: bool, wait: bool) -> bool:
@@ -236,7 +242,15 @@ def _acquire(run_dir: Path, exclusive: bool, wait: bool) -> bool:
         held["count"] += 1
         return False
     lock_file = run_dir / ".lock"
-    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        if exclusive:
+            raise RunBusy(f"{run_dir}: cannot create its lock file ({e.strerror}); is the folder writable?") from None
+        try:  # a reader of a read-only copy: lock it if the file is there, else nobody can write it
+            fd = os.open(lock_file, os.O_RDONLY)
+        except OSError:
+            return False
     op = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
     try:
         try:
@@ -253,7 +267,7 @@ def _acquire(run_dir: Path, exclusive: bool, wait: bool) -> bool:
         raise
     if exclusive:
         me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
-              "command": " ".join(["ckf", *sys.argv[1:]])[:300] if sys.argv else "ckf"}
+              "command": _command_line()}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
     _HELD[key] = {"fd": fd, "mode": "exclusive" if exclusive else "shared", "count": 1}

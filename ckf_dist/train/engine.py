@@ -241,6 +241,9 @@ class DeepSpeedEngine:
         return folder
 
     def load(self, folder: Path) -> dict[str, Any]:
+        if getattr(self.engine, "checkpoint_engine", None) is None:
+            raise RuntimeError("DeepSpeed built no checkpoint engine: refusing to load a checkpoint it would unpickle unchecked")
+        self.engine.checkpoint_engine.load = weights_only_load
         path, client = self.engine.load_checkpoint(str(folder), tag="engine", load_optimizer_states=True, load_lr_scheduler_states=True)
         if path is None:
             raise FileNotFoundError(f"{folder}: no DeepSpeed checkpoint (tag 'engine')")
