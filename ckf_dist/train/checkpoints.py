@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -59,6 +61,25 @@ class RunCheckpoints:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_dead_temporaries(root: Path) -> None:
+    """`ckf-step-N-pidP-*` folders under `root` whose process P is gone (the temp folder is local
+    to the node, so is the process id)."""
+    for p in root.glob("ckf-step-*-pid*-*"):
+        m = re.match(r"ckf-step-\d+-pid(\d+)-", p.name)
+        if m and p.is_dir() and not _alive(int(m.group(1))):
+            shutil.rmtree(p, ignore_errors=True)
+
+
 class ReportedCheckpoints:
     """Checkpoints handed to a report callback (Ray Train), one temporary folder per rank."""
 
@@ -66,7 +87,10 @@ class ReportedCheckpoints:
         self.report = report
 
     def folder(self, run: Run, step: int) -> Path:
-        return Path(tempfile.mkdtemp(prefix=f"ckf-{Run.checkpoint_name(step)}-"))
+        """A fresh temporary folder named with this process id; those of dead processes (a worker
+        killed between saving and Ray's upload) are removed first."""
+        _remove_dead_temporaries(Path(tempfile.gettempdir()))
+        return Path(tempfile.mkdtemp(prefix=f"ckf-{Run.checkpoint_name(step)}-pid{os.getpid()}-"))
 
     def seal(self, folder: Path, rank: int, world_size: int) -> None:
         """Each rank's own folder gets its own manifest (Ray merges the folders into one)."""

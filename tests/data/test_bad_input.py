@@ -274,3 +274,17 @@ def test_csv_stray_quote_reports_the_swallowed_lines_in_both_modes(tmp_path):
     assert len(load_csv(ok).interactions) == 2
     bad = write_csv(tmp_path / "bad", ['u1,"i1\nx",1,5,,,,', "u1,i2,2,4,,,,"])
     raises_at(lambda: load_csv(bad, on_bad_record="skip"), "interactions.csv:2:", "runs to line 3")
+
+
+def test_movielens_latest_stray_quote_is_refused_in_both_modes(tmp_path):
+    from ckf_dist.data.movielens import load_movielens_latest
+
+    d = tmp_path / "ml-latest-small"
+    d.mkdir()
+    (d / "movies.csv").write_text('movieId,title,genres\n1,"Heat, The (1995)",Action\n2,Up (2009),Comedy\n')
+    ratings = ["userId,movieId,rating,timestamp"] + [f"{u},{i},4.5,{100 * u + i}" for u in (1, 2, 3) for i in (1, 2)]
+    ratings.insert(3, '7,"2,3.5,881250949')  # line 4: the quote runs to the end of the file
+    (d / "ratings.csv").write_text("\n".join(ratings) + "\n")
+    for mode in ("error", "skip"):
+        raises_at(lambda: load_movielens_latest(d, on_bad_record=mode), "ratings.csv:4:",
+                  "a quoted field opened on this line runs to line 8, swallowing 4 line(s)")

@@ -197,3 +197,22 @@ def test_nan_stop_names_a_finite_last_good_checkpoint(run, tmp_path):
     state = json.loads(open(os.path.join(named, "state.json")).read())
     assert state["step"] < 20 and not (d / "train" / "final").exists()
     assert all(math.isfinite(json.loads(x).get("train/loss", 0.0)) for x in (d / "train" / "tb" / "metrics.jsonl").read_text().splitlines())
+
+
+def test_ray_temporary_checkpoint_folders_of_dead_workers_are_removed(tmp_path, monkeypatch):
+    """A Ray worker killed between saving into its temporary folder and the upload leaves the
+    folder behind: the next save on that node removes the folders of processes that are gone."""
+    import tempfile
+
+    from ckf_dist.run import Run
+    from ckf_dist.train.checkpoints import ReportedCheckpoints
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / f"ckf-step-000004-pid{dead.pid}-abcd").mkdir()
+    mine = tmp_path / f"ckf-step-000002-pid{os.getpid()}-efgh"
+    mine.mkdir()
+    new = ReportedCheckpoints(lambda metrics, folder: None).folder(Run.at(tmp_path / "run"), 6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, new.name])
+    assert new.name.startswith(f"ckf-step-000006-pid{os.getpid()}-")
