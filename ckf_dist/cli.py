@@ -18,7 +18,12 @@ Verbs, grouped by stage:
 
 Commands that build from a config take `--config FILE` then `key.sub=value` overrides;
 commands that read a finished run take `--run DIR`. Expected failures (bad config, bad data,
-missing files) print one line `error: ...` and exit with status 2.
+missing files, a run directory another command holds, a stale stage) print one line
+`error: ...` and exit with status 2.
+
+A command that writes into a run directory holds its lock for its whole life; one that only
+reads it (`recommend`, `report`) holds a shared lock while it reads. `--wait` waits for the
+holder instead of stopping.
 """
 
 from __future__ import annotations
@@ -31,20 +36,38 @@ from typing import Callable, Optional
 
 from ckf_dist.config import ConfigError, field_docs, load_config
 from ckf_dist.data.download import URLS as DOWNLOADS
-from ckf_dist.run import Run
+from ckf_dist.run import Run, release_locks
+
+log = logging.getLogger("ckf_dist.cli")
+
+WAIT_HELP = "if another command holds the run directory, wait for it instead of stopping"
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", help="YAML file in configs/ (default: built-in defaults)")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, applied after the file")
     p.add_argument("--force", action="store_true", help="rerun the stage even if its cached output is up to date")
+    p.add_argument("--wait", action="store_true", help=WAIT_HELP)
 
 
 def _load(args) -> Run:
-    """The run of `--config FILE key=value ...`, its resolved config written into run.dir."""
+    """The run of `--config FILE key=value ...`, locked for writing for the rest of the command,
+    its resolved config written into run.dir."""
     run = Run(load_config(args.config, args.overrides))
+    exposure = run.cfg.dist.exposure()
+    if exposure:
+        log.warning(exposure)
+    run.lock_for_writing(wait=args.wait)
     run.write_config()
     return run
+
+
+def _open(args, write: bool) -> Run:
+    """The finished run of `--run DIR`, under its lock (exclusive when the command writes into it)."""
+    Run.open(args.run)  # one line when it is not a run directory, before any lock file is made
+    at = Run.at(args.run)
+    at.lock_for_writing(wait=args.wait) if write else at.lock_for_reading(wait=args.wait)
+    return Run.open(args.run)  # its config as the lock holder left it
 
 
 def cmd_data_prepare(args) -> int:
@@ -119,7 +142,7 @@ def cmd_eval(args) -> int:
 
     if args.workers < 0:
         raise ConfigError(f"--workers: must be >= 0, got {args.workers}")
-    run = Run.open(args.run)
+    run = _open(args, write=True)  # writes metrics*.json
     if args.workers:
         from ckf_dist.eval.distributed import evaluate_run_distributed
 
@@ -134,7 +157,10 @@ def cmd_eval(args) -> int:
 def cmd_recommend(args) -> int:
     from ckf_dist.eval.serve import recommend
 
-    res = recommend(Run.open(args.run), args.user, args.k, args.candidates)
+    for flag, value in (("--k", args.k), ("--candidates", args.candidates)):
+        if value < 1:
+            raise ConfigError(f"{flag}: must be at least 1 (got {value})")
+    res = recommend(_open(args, write=False), args.user, args.k, args.candidates)
     print(f"top {len(res['items'])} for user {res['user']} (CF retrieval of {args.candidates}, LLM re-ranking):")
     for rank, it in enumerate(res["items"], 1):
         print(f"{rank:>3}. {it['title']}  (item {it['item']}, log-likelihood {it['score']:.3f})")
@@ -214,18 +240,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["valid", "test"])
     p.add_argument("--workers", type=int, default=0,
                    help="score on N Ray workers (Ray Data batch inference; 0 = in this process)")
+    p.add_argument("--wait", action="store_true", help=WAIT_HELP)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("recommend", help="CF retrieval + LLM re-ranking for one user")
     p.add_argument("--run", required=True)
     p.add_argument("--user", required=True, help="raw user id as in the dataset")
-    p.add_argument("--k", type=int, default=10)
-    p.add_argument("--candidates", type=int, default=100)
+    p.add_argument("--k", type=int, default=10, help="items to list (>= 1)")
+    p.add_argument("--candidates", type=int, default=100, help="CF candidates the LLM re-ranks (>= 1)")
+    p.add_argument("--wait", action="store_true", help=WAIT_HELP)
     p.set_defaults(func=cmd_recommend)
 
     p = sub.add_parser("report", help="collect runs into one markdown table (mean ± sd over seeds)")
     p.add_argument("runs", nargs="+")
     p.add_argument("--out", help="also write the table to this file")
+    p.add_argument("--wait", action="store_true", help="wait for runs being written instead of leaving them out")
     p.set_defaults(func=_resolve("ckf_dist.eval.report:cmd_report", _not_yet("report")))
 
     p = sub.add_parser("sweep", help="a grid of variants x seeds as parallel Ray Tune trials; one mean ± sd table, resumable")
@@ -284,8 +313,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     expected: tuple = (ConfigError, FileNotFoundError)
     try:
         from ckf_dist.data.errors import DataError
+        from ckf_dist.train.errors import TrainingError
 
-        expected = expected + (DataError,)
+        expected = expected + (DataError, TrainingError)
     except ImportError:
         pass
     try:
@@ -299,6 +329,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        release_locks()
 
 
 if __name__ == "__main__":

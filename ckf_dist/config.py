@@ -219,6 +219,34 @@ def from_dict(data: dict, source: str = "config", base: Optional[Config] = None)
     return cfg
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a mapping with the same key twice (plain YAML keeps the last
+    silently: a second `train:` block would drop the first)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict = {}
+    for key_node, _ in node.value:
+        try:
+            key = loader.construct_object(key_node, deep=True)
+            hash(key)
+        except TypeError:
+            continue  # an unhashable key: the safe constructor reports it
+        if key in seen and key != "<<":
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first at line {seen[key] + 1})", key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def safe_load(text: str) -> Any:
+    """yaml.safe_load that also refuses duplicate keys (the one YAML parser of configs and grids)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no Python objects are built
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """`key.sub=value` -> (key.sub, YAML-parsed value)."""
     if "=" not in text:
@@ -226,7 +254,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, raw = text.split("=", 1)
     key = key.strip()
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as e:
         raise ConfigError(f"command line: key '{key}': cannot parse value {raw!r} ({str(e).splitlines()[0]})") from None
     return key, value
@@ -248,7 +276,7 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
 def read_yaml(path: Path, error: type[Exception]) -> Any:
     """yaml.safe_load of a file; a syntax error raises `error` with one line naming file:line."""
     try:
-        return yaml.safe_load(Path(path).read_text())
+        return safe_load(Path(path).read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""

@@ -210,11 +210,11 @@ class TinyLMConfig:
     pretrain_lr: float = 3e-3
     """Pre-training learning rate."""
     prompt_texts: int = 4000
-    """Training prompts (their text-only twins, without answers) added to the pre-training corpus, with
-    the answer words (Yes, No, the rating levels) as texts of their own: like any real LLM, the
-    embedded one then knows the words of its prompts and answers (without them the answer tokens
-    keep their random initial embeddings and the frozen LM head cannot sharpen on them). 0 = only
-    the training split's titles, reviews and summaries."""
+    """Training prompts (text-only twins) added to the pre-training corpus, each followed by an answer
+    drawn uniformly from its task's answers (Yes/No, rating levels, a candidate title): like a real
+    LLM, the embedded one then knows the language and answer format of its prompts, but no labels.
+    Without them the answer tokens keep near-random embeddings, which the frozen LM head cannot
+    sharpen on. 0 = only the training split's titles, reviews and summaries."""
 
     def problems(self) -> list[tuple[str, str]]:
         return _invalid([("vocab_size", self.vocab_size >= 64, self.vocab_size),
@@ -389,7 +389,8 @@ class DistConfig:
     ray_address: Optional[str] = None
     """Ray cluster address; unset = start a local cluster on 127.0.0.1."""
     dashboard_host: str = "127.0.0.1"
-    """Ray dashboard bind address."""
+    """Ray dashboard bind address (a local cluster's; anything but loopback exposes the dashboard and
+    its job-submission API, which runs code, to the network: a warning says so)."""
     storage_path: Optional[str] = None
     """Shared storage for Ray checkpoints (multi-node needs one); unset = run.dir/ray."""
     max_failures: int = 2
@@ -402,6 +403,22 @@ class DistConfig:
     def problems(self) -> list[tuple[str, str]]:
         return _invalid([("num_workers", self.num_workers >= 1, self.num_workers),
                          ("zero_stage", self.zero_stage in (0, 1, 2, 3), self.zero_stage)])
+
+    def exposure(self) -> Optional[str]:
+        """A warning when a local Ray cluster would listen beyond loopback (None when it would not)."""
+        import ipaddress
+
+        if self.launcher != "ray" or self.ray_address:
+            return None
+        host = self.dashboard_host.strip()
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if loopback:
+            return None
+        return (f"dist.dashboard_host={host} is not a loopback address: the Ray dashboard and its job-submission "
+                "API (which runs arbitrary code) will accept connections from the network on port 8265")
 
 
 @dataclass

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
@@ -50,3 +52,69 @@ def replace_dir(tmp: str | Path, final: str | Path) -> Path:
     if old.exists():
         shutil.rmtree(old)
     return final
+
+
+# ------------------------------------------------------------------------------------------------
+# Digest manifests: what a folder held when its writer finished
+
+
+MANIFEST_PREFIX = "manifest"
+"""A folder's digest manifests are `manifest.json` (one writer) or `manifest-<part>.json` (one per
+writer of a shared folder, e.g. each rank of a Ray checkpoint)."""
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _is_manifest(rel: str) -> bool:
+    return "/" not in rel and rel.startswith(MANIFEST_PREFIX) and rel.endswith(".json")
+
+
+def _files(folder: Path) -> list[str]:
+    """Relative paths of the plain files under `folder` (hidden names left out: temporaries)."""
+    out = []
+    for p in folder.rglob("*"):
+        rel = p.relative_to(folder).as_posix()
+        if p.is_file() and not any(part.startswith(".") for part in rel.split("/")):
+            out.append(rel)
+    return sorted(out)
+
+
+def write_manifest(folder: str | Path, name: str = "manifest.json") -> Path:
+    """Write `folder/name`: the sha256 of every file under `folder` (other manifests excepted).
+    Written last, atomically: a folder whose writer died before has no (or an incomplete) manifest."""
+    folder = Path(folder)
+    files = {rel: sha256_file(folder / rel) for rel in _files(folder) if not _is_manifest(rel)}
+    return atomic_write_text(folder / name, json.dumps({"sha256": files}, indent=1, sort_keys=True))
+
+
+def verify_manifest(folder: str | Path) -> Optional[str]:
+    """None when every file under `folder` is listed in its manifest(s) with a matching sha256;
+    else the first problem, in words (no manifest, a file missing, changed or unlisted)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return "not a folder"
+    listed: dict[str, str] = {}
+    manifests = [rel for rel in _files(folder) if _is_manifest(rel)]
+    if not manifests:
+        return "no manifest.json (its writer did not finish)"
+    for rel in manifests:
+        try:
+            listed.update(json.loads((folder / rel).read_text())["sha256"])
+        except (ValueError, KeyError, TypeError):
+            return f"{rel} is unreadable"
+    for rel, digest in sorted(listed.items()):
+        p = folder / rel
+        if not p.is_file():
+            return f"{rel} is missing"
+        if sha256_file(p) != digest:
+            return f"{rel} does not match its sha256 in the manifest (changed or truncated)"
+    extra = [rel for rel in _files(folder) if not _is_manifest(rel) and rel not in listed]
+    if extra:
+        return f"{extra[0]} is not in the manifest"
+    return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import random
 import shutil
 from pathlib import Path
 
@@ -21,14 +22,15 @@ from ckf_dist.cf.fit import train_cf
 from ckf_dist.cf.tables import save_cf_tables
 from ckf_dist.data.loaders import load_dataset
 from ckf_dist.data.samples import build_samples, protocol_of
-from ckf_dist.data.shards import fingerprint_frame, load_manifest, read_split, sample_stream, shard_urls, write_shards
+from ckf_dist.data.shards import (fingerprint_frame, load_manifest, read_split, sample_stream, shard_urls,
+                                  verify_shards, write_shards)
 from ckf_dist.data.splits import split_dataset
 from ckf_dist.data.table import SplitData
 from ckf_dist.eval.loop import write_metrics
 from ckf_dist.eval.serve import evaluate_run
 from ckf_dist.fsutil import atomic_write_text
 from ckf_dist.models.tiny import INFO_FILE, init_tiny
-from ckf_dist.run import Run
+from ckf_dist.run import Run, stage_hash
 from ckf_dist.train.launch import launch
 
 log = logging.getLogger(__name__)
@@ -70,7 +72,8 @@ def prepare_data(run: Run, force: bool = False) -> dict:
             "skipped": sd.skipped,
         }
 
-    return stage.run(build, force)
+    # fresh only while every shard the manifest lists is there, whole
+    return stage.run(build, force, intact=lambda: verify_shards(run.shards_dir))
 
 
 def train_cf_stage(run: Run, force: bool = False) -> dict:
@@ -104,16 +107,22 @@ def train_cf_stage(run: Run, force: bool = False) -> dict:
 
 def pretraining_texts(run: Run) -> list[str]:
     """The embedded LLM's corpus, from the training split only: titles, train reviews and summaries,
-    the first `tiny.prompt_texts` training prompts in shard order (text-only twins, no answers) and
-    the answer words (Yes, No, the rating scale's levels), one text each."""
+    and the first `tiny.prompt_texts` training prompts in shard order (text-only twins), each
+    followed by an answer drawn uniformly from its task's answer set (Yes / No, the rating levels,
+    one of the candidates' titles; explanation prompts stand alone). The drawn answer carries no
+    label: the LLM learns the language and the answer format of its prompts, as a real LLM knows
+    them, but nothing of who likes what."""
     cfg = run.cfg
     sd = load_split(run)
     train = sd.part("train")
     texts = list(sd.item_titles) + [t for t in train["review"].tolist() if t] + [t for t in train["summary"].tolist() if t]
     if cfg.tiny.prompt_texts:
+        rng = random.Random(f"ckf-tiny-corpus/{cfg.seed}")
+        answers = {"ctr": ["Yes", "No"], "rating": sd.scale.answers, "review_rating": sd.scale.answers}
         stream = sample_stream(shard_urls(run.shards_dir, "train"), rank=0, world_size=1)
-        texts += [s["prompt_text"] for s in itertools.islice(stream, cfg.tiny.prompt_texts)]
-        texts += ["Yes", "No", *sd.scale.answers]
+        for s in itertools.islice(stream, cfg.tiny.prompt_texts):
+            choices = answers.get(s["task"]) or [sd.item_titles[c] for c in s["candidates"]]
+            texts.append(f"{s['prompt_text']} {rng.choice(choices)}" if choices else s["prompt_text"])
     return texts
 
 
@@ -142,11 +151,13 @@ def run_training(run: Run, force: bool = False) -> dict:
     stage = run.train_stage()
 
     def build(folder: Path) -> dict:
+        # checkpoints resume only under the same config and the same inputs (CF tables, LLM)
+        state_key = stage_hash([stage.key, {name: up.output() for name, up in stage.upstream.items()}])
         state_file = run.config_key_file
-        if state_file.exists() and state_file.read_text() != stage.key:
-            log.info("training config changed: discarding old checkpoints in %s", folder)
+        if state_file.exists() and state_file.read_text() != state_key:
+            log.info("training config or inputs changed: discarding old checkpoints in %s", folder)
             run.clear_training()
-        atomic_write_text(state_file, stage.key)
+        atomic_write_text(state_file, state_key)
         launch(run)
         return {"final": str(run.final_weights)}
 

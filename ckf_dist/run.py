@@ -3,6 +3,7 @@
 A run is the folder `run.dir` of a config. Every path inside it, and every "is this stage up to
 date", goes through :class:`Run`; nobody else spells a run-directory file name::
 
+    .lock                          the run-directory lock (holder's pid, host and command)
     config.yaml                    the resolved config of the last command
     data/split/                    SplitData (interactions.parquet + meta.json)
     data/shards/                   webdataset shards + manifest
@@ -10,9 +11,10 @@ date", goes through :class:`Run`; nobody else spells a run-directory file name::
     cf/<model>.safetensors         the CF tables of the backbone and of each baseline
     cf/baselines.json, .md         the CF / popularity baselines (valid and test)
     llm/                           the embedded tiny LLM (unless model.path names one)
-    train/checkpoints/step-N/      checkpoints; train/checkpoints/latest names the newest
+    train/checkpoints/step-N/      checkpoints (manifest.json of sha256 digests written last);
+                                   train/checkpoints/latest names the newest
     train/tb/                      TensorBoard events + metrics.jsonl
-    train/final/trainable.safetensors, train/final/peft/   the trained weights
+    train/final/trainable.safetensors, train/final/peft/   the trained weights (+ manifest.json)
     train/ranks.json, train/config_key
     eval/stage.json                the evaluation stage's record
     metrics.json, metrics.md       test metrics (metrics_valid.* for `ckf eval --split valid`)
@@ -20,25 +22,39 @@ date", goes through :class:`Run`; nobody else spells a run-directory file name::
     ray/                           Ray Train storage (unless dist.storage_path)
 
 Stages (data -> cf -> llm -> train -> eval) each own a folder and a key: a hash of the config
-sections the stage depends on plus the keys of the stages it reads. A stage whose recorded key
-equals the current one is fresh and is skipped. The runners (what each stage does) live in
-:mod:`ckf_dist.pipeline`; this module imports only the config and file helpers.
+sections the stage depends on plus the keys of the stages it reads. Each record also keeps the
+lineage of the build: the digest of the stage's own outputs and those of the upstream outputs it
+consumed. A stage is fresh when its recorded key equals the current one and every upstream stage
+still holds the outputs it was built from; a fresh stage is skipped. The runners (what each stage
+does) live in :mod:`ckf_dist.pipeline`; this module imports only the config and file helpers.
+
+**Lock.** A command that writes into a run directory holds an exclusive OS lock (``flock``) on
+``run.dir/.lock`` for its whole life (:meth:`Run.lock_for_writing`); a second writer stops with one
+line naming the holder's pid, host and command, or waits (``--wait``). Commands that only read a
+finished run take a shared lock (:meth:`Run.lock_for_reading`), so they never read a stage while
+a writer rewrites it. The OS drops the lock when its process ends, however it ends (kill -9
+included), so a lock is never stale; temporary checkpoint folders left by dead writers are
+removed when the next writer takes the lock.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
+import os
 import shutil
+import socket
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from ckf_dist.config import Config, load_config, save_config, to_dict
+from ckf_dist.config import Config, ConfigError, load_config, save_config, to_dict
+from ckf_dist.fsutil import atomic_write_text, sha256_file, verify_manifest
 from ckf_dist.rating_scale import RatingScale
-from ckf_dist.fsutil import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -79,42 +95,200 @@ def _train_key(cfg: Config) -> dict:
     return d
 
 
+class RunBusy(ConfigError):
+    """Another process holds the run directory's lock (one line: who, where, what)."""
+
+
+class StaleStage(ConfigError):
+    """A stage's outputs were not built from what the run now holds (one line: what changed)."""
+
+
+def _flat(obj, prefix: str = "") -> dict:
+    if isinstance(obj, dict):
+        out: dict = {}
+        for k, v in obj.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): obj}
+
+
+def _changes(old: dict, new: dict, limit: int = 3) -> str:
+    """`key: old -> new` for the first `limit` keys whose values differ (dotted names)."""
+    a, b = _flat(old), _flat(json.loads(json.dumps(new, default=str)))
+    diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    text = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:limit])
+    return text + (f" (+{len(diff) - limit} more)" if len(diff) > limit else "")
+
+
 @dataclass
 class Stage:
-    """One cached step of the pipeline."""
+    """One cached step of the pipeline.
+
+    `config` names what the key hashes (recorded, so a stale stage can say what changed);
+    `upstream` are the stages whose outputs it consumes; `outputs` lists the files whose digest
+    identifies what it built (its lineage fingerprint, read by the stages downstream)."""
 
     name: str
     folder: Path
     key: str
+    config: dict = field(default_factory=dict)
+    upstream: dict[str, "Stage"] = field(default_factory=dict)
+    outputs: Callable[[], list[Path]] = lambda: []
 
     @property
     def record(self) -> Path:
         return self.folder / "stage.json"
 
-    def fresh(self) -> bool:
+    def read_record(self) -> Optional[dict]:
         if not self.record.is_file():
-            return False
+            return None
         try:
-            return json.loads(self.record.read_text()).get("key") == self.key
-        except json.JSONDecodeError:
-            return False
+            rec = json.loads(self.record.read_text())
+        except (json.JSONDecodeError, OSError):
+            return None
+        return rec if isinstance(rec, dict) else None
+
+    def output(self) -> Optional[str]:
+        """The recorded digest of this stage's outputs (None: not built, or built before lineage)."""
+        return (self.read_record() or {}).get("output")
+
+    def digest(self) -> str:
+        """sha256 over the files of :attr:`outputs` (names and contents)."""
+        h = hashlib.sha256()
+        for p in sorted(Path(p) for p in self.outputs()):
+            if p.is_file():
+                name = p.relative_to(self.folder.parent) if p.is_relative_to(self.folder.parent) else p
+                h.update(f"{name}\0".encode())
+                h.update(sha256_file(p).encode())
+        return h.hexdigest()[:16]
+
+    def problem(self) -> Optional[str]:
+        """None when fresh; else why not, in one line (no record, another config, other inputs)."""
+        rec = self.read_record()
+        if rec is None:
+            return f"{self.folder.name}/ has no stage record (never built, or its build did not finish)"
+        if rec.get("key") != self.key:
+            what = _changes(rec["config"], self.config) if isinstance(rec.get("config"), dict) and self.config else ""
+            return f"{self.folder.name}/ was built for another configuration" + (f" ({what})" if what else "")
+        for name, stage in self.upstream.items():
+            used, now = (rec.get("inputs") or {}).get(name), stage.output()
+            if used is not None and now is not None and used != now:
+                return (f"{self.folder.name}/ was built from {stage.folder.name}/ {used}, which now holds {now} "
+                        f"(rebuilt since)")
+        return None
+
+    def fresh(self) -> bool:
+        return self.problem() is None
 
     def clear_record(self) -> None:
         if self.record.exists():
             self.record.unlink()
 
-    def run(self, fn: Callable[[Path], dict], force: bool = False) -> dict:
-        """Run `fn(folder)` unless fresh; returns the recorded summary either way."""
-        if self.fresh() and not force:
-            log.info("stage %s: up to date (%s), skipped", self.name, self.folder)
-            return json.loads(self.record.read_text())["summary"]
+    def run(self, fn: Callable[[Path], dict], force: bool = False, intact: Optional[Callable[[], Optional[str]]] = None) -> dict:
+        """Run `fn(folder)` unless fresh (and, when `intact` is given, its outputs check out:
+        `intact()` returns None or the problem); returns the recorded summary either way."""
+        problem = None if force else self.problem()
+        if not force and problem is None:
+            broken = intact() if intact is not None else None
+            if broken is None:
+                log.info("stage %s: up to date (%s), skipped", self.name, self.folder)
+                return self.read_record()["summary"]
+            log.warning("stage %s: %s; rebuilding", self.name, broken)
+        elif problem is not None and self.record.is_file():
+            log.info("stage %s: %s; rebuilding", self.name, problem)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.clear_record()
+        inputs = {name: stage.output() for name, stage in self.upstream.items()}
         t0 = time.time()
         summary = fn(self.folder)
-        rec = {"key": self.key, "seconds": round(time.time() - t0, 2), "summary": summary}
+        rec = {"key": self.key, "seconds": round(time.time() - t0, 2), "summary": summary,
+               "inputs": inputs, "output": self.digest(), "config": self.config}
         atomic_write_text(self.record, json.dumps(rec, indent=2, default=str))
         return summary
+
+
+# ------------------------------------------------------------------------------------------------
+# The run-directory lock
+
+_HELD: dict[str, dict] = {}
+"""Locks this process holds: resolved run dir -> {fd, mode, count}."""
+
+
+def _holder_line(fd: int) -> str:
+    try:
+        raw = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+        info = json.loads(raw) if raw else None
+    except (OSError, ValueError):
+        info = None
+    if not isinstance(info, dict):
+        return "a process that reads it (`ckf recommend` or `ckf report`) or a writer just starting"
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.get("since", 0)))
+    return f"pid {info.get('pid')} on host {info.get('host')} (`{info.get('command')}`, since {since})"
+
+
+def _command_line(limit: int = 120) -> str:
+    """This process's command line as the lock records it (shortened in the middle)."""
+    text = " ".join(["ckf", *sys.argv[1:]]) if sys.argv else "ckf"
+    return text if len(text) <= limit else text[: limit // 2 - 2] + " ... " + text[-(limit // 2 - 3):]
+
+
+def _acquire(run_dir: Path, exclusive: bool, wait: bool) -> bool:
+    """Take the lock of `run_dir`; True when this call took it (not already held here)."""
+    key = str(run_dir.resolve())
+    held = _HELD.get(key)
+    if held is not None:
+        if exclusive and held["mode"] != "exclusive":
+            raise RunBusy(f"{run_dir}: this process reads the run and cannot also write it")
+        held["count"] += 1
+        return False
+    lock_file = run_dir / ".lock"
+    try:
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        if exclusive:
+            raise RunBusy(f"{run_dir}: cannot create its lock file ({e.strerror}); is the folder writable?") from None
+        try:  # a reader of a read-only copy: lock it if the file is there, else nobody can write it
+            fd = os.open(lock_file, os.O_RDONLY)
+        except OSError:
+            return False
+    op = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+    try:
+        try:
+            fcntl.flock(fd, op | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder_line(fd)
+            if not wait:
+                verb = "write" if exclusive else "read"
+                raise RunBusy(f"{run_dir} is in use by {holder}; cannot {verb} it now (wait for it, or pass --wait)") from None
+            log.warning("%s is in use by %s; waiting for it", run_dir, holder)
+            fcntl.flock(fd, op)
+    except BaseException:
+        os.close(fd)
+        raise
+    if exclusive:
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
+              "command": _command_line()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+    _HELD[key] = {"fd": fd, "mode": "exclusive" if exclusive else "shared", "count": 1}
+    return True
+
+
+def _release(key: str) -> None:
+    held = _HELD.pop(key)
+    fd = held["fd"]
+    try:
+        if held["mode"] == "exclusive":
+            os.ftruncate(fd, 0)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def release_locks() -> None:
+    """Release every run-directory lock this process holds (the end of a command)."""
+    for key in list(_HELD):
+        _release(key)
 
 
 class Run:
@@ -151,6 +325,41 @@ class Run:
 
     def __repr__(self) -> str:
         return f"Run({str(self.dir)!r})"
+
+    # ------------------------------------------------------------------ lock
+    def lock_for_writing(self, wait: bool = False) -> None:
+        """Hold the exclusive lock of this run directory until :func:`release_locks` or the end of
+        the process; a second writer (or a reader) elsewhere gets :class:`RunBusy`, or waits with
+        `wait`. Taking it removes the temporary checkpoint folders of writers that died."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if _acquire(self.dir, exclusive=True, wait=wait):
+            self.remove_stale_temporaries()
+
+    def lock_for_reading(self, wait: bool = False) -> None:
+        """Hold a shared lock: no writer changes the run while this process reads it."""
+        if self.dir.is_dir():
+            _acquire(self.dir, exclusive=False, wait=wait)
+
+    def unlock(self) -> None:
+        """Give back one hold of this directory's lock (released when the last hold goes)."""
+        key = str(self.dir.resolve())
+        if key in _HELD:
+            _HELD[key]["count"] -= 1
+            if _HELD[key]["count"] <= 0:
+                _release(key)
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Temporary folders and files a dead writer left (``.step-N.tmp-PID``, ``.old-PID``, ``*.tmp``)
+        under train/; only called with the exclusive lock held, when no other writer can be at work."""
+        stale = []
+        for folder in (self.checkpoints_dir, self.train_dir, self.final_dir):
+            if folder.is_dir():
+                stale += [p for p in folder.iterdir() if p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name)]
+                stale += [p for p in folder.iterdir() if p.is_file() and p.name.endswith(".tmp")]
+        for p in stale:
+            log.warning("removed %s, left by a writer that did not finish", p)
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        return stale
 
     # ------------------------------------------------------------------ top level
     @property
@@ -260,10 +469,25 @@ class Run:
         return sorted(p for p in self.checkpoints_dir.glob("step-*") if p.is_dir())
 
     def latest_checkpoint(self) -> Optional[Path]:
+        """The checkpoint the `latest` pointer names (not verified; see :meth:`latest_intact_checkpoint`)."""
         if not self.latest_pointer.is_file():
             return None
         p = self.checkpoints_dir / self.latest_pointer.read_text().strip()
         return p if p.is_dir() else None
+
+    def latest_intact_checkpoint(self) -> Optional[Path]:
+        """The newest checkpoint whose files match its sha256 manifest; every newer one that does
+        not is skipped with a warning naming it and the problem. None when none is intact."""
+        named = self.latest_checkpoint()
+        candidates = sorted(self.checkpoints(), reverse=True)
+        if named is not None:
+            candidates = [named] + [c for c in candidates if c != named]
+        for c in candidates:
+            problem = verify_manifest(c)
+            if problem is None:
+                return c
+            log.warning("checkpoint %s is not intact (%s): skipped, falling back to an older one", c, problem)
+        return None
 
     def mark_latest(self, checkpoint: Path) -> None:
         atomic_write_text(self.latest_pointer, Path(checkpoint).name)
@@ -284,6 +508,18 @@ class Run:
     @property
     def final_weights(self) -> Path:
         return self.final_dir / "trainable.safetensors"
+
+    def verify_final(self) -> None:
+        """The final weights match the manifest training wrote beside them; else one line
+        (:class:`StaleStage`) naming the file: edited weights must not give other metrics."""
+        if not self.final_weights.is_file():
+            raise FileNotFoundError(f"{self.final_weights}: no trained weights (run `ckf train` first)")
+        if not (self.final_dir / "manifest.json").is_file():
+            log.warning("%s: no manifest.json (written before manifests existed): the weights are not verified", self.final_dir)
+            return
+        problem = verify_manifest(self.final_dir)
+        if problem is not None:
+            raise StaleStage(f"{self.final_dir}: {problem}; retrain (`ckf train --force`) or restore the folder")
 
     @property
     def peft_dir(self) -> Path:
@@ -316,26 +552,58 @@ class Run:
     # ------------------------------------------------------------------ stages
     def data_stage(self) -> Stage:
         cfg = self.cfg
-        key = stage_hash([to_dict(cfg.data), cfg.tasks, cfg.seed, cfg.model.placeholder_token, source_fingerprint(cfg)])
-        return Stage("data", self.data_dir, key)
+        source = source_fingerprint(cfg)
+        key = stage_hash([to_dict(cfg.data), cfg.tasks, cfg.seed, cfg.model.placeholder_token, source])
+        config = {"data": to_dict(cfg.data), "tasks": cfg.tasks, "seed": cfg.seed,
+                  "model": {"placeholder_token": cfg.model.placeholder_token}, "source_files": source}
+        return Stage("data", self.data_dir, key, config,
+                     outputs=lambda: [*sorted(self.split_dir.glob("*")), self.shards_dir / "manifest.json"])
 
     def cf_stage(self) -> Stage:
         cfg = self.cfg
-        key = stage_hash([self.data_stage().key, to_dict(cfg.cf), cfg.eval.ks, cfg.eval.max_samples_per_task, cfg.eval.task_caps])
-        return Stage("cf", self.cf_dir, key)
+        data = self.data_stage()
+        key = stage_hash([data.key, to_dict(cfg.cf), cfg.eval.ks, cfg.eval.max_samples_per_task, cfg.eval.task_caps])
+        config = {**data.config, "cf": to_dict(cfg.cf),
+                  "eval": {"ks": cfg.eval.ks, "max_samples_per_task": cfg.eval.max_samples_per_task, "task_caps": cfg.eval.task_caps}}
+        return Stage("cf", self.cf_dir, key, config, {"data": data},
+                     outputs=lambda: [*sorted(self.cf_dir.glob("*.safetensors")), self.baselines_json])
 
     def llm_stage(self) -> Stage:
         cfg = self.cfg
-        return Stage("llm", self.llm_dir, stage_hash([self.data_stage().key, to_dict(cfg.tiny), cfg.model.placeholder_token]))
+        data = self.data_stage()
+        key = stage_hash([data.key, to_dict(cfg.tiny), cfg.model.placeholder_token])
+        return Stage("llm", self.llm_dir, key, {**data.config, "tiny": to_dict(cfg.tiny)}, {"data": data},
+                     outputs=lambda: sorted(p for p in self.llm_dir.rglob("*") if p.is_file() and p.name != "stage.json"))
 
     def train_stage(self) -> Stage:
         cfg = self.cfg
-        llm_key = self.llm_stage().key if not cfg.model.path else cfg.model.path
-        parts = [self.cf_stage().key, llm_key, to_dict(cfg.model), to_dict(cfg.lora), _train_key(cfg), cfg.tasks, cfg.task_mix, cfg.seed]
-        return Stage("train", self.train_dir, stage_hash(parts))
+        cf = self.cf_stage()
+        upstream = {"data": cf.upstream["data"], "cf": cf}
+        if not cfg.model.path:
+            upstream["llm"] = self.llm_stage()
+        llm_key = upstream["llm"].key if not cfg.model.path else cfg.model.path
+        parts = [cf.key, llm_key, to_dict(cfg.model), to_dict(cfg.lora), _train_key(cfg), cfg.tasks, cfg.task_mix, cfg.seed]
+        config = {**cf.config, **(upstream["llm"].config if "llm" in upstream else {}), "model": to_dict(cfg.model),
+                  "lora": to_dict(cfg.lora), "train": _train_key(cfg), "task_mix": cfg.task_mix}
+        return Stage("train", self.train_dir, stage_hash(parts), config, upstream,
+                     outputs=lambda: [self.final_weights])
 
     def eval_stage(self) -> Stage:
-        return Stage("eval", self.eval_dir, stage_hash([self.train_stage().key, to_dict(self.cfg.eval)]))
+        train = self.train_stage()
+        return Stage("eval", self.eval_dir, stage_hash([train.key, to_dict(self.cfg.eval)]),
+                     {**train.config, "eval": to_dict(self.cfg.eval)}, {"train": train},
+                     outputs=lambda: [self.metrics_file("test")])
+
+    def check_current(self, names: tuple[str, ...] = ("data", "cf", "llm", "train")) -> None:
+        """Readers of a finished run (`ckf eval`, `ckf recommend`): every stage they read is fresh
+        for the run's config.yaml and built from what its upstream stages now hold; else one line
+        (:class:`StaleStage`) saying what changed."""
+        for name in names:
+            if name == "llm" and self.cfg.model.path:
+                continue
+            problem = self.stage(name).problem()
+            if problem is not None:
+                raise StaleStage(f"{self.dir}: {problem}; rerun `ckf train` with this run's config to rebuild it")
 
     def stage(self, name: str) -> Stage:
         if name not in STAGES:

@@ -64,3 +64,127 @@ def test_fresh_stage_is_skipped(tmp_path):
     assert stage.fresh() and stage.run(lambda folder: calls.append(folder) or {"n": 2}) == {"n": 1}
     assert len(calls) == 1
     assert stage.run(lambda folder: calls.append(folder) or {"n": 3}, force=True) == {"n": 3}
+
+
+# ------------------------------------------------------------------------------------------------
+# Lineage: a stage is fresh only while its upstream stages hold what it was built from
+
+
+def _write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_downstream_stage_goes_stale_when_an_upstream_output_changes(tmp_path):
+    r = Run(load_config(None, [f"run.dir={tmp_path}"]))
+    data, cf = r.data_stage(), r.cf_stage()
+    data.run(lambda f: _write(r.split_dir / "meta.json", "split A") or {})
+    built = []
+    cf.run(lambda f: _write(r.cf_table(), "table") or built.append(1) or {})
+    assert cf.problem() is None and data.output() is not None
+    a = data.output()
+    # the same data config rebuilt into other bytes (e.g. a source edited in place)
+    data.run(lambda f: _write(r.split_dir / "meta.json", "split B") or {}, force=True)
+    b = data.output()
+    assert a != b and cf.problem() == f"cf/ was built from data/ {a}, which now holds {b} (rebuilt since)"
+    with pytest.raises(Exception, match=r"cf/ was built from data/ .* rerun `ckf train`"):
+        r.check_current(("data", "cf"))
+    cf.run(lambda f: _write(r.cf_table(), "table") or built.append(2) or {})  # not fresh: rebuilt
+    assert built == [1, 2] and cf.problem() is None
+    # a rebuild into the same bytes changes nothing downstream
+    data.run(lambda f: _write(r.split_dir / "meta.json", "split B") or {}, force=True)
+    assert data.output() == b and cf.fresh()
+
+
+def test_stale_stage_says_which_config_keys_changed(tmp_path):
+    r0 = Run(load_config(None, [f"run.dir={tmp_path}"]))
+    r0.data_stage().run(lambda f: {})
+    r0.cf_stage().run(lambda f: {})
+    r1 = Run(load_config(None, [f"run.dir={tmp_path}", "seed=1", "cf.dim=4"]))
+    assert r1.cf_stage().problem() == "cf/ was built for another configuration (cf.dim: 32 -> 4, seed: 0 -> 1)"
+    assert Run(load_config(None, [f"run.dir={tmp_path}"])).cf_stage().problem() is None
+    assert r1.train_stage().problem() == "train/ has no stage record (never built, or its build did not finish)"
+
+
+# ------------------------------------------------------------------------------------------------
+# The run-directory lock
+
+HOLD = """
+import sys, time
+from ckf_dist.run import Run
+Run.at(sys.argv[1]).lock_for_writing()
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def _holder(tmp_path, seconds: float):
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "locked"
+    return p
+
+
+def test_lock_stops_a_second_writer_naming_the_holder(tmp_path):
+    import socket
+
+    from ckf_dist.run import RunBusy, release_locks
+
+    holder = _holder(tmp_path, 60)
+    try:
+        with pytest.raises(RunBusy) as e:
+            Run.at(tmp_path).lock_for_writing()
+        msg = str(e.value)
+        assert "\n" not in msg and f"in use by pid {holder.pid} on host {socket.gethostname()}" in msg
+        assert "pass --wait" in msg
+        with pytest.raises(RunBusy, match="cannot read it now"):
+            Run.at(tmp_path).lock_for_reading()
+    finally:
+        holder.kill()
+        holder.wait()
+    Run.at(tmp_path).lock_for_writing()  # the holder died (kill -9): the OS released its lock
+    release_locks()
+
+
+def test_wait_takes_the_lock_when_the_holder_ends(tmp_path):
+    from ckf_dist.run import release_locks
+
+    holder = _holder(tmp_path, 1.0)
+    Run.at(tmp_path).lock_for_writing(wait=True)
+    assert holder.wait() == 0
+    release_locks()
+
+
+def test_taking_the_lock_removes_temporaries_of_dead_writers(tmp_path):
+    from ckf_dist.run import release_locks
+
+    r = Run.at(tmp_path)
+    (r.checkpoints_dir / ".step-000004.tmp-99999").mkdir(parents=True)
+    (r.checkpoints_dir / ".step-000002.old-99999").mkdir()
+    r.checkpoint(2).mkdir()
+    (r.final_dir).mkdir()
+    (r.final_dir / "trainable.safetensors.tmp").write_text("partial")
+    r.lock_for_writing()
+    release_locks()
+    assert sorted(p.name for p in r.checkpoints_dir.iterdir()) == ["step-000002"]
+    assert list(r.final_dir.iterdir()) == []
+
+
+def test_latest_intact_checkpoint_skips_a_broken_newer_one(tmp_path, caplog):
+    from ckf_dist.fsutil import write_manifest
+
+    r = Run.at(tmp_path)
+    for step in (2, 4, 6):
+        _write(r.checkpoint(step) / "weights.bin", f"weights {step}")
+        write_manifest(r.checkpoint(step))
+    r.mark_latest(r.checkpoint(6))
+    (r.checkpoint(6) / "weights.bin").write_text("weights")  # truncated
+    (r.checkpoint(4) / "manifest.json").unlink()  # its writer died before the manifest
+    with caplog.at_level("WARNING"):
+        assert r.latest_intact_checkpoint() == r.checkpoint(2)
+    assert f"checkpoint {r.checkpoint(6)} is not intact (weights.bin does not match its sha256" in caplog.text
+    assert f"checkpoint {r.checkpoint(4)} is not intact (no manifest.json" in caplog.text
+    _write(r.checkpoint(2) / "extra.pt", "planted")
+    assert r.latest_intact_checkpoint() is None

@@ -67,6 +67,18 @@ class CFTables:
                 f"{self.user_emb.shape} / {self.item_emb.shape}"
             )
 
+    def id_mismatch(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> Optional[str]:
+        """None when these tables' rows are exactly the given users and items, in that order (the
+        dense ids of one split); else what differs, in words. A table from another split would
+        hand users other users' vectors: every consumer checks this before looking vectors up."""
+        for what, mine, theirs in (("user", self.user_ids, user_ids), ("item", self.item_ids, item_ids)):
+            if len(mine) != len(theirs):
+                return f"{len(mine)} {what} rows, the split has {len(theirs)} {what}s"
+            if list(mine) != [str(x) for x in theirs]:
+                k = next(k for k, (a, b) in enumerate(zip(mine, theirs)) if a != str(b))
+                return f"{what} row {k} is {mine[k]!r}, the split's {what} {k} is {theirs[k]!r} (built from another split)"
+        return None
+
     @property
     def dim(self) -> int:
         return int(self.user_emb.shape[1])

@@ -11,6 +11,12 @@ column is filled it is honoured exactly, so it must then be filled on every row,
 in valid/test needs at least one train row. Items with an empty title get a pseudo-title from
 training reviews at split time. Records are read with the csv module so that every problem is
 reported with the line it starts on.
+
+A quoted field may span lines only in the free-text columns (review, summary, title,
+description). A record whose line break sits elsewhere, or a multi-line record that is malformed,
+is a quoting failure (a stray `"` makes the csv module read on to the next quote, swallowing the
+lines between into one field): the reader refuses it in both `data.on_bad_record` modes, naming
+the line the quote opened on and the lines it swallowed, since skipping it would drop them all.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from ckf_dist.data.table import SPLITS, RecData, interactions_frame, items_frame
 
 REQUIRED = ("user_id", "item_id", "timestamp")
 OPTIONAL = ("rating", "label", "review", "summary", "split")
+TEXT = ("review", "summary", "title", "description")
+"""Columns whose quoted values may span lines."""
 
 
 def _check_utf8(path: Path) -> None:
@@ -39,7 +47,7 @@ def _check_utf8(path: Path) -> None:
 
 
 def csv_records(path: Path):
-    """(header, iterator of (line number where the record starts, fields)); skips blank lines."""
+    """(header, iterator of (line where the record starts, fields, line where it ends)); skips blank lines."""
     _check_utf8(path)
     f = open(path, encoding="utf-8-sig", newline="")
     reader = csv.reader(f)
@@ -51,7 +59,7 @@ def csv_records(path: Path):
                 for row in reader:
                     line, start = start, reader.line_num + 1
                     if row and any(c.strip() for c in row):
-                        yield line, row
+                        yield line, row, reader.line_num
             except csv.Error as e:
                 raise DataError(f"{path}:{reader.line_num}: malformed CSV ({e})") from None
 
@@ -60,6 +68,18 @@ def csv_records(path: Path):
     if first is None:
         raise DataError(f"{path}: empty file (expected a header row)")
     return [c.strip() for c in first[1]], it
+
+
+def check_quoting(path: Path, header: list[str], n: int, row: list[str], end: int) -> None:
+    """A record spanning lines n..end: fine when it is well-formed and only free-text fields hold
+    the line breaks; else a quoting failure, refused whatever data.on_bad_record says."""
+    if end <= n:
+        return
+    broken = [header[k] if k < len(header) else f"field {k + 1}" for k, c in enumerate(row) if "\n" in c or "\r" in c]
+    if len(row) == len(header) and all(c in TEXT for c in broken):
+        return
+    raise DataError(f"{path}:{n}: a quoted field opened on this line runs to line {end}, swallowing {end - n} line(s) "
+                    f"into one record (a stray '\"'?); fix the quoting: skipping it would drop those lines")
 
 
 def _parse_time(text: str, where: str, bad: BadRecords) -> Optional[int]:
@@ -95,8 +115,9 @@ def _read_items(path: Path, bad: BadRecords) -> tuple[list[str], list[str], list
     ix, it, idesc = header.index("item_id"), header.index("title"), header.index("description") if "description" in header else -1
     ids, titles, descs = [], [], []
     seen: set[str] = set()
-    for n, row in rows:
+    for n, row, end in rows:
         where = f"{path}:{n}"
+        check_quoting(path, header, n, row, end)
         if len(row) != len(header):
             bad(where, "wrong_field_count", f"expected {len(header)} comma-separated fields, got {len(row)}")
             continue
@@ -133,8 +154,9 @@ def load_csv(folder: str | Path, on_bad_record: str = "error", bounds: Optional[
     pos = {c: header.index(c) for c in REQUIRED + OPTIONAL if c in header}
 
     recs: list[dict] = []
-    for n, row in rows:
+    for n, row, end in rows:
         where = f"{inter_path}:{n}"
+        check_quoting(inter_path, header, n, row, end)
         if len(row) != len(header):
             bad(where, "wrong_field_count", f"expected {len(header)} comma-separated fields, got {len(row)}")
             continue

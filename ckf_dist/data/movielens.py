@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ckf_dist.data.errors import BadRecords, DataError, parse_rating, parse_timestamp, require_file
-from ckf_dist.data.generic_csv import csv_records
+from ckf_dist.data.generic_csv import check_quoting, csv_records
 from ckf_dist.data.table import RecData, interactions_frame, items_frame
 
 ML100K_GENRES = [
@@ -196,8 +196,9 @@ def _latest_movies(path: Path, bad: BadRecords) -> tuple[list[str], list[str], l
     header, rows = csv_records(path)
     pos = _header_check(path, header, LATEST_MOVIES)
     ids, titles, descs, seen = [], [], [], set()
-    for n, row in rows:
+    for n, row, end in rows:
         where = f"{path}:{n}"
+        check_quoting(path, header, n, row, end)
         if len(row) != len(header):
             bad(where, "wrong_field_count", f"expected {len(header)} comma-separated fields, got {len(row)}")
             continue
@@ -241,8 +242,9 @@ def _latest_ratings(path: Path, known_items: set[str], bounds: Bounds, bad: BadR
     header, rows = csv_records(path)
     pos = _header_check(path, header, LATEST_RATINGS)
     cols: dict[str, list] = {"user": [], "item": [], "timestamp": [], "rating": []}
-    for n, row in rows:
+    for n, row, end in rows:
         where = f"{path}:{n}"
+        check_quoting(path, header, n, row, end)
         if len(row) != len(header):
             bad(where, "wrong_field_count", f"expected {len(header)} comma-separated fields, got {len(row)}")
             continue

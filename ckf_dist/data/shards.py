@@ -12,9 +12,12 @@ The number of shards of each split is a multiple of `data.shard_multiple`, so th
 a seeded shuffle, so every shard holds the same task mix.
 
 Reading: :func:`sample_stream` composes webdataset stages explicitly: shard list (fixed or
-resampled), split by rank, split by DataLoader worker, tar expansion with a bad-shard handler
-that counts and logs instead of crashing, optional shuffle buffer, JSON decode, optional
-fixed epoch length. Rank and world size are arguments (default: from the environment, as Ray
+resampled), split by rank, split by DataLoader worker, shard reading (tar expansion and JSON
+decode of one whole shard, its sample count checked against the manifest), optional shuffle
+buffer, optional fixed epoch length. A bad shard (unreadable, a corrupt member, or fewer or more
+samples than the manifest lists: a truncated copy ends cleanly at a tar header boundary) gives
+none of its samples; `dist.on_bad_shard` decides whether it is counted and skipped or stops the
+reader with one line naming it. Rank and world size are arguments (default: from the environment, as Ray
 and torchrun set RANK / WORLD_SIZE), so the same reader serves tests, Ray workers and the
 deepspeed launcher.
 """
@@ -31,7 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
-from ckf_dist.fsutil import atomic_write, atomic_write_text
+from ckf_dist.data.errors import DataError
+from ckf_dist.fsutil import atomic_write, atomic_write_text, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +100,7 @@ def write_shards(
         for k, bucket in enumerate(tqdm(buckets, desc=f"shards {split}", leave=False, disable=None)):
             name = f"{split}/{split}-{k:06d}.tar"
             size = _write_tar(out / name, bucket)
-            shards.append({"path": name, "samples": len(bucket), "bytes": size})
+            shards.append({"path": name, "samples": len(bucket), "bytes": size, "sha256": sha256_file(out / name)})
         per_task: dict[str, int] = {}
         for s in samples:
             per_task[s["task"]] = per_task.get(s["task"], 0) + 1
@@ -116,10 +120,35 @@ def load_manifest(shard_dir: str | Path) -> dict:
 
 def shard_urls(shard_dir: str | Path, split: str) -> list[str]:
     """Shard locations of a split, from the manifest (local paths)."""
+    return list(shard_counts(shard_dir, split))
+
+
+def shard_counts(shard_dir: str | Path, split: str) -> dict[str, int]:
+    """Shard location -> the number of samples the manifest lists for it (readers check it)."""
     m = load_manifest(shard_dir)
     if split not in m["splits"]:
         raise KeyError(f"{shard_dir}: no split {split!r} in the manifest")
-    return [str(Path(shard_dir) / s["path"]) for s in m["splits"][split]["shards"]]
+    return {str(Path(shard_dir) / s["path"]): int(s["samples"]) for s in m["splits"][split]["shards"]}
+
+
+def verify_shards(shard_dir: str | Path) -> Optional[str]:
+    """None when the manifest is there and every shard it lists exists with its size (and sha256,
+    when recorded); else the first problem, in words (`ckf data prepare`'s up-to-date check)."""
+    shard_dir = Path(shard_dir)
+    try:
+        m = json.loads((shard_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return f"{shard_dir / MANIFEST} is missing or unreadable"
+    for split in m.get("splits", {}).values():
+        for s in split["shards"]:
+            p = shard_dir / s["path"]
+            if not p.is_file():
+                return f"shard {p} is missing"
+            if p.stat().st_size != s["bytes"]:
+                return f"shard {p} has {p.stat().st_size} bytes, the manifest says {s['bytes']}"
+            if "sha256" in s and sha256_file(p) != s["sha256"]:
+                return f"shard {p} does not match its sha256 in the manifest"
+    return None
 
 
 def fingerprint_frame(df) -> str:
@@ -135,12 +164,16 @@ def fingerprint_frame(df) -> str:
 # Reading
 
 
+class BadShard(DataError):
+    """A shard that cannot be read whole: one line naming it and the problem."""
+
+
 @dataclass
 class BadShardCounter:
-    """webdataset exception handler: counts and logs a corrupted shard, or re-raises.
+    """What a bad shard does (`dist.on_bad_shard`): counted and logged, or fatal.
 
     `policy="skip"` keeps training going (the count reaches TensorBoard and the log);
-    `policy="error"` fails on the first bad shard.
+    `policy="error"` fails on the first bad shard with :class:`BadShard` (one line).
     """
 
     policy: str = "skip"
@@ -149,9 +182,12 @@ class BadShardCounter:
 
     def __call__(self, exn: BaseException) -> bool:
         if self.policy == "error":
-            raise exn
+            if isinstance(exn, BadShard):
+                raise exn
+            raise BadShard(f"bad shard: {type(exn).__name__}: {str(exn).splitlines()[0] if str(exn) else ''} "
+                           "(dist.on_bad_shard=error)") from exn
         self.count += 1
-        msg = f"skipped a corrupted shard member or shard: {type(exn).__name__}: {exn}"
+        msg = f"skipped a bad shard: {type(exn).__name__}: {exn}"
         self.messages.append(msg)
         log.warning(msg)
         return True
@@ -183,9 +219,31 @@ def _split_by_dataloader_worker(src: Iterable, reader: Optional[tuple[int, int]]
             yield item
 
 
-def _decode(src: Iterable[dict]) -> Iterator[dict]:
-    for sample in src:
-        yield json.loads(sample["json"])
+def _read_shards(src: Iterable[dict], expected: Optional[dict[str, int]], handler: "BadShardCounter") -> Iterator[dict]:
+    """Each shard read whole (tar members, JSON decoded) and checked against the manifest's sample
+    count before any of its samples is yielded: a bad shard yields nothing and goes to `handler`."""
+    from webdataset.tariterators import tarfile_samples
+
+    for item in src:
+        url = item["url"]
+        try:
+            samples = []
+            for member in tarfile_samples([item]):
+                if "json" not in member:
+                    raise BadShard(f"{url}: member {member.get('__key__')!r} has no .json part")
+                try:
+                    samples.append(json.loads(member["json"]))
+                except (ValueError, RecursionError) as e:
+                    raise BadShard(f"{url}: member {member.get('__key__')!r} is not valid JSON ({e})") from None
+            want = expected.get(url) if expected else None
+            if want is not None and len(samples) != want:
+                raise BadShard(f"{url}: {len(samples)} samples, the manifest lists {want} (truncated or replaced shard)")
+        except Exception as e:  # unreadable tar, short shard, bad member
+            if not isinstance(e, BadShard):
+                e = BadShard(f"{url}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}")
+            handler(e)
+            continue
+        yield from samples
 
 
 class _ResampledShards:
@@ -219,6 +277,7 @@ def sample_stream(
     epoch_len: Optional[int] = None,
     bad_shards: Optional[BadShardCounter] = None,
     reader: Optional[tuple[int, int]] = None,
+    expected: Optional[dict[str, int]] = None,
 ):
     """A webdataset pipeline yielding sample dicts.
 
@@ -230,7 +289,8 @@ def sample_stream(
       number of samples (equal step counts avoid collective hangs).
 
     `reader` = (id, count) names the DataLoader worker whose share of a rank's shards to read
-    (default: the calling worker's own).
+    (default: the calling worker's own). `expected` (url -> samples, :func:`shard_counts`) makes a
+    shard with another sample count a bad shard.
     """
     import webdataset as wds
 
@@ -250,16 +310,17 @@ def sample_stream(
             wds.filters.pipelinefilter(_split_by_rank)(rank, world_size),
             wds.filters.pipelinefilter(_split_by_dataloader_worker)(reader),
         ]
-    stages.append(wds.tarfile_to_samples(handler=handler))
+    stages.append(wds.filters.pipelinefilter(_read_shards)(expected, handler))
     if shuffle_buffer:
         stages.append(wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), rng=random.Random(f"{seed}/{epoch}/{rank}")))
-    stages.append(wds.filters.pipelinefilter(_decode)())
     pipe = wds.DataPipeline(*stages)
     if epoch_len is not None:
         pipe = pipe.with_epoch(epoch_len)
     return pipe
 
 
-def read_split(shard_dir: str | Path, split: str) -> list[dict]:
-    """All samples of a split, in shard order (evaluation and tests)."""
-    return list(sample_stream(shard_urls(shard_dir, split), rank=0, world_size=1))
+def read_split(shard_dir: str | Path, split: str, bad_shards: Optional[BadShardCounter] = None) -> list[dict]:
+    """All samples of a split, in shard order (evaluation and tests); a bad shard (one whose sample
+    count differs from the manifest's included) is fatal unless `bad_shards` skips it."""
+    counts = shard_counts(shard_dir, split)
+    return list(sample_stream(list(counts), rank=0, world_size=1, expected=counts, bad_shards=bad_shards))

@@ -8,6 +8,9 @@
   to train, the next to valid, the rest to test: train on the past, test on the future, as the
   LLM-recommendation papers do. ``column``: the source's ``split`` column, exactly. ``auto`` =
   ``column`` when the source has one, else ``leave_last``.
+- **Duplicate interactions.** The same (user, item) pair more than once keeps only its last
+  interaction (latest timestamp; ties: the later one in the file), the others are counted under
+  ``duplicate`` in the skipped records: one pair never sits in train and test at once.
 - **New users and items.** A user or item whose first interaction is held out is kept: it has no
   training interaction (the ``new`` group of the metrics) and CF falls back for it (see
   :mod:`ckf_dist.cf.tables`).
@@ -22,6 +25,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections import Counter, defaultdict
@@ -51,6 +55,8 @@ STOPWORDS = frozenset(
     """.split()
 )
 FALLBACK_TITLE = "Unreviewed Item"
+
+log = logging.getLogger(__name__)
 
 
 def chronological_split(user_codes: np.ndarray, valid_per_user: int, test_per_user: int) -> np.ndarray:
@@ -202,6 +208,12 @@ def split_dataset(data: RecData, cfg: DataConfig, seed: int) -> SplitData:
     order = np.lexsort((np.arange(len(inter)), inter["timestamp"].to_numpy(), user_code))
     inter = inter.iloc[order].reset_index(drop=True)
     user_code = user_code[order]
+    dup = inter.duplicated(["user", "item"], keep="last").to_numpy()  # rows in (user, time, file) order
+    if dup.any():
+        log.warning("%s: %d duplicate (user, item) interaction(s): kept the last of each, skipped %d", data.name,
+                    int(dup.sum()), int(dup.sum()))
+        inter = inter[~dup].reset_index(drop=True)
+        user_code = user_code[~dup]
 
     source = inter["split"].to_numpy(dtype=object)
     protocol = resolve_split(cfg, bool((source != "").any()))
@@ -252,6 +264,8 @@ def split_dataset(data: RecData, cfg: DataConfig, seed: int) -> SplitData:
     )
     out = out.iloc[np.lexsort((np.arange(len(out)), out["timestamp"].to_numpy(), out["u"].to_numpy()))]
     skipped = Counter(data.skipped)
+    if dup.any():
+        skipped["duplicate"] += int(dup.sum())
     return SplitData(
         name=data.name,
         inter=out.reset_index(drop=True),

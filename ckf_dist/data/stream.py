@@ -46,8 +46,11 @@ class TrainStream(torch.utils.data.IterableDataset):
         num_workers: int,
         skip: int = 0,
         bad_shards: Optional[BadShardCounter] = None,
+        expected: Optional[dict[str, int]] = None,
     ):
+        """`expected`: url -> the sample count the manifest lists (a shard that differs is bad)."""
         self.urls, self.cfg, self.collate = urls, cfg, collate
+        self.expected = expected
         self.rank, self.world_size, self.num_workers = rank, world_size, max(0, num_workers)
         self.skip = skip
         self.bad_shards = bad_shards if bad_shards is not None else BadShardCounter(cfg.dist.on_bad_shard)
@@ -70,6 +73,7 @@ class TrainStream(torch.utils.data.IterableDataset):
                 epoch=epoch,
                 bad_shards=self.bad_shards,
                 reader=(worker, workers),
+                expected=self.expected,
             ):
                 n += 1
                 p = self.keep_prob.get(s["task"], 0.0)

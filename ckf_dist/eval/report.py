@@ -9,13 +9,16 @@ once per group, its CF and popularity baselines (`cf/baselines.json`).
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Optional
 
 from ckf_dist.config import Config, load_config, to_dict
-from ckf_dist.run import Run
 from ckf_dist.fsutil import atomic_write_text
+from ckf_dist.run import Run, RunBusy
+
+log = logging.getLogger(__name__)
 
 COLUMNS = [
     ("ctr", "auc"), ("ctr", "uauc"),
@@ -62,8 +65,10 @@ def _mean_sd(values: list[float]) -> Optional[str]:
     return f"{m:.4f} ± {sd:.4f}"
 
 
-def collect(run_dirs: list[str]) -> list[dict]:
-    """Rows: {"name", "seeds", "runs", "values": {(task, metric): [v per seed]}}."""
+def collect(run_dirs: list[str], wait: bool = False) -> list[dict]:
+    """Rows: {"name", "seeds", "runs", "values": {(task, metric): [v per seed]}}. Each run is read
+    under its shared lock (a consistent snapshot); a run a writer holds is left out with a warning
+    naming the writer, or waited for with `wait`."""
     groups: dict[str, dict] = {}
     baselines: dict[str, dict] = {}
     for run in run_dirs:
@@ -71,23 +76,41 @@ def collect(run_dirs: list[str]) -> list[dict]:
         cfg_file = rd.config_file
         if not cfg_file.is_file():
             raise FileNotFoundError(f"{cfg_file}: not a run directory")
-        cfg = load_config(cfg_file)
-        key = _group_key(cfg)
-        g = groups.setdefault(key, {"name": variant_name(cfg), "seeds": [], "runs": [], "values": {}, "dataset": cfg.data.format})
-        metrics_file = rd.metrics_file()
-        if metrics_file.is_file():
-            m = json.loads(metrics_file.read_text())
-            g["seeds"].append(cfg.seed)
-            g["runs"].append(str(rd.dir))
-            for task, metric in COLUMNS:
-                g["values"].setdefault((task, metric), []).append((m.get(task) or {}).get(metric))
-        bl = rd.baselines_json
-        if bl.is_file():
-            res = json.loads(bl.read_text())
-            res = res.get("results", {}).get("test", res)
-            for model, tasks in res.items():
-                b = baselines.setdefault(f"{cfg.data.format}/{model}/{cfg.seed}", {"name": model, "seed": cfg.seed, "tasks": tasks})
-                b["tasks"] = tasks
+        try:
+            rd.lock_for_reading(wait)
+        except RunBusy as e:
+            log.warning("left out: %s", e)
+            continue
+        try:
+            _collect_one(rd, groups, baselines)
+        finally:
+            rd.unlock()
+    return _rows(groups, baselines)
+
+
+def _collect_one(rd: Run, groups: dict, baselines: dict) -> None:
+    """Add one run's metrics and baselines to `groups` / `baselines`."""
+    cfg_file = rd.config_file
+    cfg = load_config(cfg_file)
+    key = _group_key(cfg)
+    g = groups.setdefault(key, {"name": variant_name(cfg), "seeds": [], "runs": [], "values": {}, "dataset": cfg.data.format})
+    metrics_file = rd.metrics_file()
+    if metrics_file.is_file():
+        m = json.loads(metrics_file.read_text())
+        g["seeds"].append(cfg.seed)
+        g["runs"].append(str(rd.dir))
+        for task, metric in COLUMNS:
+            g["values"].setdefault((task, metric), []).append((m.get(task) or {}).get(metric))
+    bl = rd.baselines_json
+    if bl.is_file():
+        res = json.loads(bl.read_text())
+        res = res.get("results", {}).get("test", res)
+        for model, tasks in res.items():
+            b = baselines.setdefault(f"{cfg.data.format}/{model}/{cfg.seed}", {"name": model, "seed": cfg.seed, "tasks": tasks})
+            b["tasks"] = tasks
+
+
+def _rows(groups: dict, baselines: dict) -> list[dict]:
     rows = [g for g in groups.values() if g["runs"]]
     by_model: dict[str, dict] = {}
     for b in baselines.values():
@@ -111,7 +134,7 @@ def report_markdown(rows: list[dict]) -> str:
 
 
 def cmd_report(args) -> int:
-    table = report_markdown(collect(args.runs))
+    table = report_markdown(collect(args.runs, wait=getattr(args, "wait", False)))
     print(table)
     if args.out:
         atomic_write_text(Path(args.out), table + "\n")

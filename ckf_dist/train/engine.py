@@ -6,7 +6,15 @@
   the Ray and `deepspeed` launchers. `deepspeed` is imported only here, inside the worker.
 
 Both save checkpoints atomically (write into a temporary folder, then rename) and load them
-without unpickling arbitrary objects (safetensors, or `torch.load(weights_only=True)`).
+without unpickling arbitrary objects (safetensors, or `torch.load(weights_only=True)`): DeepSpeed's
+own checkpoint engine loads with `weights_only=False`, so its `load` is replaced by a
+weights-only one that allows the few DeepSpeed classes its optimizer states hold (plain state
+holders, no code run on load). Before any load, the recipe checks the folder against the sha256
+manifest the run wrote (:func:`ckf_dist.fsutil.verify_manifest`).
+
+A non-finite gradient norm stops the local engine before its optimizer step (:class:`NonFiniteStep`);
+DeepSpeed applies its step inside `engine.step()`, so the recipe stops right after it, before any
+save (the weights in memory are lost with the process).
 """
 
 from __future__ import annotations
@@ -56,6 +64,29 @@ def param_groups(model: torch.nn.Module, cfg: Config) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
+class NonFiniteStep(RuntimeError):
+    """The gradient norm of an optimizer step is not finite: the step was not applied."""
+
+    def __init__(self, norm: float):
+        super().__init__(f"non-finite gradient norm {norm}")
+        self.norm = norm
+
+
+def deepspeed_safe_globals() -> list:
+    """The DeepSpeed classes its checkpoints pickle (enums and loss-scaler state holders), allowed
+    in a weights-only load; nothing else outside torch's own weights-only set is."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    return [ZeroStageEnum, LossScaler, DynamicLossScaler]
+
+
+def weights_only_load(path: str, map_location=None):
+    """What DeepSpeed's checkpoint engine `load` does, with `weights_only=True`."""
+    with torch.serialization.safe_globals(deepspeed_safe_globals()):
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
 def checkpoint_state(folder: Path) -> Optional[dict[str, Any]]:
     """The state JSON an engine saved with a checkpoint (step, world size, ...), None if absent."""
     p = Path(folder) / "state.json"
@@ -81,12 +112,16 @@ class LocalEngine:
 
     def step(self) -> Optional[torch.Tensor]:
         """Apply the update after `grad_accum` micro-steps; returns the grad norm (a 0-d tensor on
-        the device, read by the caller only when it logs) when it stepped."""
+        the device) when it stepped. A non-finite norm (a NaN or infinite loss or gradient) raises
+        :class:`NonFiniteStep` before the optimizer step: one read of the norm per optimizer step."""
         if self.micro % self.cfg.train.grad_accum:
             return None
         params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
         clip = self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(params, clip) if params else torch.tensor(0.0)
+        if not bool(torch.isfinite(norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteStep(float(norm))
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -162,6 +197,8 @@ class DeepSpeedEngine:
         self.model = self.engine.module
         self.world_size = self.engine.world_size
         self.rank = self.engine.global_rank
+        if getattr(self.engine, "checkpoint_engine", None) is not None:
+            self.engine.checkpoint_engine.load = weights_only_load  # never weights_only=False
 
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss)
@@ -204,6 +241,9 @@ class DeepSpeedEngine:
         return folder
 
     def load(self, folder: Path) -> dict[str, Any]:
+        if getattr(self.engine, "checkpoint_engine", None) is None:
+            raise RuntimeError("DeepSpeed built no checkpoint engine: refusing to load a checkpoint it would unpickle unchecked")
+        self.engine.checkpoint_engine.load = weights_only_load
         path, client = self.engine.load_checkpoint(str(folder), tag="engine", load_optimizer_states=True, load_lr_scheduler_states=True)
         if path is None:
             raise FileNotFoundError(f"{folder}: no DeepSpeed checkpoint (tag 'engine')")

@@ -8,9 +8,12 @@ config and the device) and a checkpoint sink (:mod:`ckf_dist.train.checkpoints`)
 writes its training outputs there: checkpoints (atomic), TensorBoard events + their JSON-lines
 twin, the final trainable weights (+ PEFT adapters), and where each rank ran (host, pid, node).
 
-Failure rules: a non-finite loss stops training with a message naming the step, tasks and sample
-keys, after the last good checkpoint; a config whose tasks are absent from the shards or a CF
-table that does not cover the shards' ids stops before training starts.
+Failure rules: a non-finite loss or gradient norm stops training before the optimizer step that
+would apply it (the local engine; DeepSpeed right after its step) and before any save, with a
+message naming the step (and for a loss its tasks and sample keys) and the last good checkpoint;
+a config whose tasks are absent from the shards or a CF table whose ids are not the split's stops
+before training starts. Checkpoints carry a sha256 manifest written last; resuming verifies it
+first, and :meth:`CKFRecipe.latest_checkpoint` falls back past broken ones with a warning.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import socket
 import time
 from pathlib import Path
@@ -29,23 +33,22 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from ckf_dist.config import ALL_TASKS, Config, ConfigError
-from ckf_dist.data.shards import BadShardCounter, load_manifest, read_split, shard_urls
+from ckf_dist.data.shards import BadShardCounter, load_manifest, read_split, shard_counts
 from ckf_dist.eval.loop import Evaluator
-from ckf_dist.fsutil import atomic_write, atomic_write_text
+from ckf_dist.fsutil import atomic_write, atomic_write_text, verify_manifest, write_manifest
 from ckf_dist.telemetry.logger import MetricsLogger, Throughput, flops_per_token, peak_flops
 from ckf_dist.data.collate import batch_to
 from ckf_dist.models.factory import build_ckf_model
 from ckf_dist.run import Run
 from ckf_dist.data.stream import TrainStream, train_loader
 from ckf_dist.train.checkpoints import CheckpointSink, RunCheckpoints
-from ckf_dist.train.engine import EngineFactory, LocalEngineFactory, checkpoint_state
+from ckf_dist.train.engine import EngineFactory, LocalEngineFactory, NonFiniteStep, checkpoint_state
+from ckf_dist.train.errors import TrainingError
 from ckf_dist.train.export import export_peft_adapters
 
 log = logging.getLogger(__name__)
 
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. a non-finite loss); the message is one line."""
+__all__ = ["CKFRecipe", "TrainingError"]
 
 
 class CKFRecipe:
@@ -68,7 +71,8 @@ class CKFRecipe:
 
     # ------------------------------------------------------------------ setup
     def latest_checkpoint(self) -> Optional[Path]:
-        return self.run.latest_checkpoint()
+        """The newest intact checkpoint in the run (broken newer ones skipped with a warning)."""
+        return self.run.latest_intact_checkpoint()
 
     def _check_inputs(self, manifest: dict, tables) -> None:
         present = set(manifest["splits"]["train"]["tasks"])
@@ -76,11 +80,9 @@ class CKFRecipe:
         if missing:
             raise ConfigError(f"tasks: {missing[0]!r} is not in the shards (have {', '.join(sorted(present))}); rerun `ckf data prepare`")
         sd_meta = self.run.split_meta()
-        if len(sd_meta["user_ids"]) > tables.user_emb.shape[0] or len(sd_meta["item_ids"]) > tables.item_emb.shape[0]:
-            raise ConfigError(
-                f"cf: table covers {tables.user_emb.shape[0]} users / {tables.item_emb.shape[0]} items but the shards "
-                f"have {len(sd_meta['user_ids'])} / {len(sd_meta['item_ids'])}; rerun `ckf cf train`"
-            )
+        problem = tables.id_mismatch(sd_meta["user_ids"], sd_meta["item_ids"])
+        if problem is not None:
+            raise ConfigError(f"cf: {self.run.cf_table()}: {problem}; rerun `ckf cf train`")
 
     def setup(self, resume_from: Optional[Path] = None) -> None:
         cfg = self.cfg
@@ -103,13 +105,21 @@ class CKFRecipe:
         self.n_trainable_partition = sum(int(p.ds_tensor.numel()) if hasattr(p, "ds_tensor") else p.numel() for p in params)
         state = {}
         if resume_from is not None:
+            # Nothing is loaded from a folder whose files differ from what its writer recorded.
+            problem = verify_manifest(resume_from)
+            if problem is not None:
+                raise TrainingError(f"checkpoint {resume_from} is not intact ({problem}); not loaded")
             # Check the world size first: ZeRO shards reload only at the same data-parallel size.
             written_by = (checkpoint_state(Path(resume_from)) or {}).get("world_size")
             if written_by is not None and written_by != self.world_size:
                 raise ConfigError(
                     f"dist.num_workers: checkpoint {resume_from} was written by {written_by} workers, this run has {self.world_size}"
                 )
-            state = self.engine.load(Path(resume_from))
+            try:
+                state = self.engine.load(Path(resume_from))
+            except (pickle.UnpicklingError, ValueError, KeyError, OSError) as e:  # refused or unreadable state
+                raise TrainingError(f"checkpoint {resume_from}: cannot be loaded ({type(e).__name__}: "
+                                    f"{str(e).splitlines()[0] if str(e) else ''})") from e
             self.step = int(state["step"])
             log.info("rank %d: resumed from %s at step %d", self.rank, resume_from, self.step)
         self.resumed_from = self.step if resume_from is not None else None
@@ -117,9 +127,10 @@ class CKFRecipe:
         workers = cfg.loader.workers
         shards_per_rank = len(manifest["splits"]["train"]["shards"]) // max(1, self.world_size)
         workers = min(workers, max(1, shards_per_rank)) if workers else 0
+        counts = shard_counts(shard_dir, "train")
         self.stream = TrainStream(
-            shard_urls(shard_dir, "train"), cfg, self.collator, self.rank, self.world_size, workers,
-            skip=self.step * cfg.train.grad_accum, bad_shards=self.bad_shards,
+            list(counts), cfg, self.collator, self.rank, self.world_size, workers,
+            skip=self.step * cfg.train.grad_accum, bad_shards=self.bad_shards, expected=counts,
         )
         self.loader = train_loader(self.stream)
         self.logger = MetricsLogger(self.run.tb_dir, self.rank, jsonl=self.run.train_log)
@@ -189,9 +200,15 @@ class CKFRecipe:
                 tokens += n_tokens
                 samples += n_samples
             t2 = time.perf_counter()
-            grad_norm = self.engine.step()
+            try:
+                grad_norm = self.engine.step()
+                stop = isinstance(grad_norm, float) and not math.isfinite(grad_norm)  # DeepSpeed: a host float
+            except NonFiniteStep as e:  # the local engine did not apply it
+                grad_norm, stop = e.norm, True
             if grad_norm is not None:  # checked with the losses: a NaN update must never reach a checkpoint
                 self._norms.append((self.step, grad_norm))
+            if stop:
+                self._check_finite()  # raises, naming the loss (tasks, samples) or the gradient norm
             compute_s += time.perf_counter() - t2
             self.step += 1
             meter.add(tokens, samples, wait_s, compute_s)
@@ -327,6 +344,7 @@ class CKFRecipe:
         folder = self.checkpoints.folder(self.run, self.step)
         state = {"step": self.step, "world_size": self.world_size, "seed": self.cfg.seed, "samples_skipped": self.step * self.cfg.train.grad_accum}
         self.engine.save(folder, state)
+        self.checkpoints.seal(folder, self.rank, self.world_size)  # the sha256 manifest, written last
         self.logger.log(self.step, {"ckpt/save_s": time.perf_counter() - t0})
         self.checkpoints.commit(self.run, folder, self.step, metrics or {}, self.rank)
         return folder
@@ -340,6 +358,7 @@ class CKFRecipe:
         atomic_write(self.run.final_weights, lambda tmp: save_file({k: v.contiguous() for k, v in gathered.items()}, str(tmp),
                                                                    metadata={"step": str(self.step)}))
         export_peft_adapters(gathered, self.cfg, self.run.peft_dir, self.run.model_dir)
+        write_manifest(final)  # last: `ckf eval` / `recommend` verify the weights against it
         return final
 
     def cleanup(self) -> None:

@@ -92,12 +92,13 @@ def test_pos_from_label_else_rating(tmp_path):
 def test_pseudo_titles_use_training_reviews_only(tmp_path):
     rows = []
     for u in range(1, 5):
-        rows += [f"u{u},i1,{10 * u + 1},5,,lovely warm mellow tone,tone,",
-                 f"u{u},i2,{10 * u + 2},4,,bright crisp snappy attack,bright,",
-                 f"u{u},i3,{10 * u + 3},3,,sturdy stand holds steady,stand,"]
-        # each user's last interaction is test; u1's test review has a word found nowhere else
+        rows += [f"u{u},i1,{10 * u + 1},5,,lovely warm mellow tone,tone,train",
+                 f"u{u},i2,{10 * u + 2},4,,bright crisp snappy attack,bright,train",
+                 f"u{u},i3,{10 * u + 3},3,,sturdy stand holds steady,stand,train"]
+        # other users review i1 in test (one (user, item) pair each); u5's review has a word found nowhere else
         text = "zanzibarish tone tone tone,zanzibarish" if u == 1 else "warm tone,tone"
-        rows.append(f"u{u},i1,{10 * u + 5},5,,{text},")
+        rows += [f"u{u + 4},i2,{10 * u + 4},4,,bright crisp snappy attack,bright,train",
+                 f"u{u + 4},i1,{10 * u + 5},5,,{text},test"]
     cfg = DataConfig(title_words=3, valid_per_user=0, test_per_user=1)
     sd = split_dataset(load_csv(write_csv(tmp_path / "c", rows)), cfg, 0)
     assert raw_rows(sd).query("item == 'i1' and split == 'test'")["review"].str.contains("zanzibarish").any()

@@ -92,3 +92,43 @@ def shard_tokens(run: Path, overrides: list[str], world_size: int, steps: int) -
             else:
                 total += cf + text
     return total
+
+
+ZERO3_MODEL_CODE = r'''
+import os, socket, sys
+import torch
+import torch.distributed as dist
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from ckf_dist.bench.e2e_gpu import SyntheticTokenizer, synthetic_batch
+from ckf_dist.config import load_config
+from ckf_dist.models.ckf import CKFModel
+from ckf_dist.train.deepspeed_config import deepspeed_setup
+from ckf_dist.train.engine import DeepSpeedEngine
+
+SHAPE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+             intermediate_size=64, vocab_size=300)
+cfg = load_config(None, ["train.curriculum=false", "model.max_length=64", "lora.shared.r=2", "lora.task.r=2",
+                         "kernels.backend=torch", "train.micro_batch_size=4", "train.grad_accum=1",
+                         "dist.zero_stage=3", "dist.param_persistence_threshold=0", "train.dtype=fp32", "cf.dim=8"])
+
+
+def build():
+    torch.manual_seed(0)
+    lc = LlamaConfig(**SHAPE, max_position_embeddings=128, tie_word_embeddings=False, bos_token_id=1,
+                     eos_token_id=2, pad_token_id=0)
+    llm = LlamaForCausalLM._from_config(lc, dtype=torch.float32)
+    tok = SyntheticTokenizer(SHAPE["vocab_size"], cfg.model.placeholder_token)
+    g = torch.Generator().manual_seed(0)
+    m = CKFModel(llm, tok, torch.randn(50, cfg.cf.dim, generator=g), torch.randn(60, cfg.cf.dim, generator=g), cfg)
+    with torch.no_grad():  # zero-initialised B would leave every A without a gradient
+        for n, p in m.named_parameters():
+            if ".lora_" in n and n.endswith("B"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return m, tok
+
+
+'''
+"""Python source for a DeepSpeed subprocess: imports, a ZeRO-3 config (`cfg`, every trainable tensor
+partitioned) and `build()`, a tiny random LLaMA CKF model with non-zero LoRA B (so every A gets a
+gradient) and its synthetic tokenizer."""
