@@ -301,10 +301,11 @@ def test_tiny_llm_corpus_is_training_prompts_and_answer_words(run):
 
     r = Run.open(run)
     texts = pretraining_texts(r)
-    train = {s["prompt_text"]: s for s in read_split(r.shards_dir, "train")}
+    samples = read_split(r.shards_dir, "train")
+    train = {s["prompt_text"]: s for s in samples}
     held_out = {s["prompt_text"] for split in ("valid", "test") for s in read_split(r.shards_dir, split)} - set(train)
     with_prompt = [t for t in texts if any(t.startswith(p) for p in train)]
-    assert len(with_prompt) == min(r.cfg.tiny.prompt_texts, len(train))
+    assert len(with_prompt) == min(r.cfg.tiny.prompt_texts, len(samples))
     assert not any(t.startswith(p) for t in texts for p in held_out)
     ctr = [(t, train[p]) for t in with_prompt for p in [t.rsplit(" ", 1)[0]] if p in train and train[p]["task"] == "ctr"]
     assert ctr and all(t.rsplit(" ", 1)[1] in ("Yes", "No") for t, _ in ctr)
