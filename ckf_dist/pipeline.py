@@ -122,7 +122,8 @@ def pretraining_texts(run: Run) -> list[str]:
         stream = sample_stream(shard_urls(run.shards_dir, "train"), rank=0, world_size=1)
         for s in itertools.islice(stream, cfg.tiny.prompt_texts):
             choices = answers.get(s["task"]) or [sd.item_titles[c] for c in s["candidates"]]
-            texts.append(f"{s['prompt_text']} {rng.choice(choices)}" if choices else s["prompt_text"])
+            # joined as the collator joins prompt and target tokens (the target has no leading space)
+            texts.append(s["prompt_text"] + (rng.choice(choices) if choices else ""))
     return texts
 
 
