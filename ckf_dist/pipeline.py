@@ -1,4 +1,4 @@
-"""The stage runners: data prepare -> CF train (+ baselines) -> tiny LLM -> CKF training -> eval.
+"""The stage runners: data prepare -> CF train (+ baselines) -> tiny LLM -> mode stage -> CKF training -> eval.
 
 Each runner runs its stage through :class:`ckf_dist.run.Run` (which owns the folders and the
 keys), so a fresh stage is skipped and anything else reruns. This module wires components
@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 
 from ckf_dist.cf.baselines import baseline_table_markdown, run_baselines
+from ckf_dist.cf.binarize import save_binarizer, train_binarizer
 from ckf_dist.cf.fit import train_cf
-from ckf_dist.cf.tables import save_cf_tables
+from ckf_dist.cf.tables import load_cf_tables, save_cf_tables
 from ckf_dist.data.loaders import load_dataset
 from ckf_dist.data.samples import build_samples, protocol_of
 from ckf_dist.data.shards import (fingerprint_frame, load_manifest, read_split, sample_stream, shard_urls,
@@ -147,6 +148,25 @@ def ensure_tiny(run: Run, force: bool = False) -> Path:
     return out
 
 
+def train_mode_stage(run: Run, force: bool = False) -> dict:
+    """The first stage of a baseline mode, on the frozen CF tables, cached in run.dir/mode:
+    BinLLM's binarisation layers (model.mapping=binllm). Nothing for the other modes."""
+    cfg = run.cfg
+    if not cfg.model.needs_mode_stage():
+        return {}
+    train_cf_stage(run)
+    stage = run.mode_stage()
+
+    def build(folder: Path) -> dict:
+        sd = load_split(run)
+        tables = load_cf_tables(run.cf_table())
+        weights, report = train_binarizer(sd, tables, cfg.cf, cfg.model.binllm_bits, cfg.seed)
+        save_binarizer(run.mode_file, weights, report)
+        return {"file": str(run.mode_file), **{k: v for k, v in report.items() if k != "history"}}
+
+    return stage.run(build, force)
+
+
 def run_training(run: Run, force: bool = False) -> dict:
     """CKF training through the configured launcher, cached and resumable."""
     stage = run.train_stage()
@@ -193,6 +213,7 @@ def prepare_inputs(run: Run) -> None:
     train_cf_stage(run)
     if not run.cfg.model.path:
         ensure_tiny(run)
+    train_mode_stage(run)
 
 
 def run_all(run: Run, force: bool = False) -> dict:
@@ -201,6 +222,7 @@ def run_all(run: Run, force: bool = False) -> dict:
     cf = train_cf_stage(run)
     if not run.cfg.model.path:
         ensure_tiny(run)
+    train_mode_stage(run)
     run_training(run, force=force)
     run_eval_stage(run, force=force)
     return {"data": data, "cf": cf}

@@ -110,9 +110,11 @@ class CFTables:
         i = np.concatenate([self.item_emb, self.item_bias[:, None]], 1).astype(np.float32)
         return u, i
 
-    def user_vectors(self, users: Sequence[int], histories: Sequence[Sequence[int]]) -> np.ndarray:
+    def user_vectors(self, users: Sequence[int], histories: Sequence[Sequence[int]],
+                     targets: Optional[Sequence[Sequence[int]]] = None) -> np.ndarray:
         """[n, d] float64: each user's trained row, or, for a user whose row is all zero (no
-        training interaction), the mean of its history items' rows (zeros if that is empty too)."""
+        training interaction), the mean of its history items' rows (zeros if that is empty too).
+        `targets` (the items of each row) matter only to sequential backbones (see below)."""
         u = np.asarray(users, dtype=np.int64)
         out = self.user_emb[u].astype(np.float64)
         unknown = ~np.any(out != 0.0, axis=1)

@@ -14,7 +14,10 @@ Trainable: Multi-LoRA adapters (``llm.*.lora_*``) and the CF mapper (``mapper.*`
 general bridge, projections). Frozen: every LLM weight; the CF tables are non-persistent
 buffers (never saved with the trainable state, never trained).
 
-``model.mapping=collm`` implies one shared LoRA (no task adapters), as in CoLLM.
+Modes (``model.mapping``, :meth:`ModelConfig.prompt_kind` / :meth:`ModelConfig.adapter_kind`):
+``ckf`` soft tokens and Multi-LoRA; ``collm`` soft tokens from one shared MLP and one shared LoRA
+(no task adapters), as in CoLLM; ``binllm`` no soft token at all (the collator writes the binary
+codes of the CF vectors into the prompt as text) and one shared LoRA, as in BinLLM.
 """
 
 from __future__ import annotations
@@ -111,7 +114,9 @@ class CKFModel(nn.Module):
             raise ValueError(f"CF tables must be [U, d] and [I, d], got {tuple(user_emb.shape)} and {tuple(item_emb.shape)}")
         self.cfg = cfg
         self.cf_fusion = bool(cfg.model.cf_fusion)
-        self.curriculum = bool(cfg.train.curriculum) and self.cf_fusion
+        self.soft_tokens = cfg.model.prompt_kind() == "cf"
+        """The prompt's placeholders take mapped CF vectors (ckf, collm); else the prompt is text only."""
+        self.curriculum = cfg.curriculum_on()
         self.tokenizer = tokenizer
         pid = tokenizer.convert_tokens_to_ids(cfg.model.placeholder_token)
         if pid is None or tokenizer(cfg.model.placeholder_token, add_special_tokens=False)["input_ids"] != [pid]:
@@ -125,9 +130,8 @@ class CKFModel(nn.Module):
         self.debug_checks = bool(cfg.train.debug_checks)
         """train.debug_checks: re-check the collator's invariants on the device (host reads)."""
         self.ctx = LoRAContext(num_tasks=self.num_tasks, check_ids=self.debug_checks)
-        lora_cfg = cfg.lora
-        if cfg.model.mapping == "collm":
-            lora_cfg = dataclasses.replace(cfg.lora, task_specific=False)
+        adapters = cfg.model.adapter_kind()
+        lora_cfg = cfg.lora if adapters == "multi" else dataclasses.replace(cfg.lora, task_specific=False)
         self.lora_modules = inject_multi_lora(llm, lora_cfg, self.num_tasks, self.ctx)
         if cfg.train.activation_checkpointing:
             # non-reentrant checkpoints, whose recomputation replays this forward's task segments
@@ -142,7 +146,7 @@ class CKFModel(nn.Module):
         emb = llm.get_input_embeddings()
         self.hidden_size = int(emb.weight.shape[1])
         self.mapper: Optional[CFMapper] = None
-        if self.cf_fusion:
+        if self.soft_tokens:
             self.token_norm = _token_norm(emb, self.placeholder_id)
             self.mapper = CFMapper(user_emb.shape[1], self.hidden_size, cfg.model, self.token_norm)
         self._backends: dict[str, str] = {}
@@ -155,6 +159,11 @@ class CKFModel(nn.Module):
             if n.startswith("mapper.") or (n.startswith("llm.") and ".lora_" in n):
                 out[n] = p
         return out
+
+    @property
+    def has_static_adapters(self) -> bool:
+        """Whether trained LoRA adapters exist (what the PEFT export writes)."""
+        return any(".lora_shared_" in n or ".lora_task_" in n for n in self.trainable_named_parameters())
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return list(self.trainable_named_parameters().values())
@@ -209,7 +218,7 @@ class CKFModel(nn.Module):
     def cf_vectors(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Mapped CF soft tokens: (users [B, D], items [M, D]) for the batch's rows and items."""
         if self.mapper is None:
-            raise RuntimeError("model.cf_fusion=false: there are no CF vectors")
+            raise RuntimeError(f"model.mapping={self.cfg.model.mapping}, cf_fusion={self.cf_fusion}: the prompt takes no CF vectors")
         u, it, hist = batch["user_ids"], batch["item_ids"], batch["history_ids"]
         if self._device_checks(batch):
             for name, ids, table in (("user", u, self.user_emb), ("item", it, self.item_emb), ("history item", hist, self.item_emb)):
@@ -235,7 +244,7 @@ class CKFModel(nn.Module):
         vector of the (k-1)-th item of row b (``item_ids`` / ``item_rows``). The count per row
         must be 1 + its number of items. ``cf=False`` (the text-only twin) expects no placeholder.
         """
-        cf = self.cf_fusion if cf is None else cf
+        cf = self.soft_tokens if cf is None else cf
         emb = self.llm.get_input_embeddings()(input_ids)
         b = input_ids.shape[0]
         if not cf:
@@ -328,7 +337,7 @@ class CKFModel(nn.Module):
     def forward(self, batch: dict[str, Any], step: Optional[int] = None, total_steps: Optional[int] = None) -> CKFOutput:
         """Causal-LM loss on target tokens (mean over the batch's target tokens).
 
-        With ``train.curriculum`` (and cf_fusion) and ``step``/``total_steps`` given, the batch
+        With the curriculum (``Config.curriculum_on``) and ``step``/``total_steps`` given, the batch
         must hold the text-only twin and loss = w L_text + (1 - w) L_cf, w = curriculum_weight.
         """
         use_curriculum = self.curriculum and step is not None and bool(total_steps)

@@ -1,0 +1,82 @@
+"""The baseline modes (model.mapping=binllm | cora | allmrec) in the CKF model: what reaches the
+LLM, which adapters exist and what trains."""
+
+import numpy as np
+import pytest
+import torch
+
+from ckf_dist.cf.binarize import TextCodes, encode_code
+from ckf_dist.cf.tables import CFTables
+from ckf_dist.data.collate import Collator
+from conftest import CF_DIM, NUM_ITEMS, NUM_USERS, PH, small_config
+
+
+def _train_steps(model, batch, steps=3, lr=1e-2):
+    params = model.trainable_parameters()
+    opt = torch.optim.AdamW(params, lr=lr)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        out = model(batch)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        losses.append(float(out.loss))
+    return losses
+
+
+def _codes(cf_tables, bits=12, compress=False):
+    users, items = (t.numpy() for t in cf_tables)
+    tables = CFTables(users, items, [f"u{i}" for i in range(NUM_USERS)], [f"i{i}" for i in range(NUM_ITEMS)])
+    rng = np.random.default_rng(0)
+    w = {"user.weight": rng.normal(size=(bits, CF_DIM)).astype(np.float32), "user.bias": np.zeros(bits, np.float32),
+         "item.weight": rng.normal(size=(bits, CF_DIM)).astype(np.float32), "item.bias": np.zeros(bits, np.float32)}
+    return TextCodes(tables, w, compress)
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["bits", "dot-decimal"])
+def test_binllm_writes_each_rows_codes_where_its_placeholders_were(build_model, samples, cf_tables, compress):
+    cfg = small_config(mapping="binllm", binllm_compress=compress, max_length=1024)
+    model, tok, cfg = build_model(cfg)
+    codes = _codes(cf_tables, compress=compress)
+    batch = Collator(tok, cfg, model.placeholder_id, codes=codes)(samples)
+    plain = Collator(tok, small_config(max_length=1024), model.placeholder_id)(samples)  # the prompts with placeholders
+    assert batch["truncated"] == 0
+    assert not (batch["input_ids"] == model.placeholder_id).any() and "cf_rows" not in batch
+    for r, s in enumerate(samples):
+        want = codes.sample_codes([s])[0]
+        assert len(want) == 1 + len(s["items"])
+        # the row's user code is its user vector's code; its item codes are its items', in order
+        assert want[0] == encode_code(codes.user_bits([s["user"]], [s["history"]])[0], compress)
+        assert want[1:] == [encode_code(codes.item_bits[i], compress) for i in s["items"]]
+        ids = plain["input_ids"][r, : plain["prompt_lengths"][r]].tolist()
+        pieces, k = [], 0
+        for t in ids:  # rebuild the expected token row: each placeholder -> the tokens of its code
+            if t == model.placeholder_id:
+                pieces += tok(want[k], add_special_tokens=False)["input_ids"]
+                k += 1
+            else:
+                pieces.append(t)
+        assert batch["input_ids"][r, : batch["prompt_lengths"][r]].tolist() == pieces
+    # one shared LoRA, no mapper, no soft token; the text-only twin comes for the curriculum
+    assert model.mapper is None and "text_input_ids" in batch
+    names = model.trainable_named_parameters()
+    assert names and all(".lora_shared_" in n for n in names)
+    losses = _train_steps(model, batch)
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+def test_binllm_truncation_keeps_every_code(build_model, cf_tables, sample):
+    cfg = small_config(mapping="binllm")
+    cfg.model.max_length = 240
+    model, tok, cfg = build_model(cfg)
+    codes = _codes(cf_tables, bits=16)
+    s = sample("topk", user=3, n=3, ncand=3)
+    s["history"] = list(range(12))
+    s["prompt"] = s["prompt"].replace("The user liked these items: ", "The user liked these items: " + "classic story " * 30)
+    batch = Collator(tok, cfg, model.placeholder_id, codes=codes, text_twin=False)([s])
+    assert batch["truncated"] == 1 and batch["input_ids"].shape[1] <= 240
+    row = batch["input_ids"][0].tolist()
+    for code in codes.sample_codes([s])[0]:
+        c = tok(code, add_special_tokens=False)["input_ids"]
+        assert any(row[j : j + len(c)] == c for j in range(len(row))), code
