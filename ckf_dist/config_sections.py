@@ -122,14 +122,21 @@ class DataConfig:
         return out
 
 
+CF_MODELS = ("mf", "lightgcn", "sasrec", "din")
+SEQUENTIAL_CF = ("sasrec", "din")
+"""CF backbones whose user vector is an encoding of the row's history."""
+
+
 @dataclass
 class CFConfig:
-    model: Literal["mf", "lightgcn"] = "mf"
-    """CF backbone whose embeddings CKF consumes: mf | lightgcn."""
+    model: Literal["mf", "lightgcn", "sasrec", "din"] = "mf"
+    """CF backbone, the CF source of every mode: mf | lightgcn | sasrec | din. A sequential backbone (SASRec,
+    DIN) has no user table: a row's user vector is its encoding of the row's history."""
     dim: int = 32
     """Embedding size of the CF backbone (reference code: 8; CoLLM: 256)."""
     loss: Literal["auto", "bpr", "mse"] = "auto"
-    """MF objective: bpr (implicit), mse (explicit ratings); auto = mse when ratings exist."""
+    """MF objective: bpr (implicit), mse (explicit ratings); auto = mse when ratings exist. (LightGCN trains
+    BPR; SASRec and DIN binary cross-entropy on labelled interactions and sampled negatives.)"""
     epochs: int = 60
     """Maximum training epochs (early stopping on validation usually ends sooner)."""
     patience: int = 5
@@ -142,16 +149,26 @@ class CFConfig:
     """Weight-decay grid; the value with the best validation score is kept."""
     lightgcn_layers: int = 2
     """LightGCN propagation layers."""
+    sasrec_blocks: int = 2
+    """SASRec self-attention blocks (its paper: 2)."""
+    sasrec_heads: int = 1
+    """SASRec attention heads (its paper: 1); must divide cf.dim."""
+    seq_dropout: float = 0.2
+    """Dropout of SASRec and DIN while they train (SASRec's paper: 0.2 on MovieLens)."""
     baselines: list[str] = field(default_factory=lambda: ["mf", "lightgcn"])
-    """CF models trained and reported as baselines beside popularity."""
+    """CF models trained and reported as baselines beside popularity: mf | lightgcn | sasrec | din."""
 
     def problems(self) -> list[tuple[str, str]]:
         out = _invalid([("dim", self.dim >= 1, self.dim),
                         ("weight_decays", len(self.weight_decays) >= 1 and all(_nonneg(w) for w in self.weight_decays), self.weight_decays),
                         ("epochs", self.epochs >= 1, self.epochs), ("patience", self.patience >= 1, self.patience),
                         ("lr", _pos(self.lr), self.lr), ("batch_size", self.batch_size >= 1, self.batch_size),
-                        ("lightgcn_layers", self.lightgcn_layers >= 1, self.lightgcn_layers)])
-        out += [("baselines", f"unknown model {n!r} (mf, lightgcn)") for n in self.baselines if n not in ("mf", "lightgcn")][:1]
+                        ("lightgcn_layers", self.lightgcn_layers >= 1, self.lightgcn_layers),
+                        ("sasrec_blocks", self.sasrec_blocks >= 1, self.sasrec_blocks),
+                        ("sasrec_heads", self.sasrec_heads >= 1 and self.dim % max(1, self.sasrec_heads) == 0, self.sasrec_heads),
+                        ("seq_dropout", math.isfinite(self.seq_dropout) and 0.0 <= self.seq_dropout < 1.0, self.seq_dropout)])
+        out += [("baselines", f"unknown model {n!r} (mf, lightgcn, sasrec, din)") for n in self.baselines
+                if n not in CF_MODELS][:1]
         return out
 
 

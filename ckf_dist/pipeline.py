@@ -89,11 +89,11 @@ def train_cf_stage(run: Run, force: bool = False) -> dict:
         names = list(dict.fromkeys([cfg.cf.model, *cfg.cf.baselines]))
         tables, reports = {}, {}
         for name in names:
-            t, report = train_cf(sd, cfg.cf, cfg.seed, name)
+            t, report = train_cf(sd, cfg.cf, cfg.seed, name, history_len=cfg.data.history_len)
             save_cf_tables(
                 run.cf_table(name), t.user_emb, t.item_emb, t.user_ids, t.item_ids,
                 extra={**t.meta, **{k: v for k, v in report.items() if k != "grid"}},
-                user_bias=t.user_bias, item_bias=t.item_bias, global_bias=t.global_bias,
+                user_bias=t.user_bias, item_bias=t.item_bias, global_bias=t.global_bias, encoder=t.encoder or None,
             )
             tables[name], reports[name] = t, report
         results = {split: run_baselines(sd, samples, cfg, cfg.seed, split=split, tables=tables) for split in ("valid", "test")}

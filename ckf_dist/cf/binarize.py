@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ckf_dist.cf.fit import VALID_NEGATIVES, _Data
+from ckf_dist.cf.pairs import VALID_NEGATIVES, PairData
 from ckf_dist.cf.tables import CFTables
 from ckf_dist.config import CFConfig
 from ckf_dist.data.table import SplitData
@@ -165,7 +165,7 @@ def train_binarizer(sd: SplitData, tables: CFTables, cfg: CFConfig, bits: int, s
     [bits, d], ``user.bias`` [bits], ``item.weight``, ``item.bias``; report: valid_auc, best_epoch,
     epochs_run, history, seconds."""
     t0 = time.perf_counter()
-    data = _Data(sd, "bpr", seed)  # negatives that avoid the user's training positives, validation pairs
+    data = PairData(sd, "bpr", seed)  # negatives that avoid the user's training positives, validation pairs
     users, items, labels = _labelled_train(sd)
     if len(users) == 0:
         raise ValueError(f"binllm: no labelled training interactions in {sd.name}")
@@ -224,7 +224,7 @@ def train_binarizer(sd: SplitData, tables: CFTables, cfg: CFConfig, bits: int, s
 
 
 @torch.no_grad()
-def _valid_auc(model: Binarizer, u_vec: torch.Tensor, i_vec: torch.Tensor, data: _Data) -> float:
+def _valid_auc(model: Binarizer, u_vec: torch.Tensor, i_vec: torch.Tensor, data: PairData) -> float:
     hu = model.codes(u_vec[torch.as_tensor(np.array(data.valid_u))], "user")  # [n, bits]
     s_pos = (hu * model.codes(i_vec[torch.as_tensor(np.array(data.valid_i))], "item")).sum(-1, keepdim=True)
     neg = torch.as_tensor(np.array(data.valid_neg))  # [n, K]

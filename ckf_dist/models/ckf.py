@@ -102,11 +102,16 @@ class CKFModel(nn.Module):
       tokenizer: its tokenizer, with ``cfg.model.placeholder_token`` as one id (``load_llm``).
       user_emb: [U, d] float32 CF user table; item_emb: [I, d] float32 CF item table (frozen).
       cfg: Config (model, lora, train.curriculum, kernels.backend).
+      user_encoder: a sequential CF backbone's frozen encoder (``cf.model=sasrec|din``,
+        :func:`ckf_dist.cf.sequential.build_encoder`): a row's user vector is then its encoding of
+        the row's history (``history_ids``; DIN against the mean of the row's items) instead of
+        the row of ``user_emb``.
 
     Build it before ZeRO-3 partitioning (it reads the token-embedding norm once).
     """
 
-    def __init__(self, llm: nn.Module, tokenizer, user_emb: torch.Tensor, item_emb: torch.Tensor, cfg: Config):
+    def __init__(self, llm: nn.Module, tokenizer, user_emb: torch.Tensor, item_emb: torch.Tensor, cfg: Config,
+                 user_encoder: Optional[nn.Module] = None):
         super().__init__()
         user_emb = torch.as_tensor(user_emb, dtype=torch.float32)
         item_emb = torch.as_tensor(item_emb, dtype=torch.float32)
@@ -143,6 +148,9 @@ class CKFModel(nn.Module):
 
         self.register_buffer("user_emb", user_emb, persistent=False)
         self.register_buffer("item_emb", item_emb, persistent=False)
+        self.user_encoder = user_encoder
+        if user_encoder is not None:
+            user_encoder.requires_grad_(False)
         emb = llm.get_input_embeddings()
         self.hidden_size = int(emb.weight.shape[1])
         self.mapper: Optional[CFMapper] = None
@@ -225,8 +233,23 @@ class CKFModel(nn.Module):
                 if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= table.shape[0]):
                     raise ValueError(f"{name} id {int(ids.max())} is outside the CF table ({table.shape[0]} rows)")
         e_hist = self.item_emb[hist]  # [B, H, d]
-        return self.mapper(self.fold_in(self.user_emb[u], e_hist, batch["history_mask"]), e_hist, batch["history_mask"],
-                           self.item_emb[it])
+        return self.mapper(self.row_users(batch, e_hist), e_hist, batch["history_mask"], self.item_emb[it])
+
+    def row_users(self, batch: dict[str, Any], e_hist: torch.Tensor) -> torch.Tensor:
+        """The CF user vector of every row [B, d]: the sequential backbone's encoding of the row's
+        history (e_hist [B, H, d]) when there is one, else the user's row folded in (:meth:`fold_in`)."""
+        mask = batch["history_mask"]
+        if self.user_encoder is None:
+            return self.fold_in(self.user_emb[batch["user_ids"]], e_hist, mask)
+        return self.user_encoder(e_hist, mask, self.row_items(batch))
+
+    def row_items(self, batch: dict[str, Any]) -> torch.Tensor:
+        """[B, d]: the mean CF vector of each row's items (its target; a topk row's candidates)."""
+        b = batch["user_ids"].shape[0]
+        rows, e_i = batch["item_rows"], self.item_emb[batch["item_ids"]]
+        sums = e_i.new_zeros((b, e_i.shape[1])).index_add(0, rows, e_i)
+        counts = e_i.new_zeros(b).index_add(0, rows, torch.ones_like(rows, dtype=e_i.dtype))
+        return sums / counts.clamp_min(1).unsqueeze(1)
 
     @staticmethod
     def fold_in(e_u: torch.Tensor, e_hist: torch.Tensor, hist_mask: torch.Tensor) -> torch.Tensor:

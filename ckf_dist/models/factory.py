@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 
 from ckf_dist.cf.binarize import TextCodes, load_binarizer
+from ckf_dist.cf.sequential import build_encoder
 from ckf_dist.cf.tables import CFTables, load_cf_tables
 from ckf_dist.config import Config
 from ckf_dist.models.ckf import CKFModel
@@ -36,17 +37,18 @@ class BuiltModel:
 
 
 def assemble_ckf_model(cfg: Config, llm, tok, user_vecs: torch.Tensor, item_vecs: torch.Tensor,
-                       device: torch.device | str = "cpu") -> CKFModel:
-    """The one CKFModel constructor call: `llm` + `tok` with frozen CF vectors, on `device`.
-    :func:`build_ckf_model` feeds it from a run's files; the GPU benchmark from a random LLaMA."""
-    return CKFModel(llm, tok, user_vecs, item_vecs, cfg).to(device)
+                       device: torch.device | str = "cpu", user_encoder: Optional[torch.nn.Module] = None) -> CKFModel:
+    """The one CKFModel constructor call: `llm` + `tok` with frozen CF vectors (and a sequential
+    backbone's encoder), on `device`. :func:`build_ckf_model` feeds it from a run's files; the GPU
+    benchmark from a random LLaMA."""
+    return CKFModel(llm, tok, user_vecs, item_vecs, cfg, user_encoder=user_encoder).to(device)
 
 
 def build_ckf_model(cfg: Config, llm_path: str | Path, cf_path: str | Path, device: torch.device | str = "cpu",
                     dtype: Optional[torch.dtype] = torch.float32, mode_path: Optional[str | Path] = None) -> BuiltModel:
     """Load the base LLM from `llm_path` (in `dtype`) and the CF tables from `cf_path`, build the
     CKF model on `device` and its collators. The model's CF vectors are
-    :meth:`CFTables.model_inputs` (``model.cf_biases``). `mode_path`: the mode stage's output
+    :meth:`CFTables.model_inputs` (``model.cf_biases``); a sequential backbone's encoder comes with them. `mode_path`: the mode stage's output
     (``Run.mode_file``), read when ``model.needs_mode_stage()``."""
     tables = load_cf_tables(cf_path)
     if cfg.model.needs_mode_stage() and mode_path is None:
@@ -56,7 +58,8 @@ def build_ckf_model(cfg: Config, llm_path: str | Path, cf_path: str | Path, devi
         codes = TextCodes(tables, load_binarizer(mode_path), cfg.model.binllm_compress)
     llm, tok = load_llm(llm_path, cfg.model.placeholder_token, dtype=dtype)
     users, items = tables.model_inputs(cfg.model.cf_biases)
-    model = assemble_ckf_model(cfg, llm, tok, torch.from_numpy(users), torch.from_numpy(items), device)
+    encoder = build_encoder(tables) if tables.sequential else None
+    model = assemble_ckf_model(cfg, llm, tok, torch.from_numpy(users), torch.from_numpy(items), device, user_encoder=encoder)
     sizes = {"num_users": int(users.shape[0]), "num_items": int(items.shape[0])}
     return BuiltModel(model=model, tokenizer=tok, collator=make_collator(cfg, tok, codes=codes, **sizes),
                       eval_collator=make_collator(cfg, tok, text_twin=False, codes=codes, **sizes), tables=tables,

@@ -80,3 +80,39 @@ def test_binllm_truncation_keeps_every_code(build_model, cf_tables, sample):
     for code in codes.sample_codes([s])[0]:
         c = tok(code, add_special_tokens=False)["input_ids"]
         assert any(row[j : j + len(c)] == c for j in range(len(row))), code
+
+
+@pytest.mark.parametrize("kind", ["sasrec", "din"])
+def test_sequential_backbone_gives_each_row_the_encoding_of_its_history(tiny_dir, samples, kind):
+    """cf.model=sasrec|din: the user slot of a row gets the mapping of the backbone's encoding of the
+    row's own history (DIN against the row's items), the vector CFTables.user_vectors computes for
+    the CF baselines and BinLLM's codes."""
+    from ckf_dist.cf.sequential import SequentialCF, build_encoder
+    from ckf_dist.models.ckf import CKFModel
+    from ckf_dist.models.llm import load_llm
+
+    torch.manual_seed(0)
+    seq = SequentialCF(kind, NUM_ITEMS, CF_DIM, max_len=6, blocks=1, heads=2, dropout=0.0).eval()
+    state = {k: v.detach().numpy().copy() for k, v in seq.state_dict().items() if not k.startswith("item_emb.")}
+    meta = {"encoder": {"kind": kind, "dim": CF_DIM, "max_len": 6, "blocks": 1, "heads": 2}}
+    items = seq.item_emb.weight.detach().numpy().copy()
+    tables = CFTables(np.zeros((NUM_USERS, CF_DIM), np.float32), items, [f"u{i}" for i in range(NUM_USERS)],
+                      [f"i{i}" for i in range(NUM_ITEMS)], meta=meta, encoder=state)
+    cfg = small_config()
+    llm, tok = load_llm(tiny_dir, cfg.model.placeholder_token)
+    model = CKFModel(llm, tok, torch.from_numpy(tables.user_emb), torch.from_numpy(items), cfg,
+                     user_encoder=build_encoder(tables)).eval()
+    # two rows of one user with different histories
+    rows = [dict(samples[0], user=3, history=[1, 2, 3]), dict(samples[0], user=3, history=[7, 8], key="b")]
+    batch = Collator(tok, cfg, model.placeholder_id)(rows + samples)
+    e_hist = model.item_emb[batch["history_ids"]]
+    got = model.row_users(batch, e_hist)
+    all_rows = rows + samples
+    want = tables.user_vectors([s["user"] for s in all_rows], [s["history"] for s in all_rows], [s["items"] for s in all_rows])
+    torch.testing.assert_close(got.double(), torch.from_numpy(want), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(got[0], got[1])
+    users, _ = model.cf_vectors(batch)
+    torch.testing.assert_close(users, model.mapper.map_users(got, e_hist, batch["history_mask"]))
+    # the encoder is frozen and not part of the trained state
+    assert not any(n.startswith("user_encoder.") for n in model.trainable_named_parameters())
+    assert all(not p.requires_grad for p in model.user_encoder.parameters())
