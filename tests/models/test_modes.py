@@ -21,7 +21,7 @@ def _train_steps(model, batch, steps=3, lr=1e-2):
         opt.zero_grad()
         out.loss.backward()
         opt.step()
-        losses.append(float(out.loss))
+        losses.append(float(out.loss.detach()))
     return losses
 
 
@@ -116,3 +116,66 @@ def test_sequential_backbone_gives_each_row_the_encoding_of_its_history(tiny_dir
     # the encoder is frozen and not part of the trained state
     assert not any(n.startswith("user_encoder.") for n in model.trainable_named_parameters())
     assert all(not p.requires_grad for p in model.user_encoder.parameters())
+
+
+def _cora_model(build_model, backend="torch"):
+    cfg = small_config(mapping="cora")
+    cfg.kernels.backend = backend
+    model, tok, cfg = build_model(cfg)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():  # non-zero G_B: else every generated delta is zero
+        for n, p in model.named_parameters():
+            if n.endswith("lora_row_B.weight"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return model, tok, cfg
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_cora_per_row_delta_equals_a_peft_lora_with_that_rows_weights(build_model, tiny_dir, samples, backend):
+    """Every row of a mixed batch gets exactly the LoRA its CF vectors generate: the model's answer
+    logits of row b equal a PEFT LoRA model whose lora_A / lora_B on every wrapped module hold row
+    b's generated factors, run on row b's prompt alone."""
+    from peft import LoraConfig, get_peft_model
+
+    from ckf_dist.models.llm import load_llm
+
+    model, tok, cfg = _cora_model(build_model, backend)
+    batch = Collator(tok, cfg, model.placeholder_id)(samples)
+    assert not (batch["input_ids"] == model.placeholder_id).any()  # the prompt stays text only
+    assert "text_input_ids" not in batch  # no curriculum on a frozen LLM
+    with torch.no_grad():
+        logits = model.answer_logits(batch)
+        codes = model.row_codes(batch)
+    r, alpha = cfg.lora.task.r, cfg.lora.task.alpha
+    assert codes.shape == (len(samples), r, cfg.model.meta_hidden)
+    assert set(model.lora_modules) and all(n.endswith(("q_proj", "k_proj", "v_proj", "o_proj")) for n in model.lora_modules)
+    base_llm, _ = load_llm(tiny_dir, cfg.model.placeholder_token)
+    peft = get_peft_model(base_llm, LoraConfig(r=r, lora_alpha=alpha, target_modules=list(model.lora_modules),
+                                               lora_dropout=0.0, bias="none")).eval()
+    plain = []
+    for b in range(len(samples)):
+        with torch.no_grad():
+            for name in model.lora_modules:
+                layer = model.llm.get_submodule(name)
+                target = peft.base_model.model.get_submodule(name)
+                target.lora_A["default"].weight.copy_(layer.lora_row_A(codes[b]))  # [r, d_in]
+                target.lora_B["default"].weight.copy_(layer.lora_row_B(codes[b]).t())  # [d_out, r]
+            ids = batch["input_ids"][b, : batch["prompt_lengths"][b]].unsqueeze(0)
+            want = peft(input_ids=ids).logits[0, -1].float()
+            with peft.disable_adapter():
+                plain.append(peft(input_ids=ids).logits[0, -1].float())
+        torch.testing.assert_close(logits[b], want, rtol=1e-4, atol=1e-4)
+    # the deltas matter: without them the logits differ
+    assert max(float((logits[b] - plain[b]).abs().max()) for b in range(len(samples))) > 1e-3
+
+
+def test_cora_trains_the_generator_and_its_maps_only(build_model, samples):
+    model, tok, cfg = _cora_model(build_model)
+    batch = Collator(tok, cfg, model.placeholder_id)(samples)
+    names = set(model.trainable_named_parameters())
+    assert any(n.startswith("mapper.") for n in names) and any(".lora_row_" in n for n in names)
+    assert not any(".lora_shared_" in n or ".lora_task_" in n for n in names) and not model.has_static_adapters
+    frozen = {n: p.detach().clone() for n, p in model.llm.named_parameters() if ".lora_" not in n}
+    losses = _train_steps(model, batch)
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert all(torch.equal(p, frozen[n]) for n, p in model.llm.named_parameters() if n in frozen)
