@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ckf_dist.cf.align import save_alignment, train_alignment
 from ckf_dist.cf.baselines import baseline_table_markdown, run_baselines
 from ckf_dist.cf.binarize import save_binarizer, train_binarizer
 from ckf_dist.cf.fit import train_cf
@@ -30,6 +31,8 @@ from ckf_dist.data.table import SplitData
 from ckf_dist.eval.loop import write_metrics
 from ckf_dist.eval.serve import evaluate_run
 from ckf_dist.fsutil import atomic_write_text
+from ckf_dist.models.llm import load_llm
+from ckf_dist.models.text_embed import item_texts, mean_pooled_embeddings
 from ckf_dist.models.tiny import INFO_FILE, init_tiny
 from ckf_dist.run import Run, stage_hash
 from ckf_dist.train.launch import launch
@@ -150,18 +153,31 @@ def ensure_tiny(run: Run, force: bool = False) -> Path:
 
 def train_mode_stage(run: Run, force: bool = False) -> dict:
     """The first stage of a baseline mode, on the frozen CF tables, cached in run.dir/mode:
-    BinLLM's binarisation layers (model.mapping=binllm). Nothing for the other modes."""
+    BinLLM's binarisation layers (model.mapping=binllm), A-LLMRec's alignment of the CF items with
+    the LLM's text embeddings of them (model.mapping=allmrec). Nothing for the other modes."""
     cfg = run.cfg
     if not cfg.model.needs_mode_stage():
         return {}
     train_cf_stage(run)
+    if cfg.model.mapping == "allmrec" and not cfg.model.path:
+        ensure_tiny(run)
     stage = run.mode_stage()
 
     def build(folder: Path) -> dict:
         sd = load_split(run)
         tables = load_cf_tables(run.cf_table())
-        weights, report = train_binarizer(sd, tables, cfg.cf, cfg.model.binllm_bits, cfg.seed)
-        save_binarizer(run.mode_file, weights, report)
+        if cfg.model.mapping == "binllm":
+            weights, report = train_binarizer(sd, tables, cfg.cf, cfg.model.binllm_bits, cfg.seed)
+            save_binarizer(run.mode_file, weights, report)
+        else:
+            device = "cuda" if cfg.dist.use_gpu and torch.cuda.is_available() else "cpu"
+            llm, tok = load_llm(run.model_dir, cfg.model.placeholder_token, dtype=torch.float32)
+            text = mean_pooled_embeddings(llm, tok, item_texts(sd.item_titles, sd.item_text), device=device)
+            del llm
+            aligned, weights, report = train_alignment(sd, tables, text, cfg.model.allmrec_dim, cfg.model.align_epochs,
+                                                       cfg.seed, cfg.cf.batch_size, cfg.data.history_len)
+            save_alignment(run.mode_file, aligned, weights, report)
+            report["last_epoch"] = report["history"][-1]
         return {"file": str(run.mode_file), **{k: v for k, v in report.items() if k != "history"}}
 
     return stage.run(build, force)

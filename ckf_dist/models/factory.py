@@ -14,6 +14,7 @@ from typing import Optional
 
 import torch
 
+from ckf_dist.cf.align import load_aligned_items
 from ckf_dist.cf.binarize import TextCodes, load_binarizer
 from ckf_dist.cf.sequential import build_encoder
 from ckf_dist.cf.tables import CFTables, load_cf_tables
@@ -37,11 +38,12 @@ class BuiltModel:
 
 
 def assemble_ckf_model(cfg: Config, llm, tok, user_vecs: torch.Tensor, item_vecs: torch.Tensor,
-                       device: torch.device | str = "cpu", user_encoder: Optional[torch.nn.Module] = None) -> CKFModel:
-    """The one CKFModel constructor call: `llm` + `tok` with frozen CF vectors (and a sequential
-    backbone's encoder), on `device`. :func:`build_ckf_model` feeds it from a run's files; the GPU
-    benchmark from a random LLaMA."""
-    return CKFModel(llm, tok, user_vecs, item_vecs, cfg, user_encoder=user_encoder).to(device)
+                       device: torch.device | str = "cpu", user_encoder: Optional[torch.nn.Module] = None,
+                       item_tokens: Optional[torch.Tensor] = None) -> CKFModel:
+    """The one CKFModel constructor call: `llm` + `tok` with frozen CF vectors (a sequential
+    backbone's encoder, A-LLMRec's aligned items), on `device`. :func:`build_ckf_model` feeds it
+    from a run's files; the GPU benchmark from a random LLaMA."""
+    return CKFModel(llm, tok, user_vecs, item_vecs, cfg, user_encoder=user_encoder, item_tokens=item_tokens).to(device)
 
 
 def build_ckf_model(cfg: Config, llm_path: str | Path, cf_path: str | Path, device: torch.device | str = "cpu",
@@ -59,7 +61,11 @@ def build_ckf_model(cfg: Config, llm_path: str | Path, cf_path: str | Path, devi
     llm, tok = load_llm(llm_path, cfg.model.placeholder_token, dtype=dtype)
     users, items = tables.model_inputs(cfg.model.cf_biases)
     encoder = build_encoder(tables) if tables.sequential else None
-    model = assemble_ckf_model(cfg, llm, tok, torch.from_numpy(users), torch.from_numpy(items), device, user_encoder=encoder)
+    aligned = None
+    if cfg.model.mapping == "allmrec" and cfg.model.needs_mode_stage():
+        aligned = torch.from_numpy(load_aligned_items(mode_path, tables.num_items))
+    model = assemble_ckf_model(cfg, llm, tok, torch.from_numpy(users), torch.from_numpy(items), device, user_encoder=encoder,
+                               item_tokens=aligned)
     sizes = {"num_users": int(users.shape[0]), "num_items": int(items.shape[0])}
     return BuiltModel(model=model, tokenizer=tok, collator=make_collator(cfg, tok, codes=codes, **sizes),
                       eval_collator=make_collator(cfg, tok, text_twin=False, codes=codes, **sizes), tables=tables,

@@ -179,3 +179,36 @@ def test_cora_trains_the_generator_and_its_maps_only(build_model, samples):
     losses = _train_steps(model, batch)
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
     assert all(torch.equal(p, frozen[n]) for n, p in model.llm.named_parameters() if n in frozen)
+
+
+def test_allmrec_projects_the_user_vector_and_the_aligned_items_into_a_frozen_llm(build_model, samples):
+    model, tok, cfg = build_model(small_config(mapping="allmrec"))
+    batch = Collator(tok, cfg, model.placeholder_id)(samples)
+    assert "text_input_ids" not in batch  # no curriculum: the twin path would train nothing
+    users, items = model.cf_vectors(batch)
+    e_hist = model.item_emb[batch["history_ids"]]
+    torch.testing.assert_close(users, model.mapper.user_proj(model.row_users(batch, e_hist)))
+    torch.testing.assert_close(items, model.mapper.item_proj(model.item_tokens[batch["item_ids"]]))  # the joint space
+    assert model.item_tokens.shape[1] != model.item_emb.shape[1]
+    assert model.lora_modules == [] and not model.has_static_adapters
+    names = set(model.trainable_named_parameters())
+    assert names and all(n.startswith("mapper.user_proj.") or n.startswith("mapper.item_proj.") for n in names)
+    frozen = {n: p.detach().clone() for n, p in model.llm.named_parameters()}
+    losses = _train_steps(model, batch)
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert all(torch.equal(p, frozen[n]) for n, p in model.llm.named_parameters())
+
+
+def test_text_embeddings_are_the_mean_of_the_last_hidden_states(tiny_dir):
+    from ckf_dist.models.llm import load_llm
+    from ckf_dist.models.text_embed import item_texts, mean_pooled_embeddings
+
+    llm, tok = load_llm(tiny_dir, PH)
+    texts = item_texts(["guitar string", "warm pedal"], ["", "a loud classic tone"])
+    assert texts == ["guitar string", "warm pedal, a loud classic tone"]
+    emb = mean_pooled_embeddings(llm, tok, texts, batch_size=2)
+    for k, t in enumerate(texts):  # one text at a time: no padding at all
+        ids = torch.tensor([tok(t)["input_ids"]])
+        with torch.no_grad():
+            want = llm.get_decoder()(input_ids=ids).last_hidden_state[0].mean(0)
+        torch.testing.assert_close(torch.from_numpy(emb[k]), want, rtol=1e-4, atol=1e-5)
