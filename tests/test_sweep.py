@@ -53,6 +53,7 @@ def test_modes_grid():
     assert {n: s for n, (_, s) in got.items()} == {"binllm": 3, "cora": 3, "allmrec": 3, "ckf-sasrec": 1, "ckf-din": 1}
     cfgs = {t.variant: g.resolve(t) for t in g.trials()}
     assert [cfgs[m].model.mapping for m in ("binllm", "cora", "allmrec")] == ["binllm", "cora", "allmrec"]
+    assert cfgs["binllm"].model.binllm_compress  # 21 codes per topk prompt must fit model.max_length
     for v in ("sasrec", "din"):
         c = cfgs[f"ckf-{v}"]
         assert c.model.mapping == "ckf" and c.cf.model == v and v in c.cf.baselines
