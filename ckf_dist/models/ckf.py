@@ -128,7 +128,7 @@ class CKFModel(nn.Module):
         self.cfg = cfg
         self.cf_fusion = bool(cfg.model.cf_fusion)
         self.soft_tokens = cfg.model.prompt_kind() == "cf"
-        """The prompt's placeholders take mapped CF vectors (ckf, collm); else the prompt is text only."""
+        """The prompt's placeholders take mapped CF vectors (ckf, collm, allmrec); else the prompt is text only."""
         self.curriculum = cfg.curriculum_on()
         self.tokenizer = tokenizer
         pid = tokenizer.convert_tokens_to_ids(cfg.model.placeholder_token)
