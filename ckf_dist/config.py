@@ -108,6 +108,12 @@ class Config:
                 raise ConfigError(f"{source}: key '{name}.{key}': {problem}")
         return self
 
+    def curriculum_on(self) -> bool:
+        """Whether training mixes in the text-only twin: ``train.curriculum`` with a CF prompt (soft tokens
+        or codes) and trained LoRA adapters; on a frozen LLM (A-LLMRec, CoRA) the twin path trains nothing."""
+        return bool(self.train.curriculum) and self.model.prompt_kind() in ("cf", "codes") and \
+            self.model.adapter_kind() in ("multi", "shared")
+
     def fingerprint(self, *sections: str) -> str:
         """A short hash of the named sections (all when none): stage caches key on it."""
         d = to_dict(self)

@@ -122,14 +122,21 @@ class DataConfig:
         return out
 
 
+CF_MODELS = ("mf", "lightgcn", "sasrec", "din")
+SEQUENTIAL_CF = ("sasrec", "din")
+"""CF backbones whose user vector is an encoding of the row's history."""
+
+
 @dataclass
 class CFConfig:
-    model: Literal["mf", "lightgcn"] = "mf"
-    """CF backbone whose embeddings CKF consumes: mf | lightgcn."""
+    model: Literal["mf", "lightgcn", "sasrec", "din"] = "mf"
+    """CF backbone, the CF source of every mode: mf | lightgcn | sasrec | din. A sequential backbone (SASRec,
+    DIN) has no user table: a row's user vector is its encoding of the row's history."""
     dim: int = 32
     """Embedding size of the CF backbone (reference code: 8; CoLLM: 256)."""
     loss: Literal["auto", "bpr", "mse"] = "auto"
-    """MF objective: bpr (implicit), mse (explicit ratings); auto = mse when ratings exist."""
+    """MF objective: bpr (implicit), mse (explicit ratings); auto = mse when ratings exist. (LightGCN trains
+    BPR; SASRec and DIN binary cross-entropy on labelled interactions and sampled negatives.)"""
     epochs: int = 60
     """Maximum training epochs (early stopping on validation usually ends sooner)."""
     patience: int = 5
@@ -142,16 +149,26 @@ class CFConfig:
     """Weight-decay grid; the value with the best validation score is kept."""
     lightgcn_layers: int = 2
     """LightGCN propagation layers."""
+    sasrec_blocks: int = 2
+    """SASRec self-attention blocks (its paper: 2)."""
+    sasrec_heads: int = 1
+    """SASRec attention heads (its paper: 1); must divide cf.dim."""
+    seq_dropout: float = 0.2
+    """Dropout of SASRec and DIN while they train (SASRec's paper: 0.2 on MovieLens)."""
     baselines: list[str] = field(default_factory=lambda: ["mf", "lightgcn"])
-    """CF models trained and reported as baselines beside popularity."""
+    """CF models trained and reported as baselines beside popularity: mf | lightgcn | sasrec | din."""
 
     def problems(self) -> list[tuple[str, str]]:
         out = _invalid([("dim", self.dim >= 1, self.dim),
                         ("weight_decays", len(self.weight_decays) >= 1 and all(_nonneg(w) for w in self.weight_decays), self.weight_decays),
                         ("epochs", self.epochs >= 1, self.epochs), ("patience", self.patience >= 1, self.patience),
                         ("lr", _pos(self.lr), self.lr), ("batch_size", self.batch_size >= 1, self.batch_size),
-                        ("lightgcn_layers", self.lightgcn_layers >= 1, self.lightgcn_layers)])
-        out += [("baselines", f"unknown model {n!r} (mf, lightgcn)") for n in self.baselines if n not in ("mf", "lightgcn")][:1]
+                        ("lightgcn_layers", self.lightgcn_layers >= 1, self.lightgcn_layers),
+                        ("sasrec_blocks", self.sasrec_blocks >= 1, self.sasrec_blocks),
+                        ("sasrec_heads", self.sasrec_heads >= 1 and self.dim % max(1, self.sasrec_heads) == 0, self.sasrec_heads),
+                        ("seq_dropout", math.isfinite(self.seq_dropout) and 0.0 <= self.seq_dropout < 1.0, self.seq_dropout)])
+        out += [("baselines", f"unknown model {n!r} (mf, lightgcn, sasrec, din)") for n in self.baselines
+                if n not in CF_MODELS][:1]
         return out
 
 
@@ -163,8 +180,12 @@ class ModelConfig:
     """Splice CF vectors into the prompt; false = text-only LLM + LoRA (TALLRec-style)."""
     cf_biases: bool = True
     """Feed the CF model's user / item biases (MF) as one more coordinate of its vectors."""
-    mapping: Literal["ckf", "collm"] = "ckf"
-    """ckf = meta-network bridge + separate projections; collm = one shared MLP mapping."""
+    mapping: Literal["ckf", "collm", "binllm", "cora", "allmrec"] = "ckf"
+    """How collaborative knowledge reaches the LLM: ckf = meta-network bridge + separate projections (soft
+    tokens, Multi-LoRA); collm = one shared MLP mapping (soft tokens, one LoRA; CoLLM); binllm = binary codes
+    of the CF vectors written into the prompt as text (one LoRA; BinLLM); cora = text-only prompt, a per-row
+    LoRA delta generated from the CF vectors (frozen LLM; CoRA); allmrec = CF items aligned with the LLM's
+    text embeddings in a first stage, then projected as soft tokens (frozen LLM; A-LLMRec)."""
     meta_net: bool = True
     """Use the personalized bridge W_u; false = general bridge W_g only."""
     meta_lambda: float = 0.5
@@ -172,19 +193,52 @@ class ModelConfig:
     pooling: Literal["mean", "attention"] = "mean"
     """History pooling feeding the meta-network."""
     meta_hidden: int = 64
-    """Hidden size of the 2-layer MetaNet d -> h -> d*d."""
+    """Hidden size of the 2-layer MetaNet d -> h -> d*d (mapping=ckf) and of CoRA's query generator (mapping=cora)."""
     projection: Literal["mlp", "linear"] = "mlp"
     """Projection from the CF size to the LLM hidden size."""
     max_length: int = 256
     """Maximum tokens per sample (prompt + target); longer prompts are truncated on the left of the history."""
     placeholder_token: str = "<|cf|>"
     """Special token marking where CF vectors are spliced."""
+    binllm_bits: int = 32
+    """mapping=binllm: bits of each binary code (BinLLM: 32, its CF embedding size)."""
+    binllm_compress: bool = False
+    """mapping=binllm: write each code in dot-decimal notation (every 8 bits as one number 0-255, joined by
+    dots, like an IPv4 address) instead of the bit string; BinLLM's shorter variant (its default: off)."""
+    allmrec_dim: int = 128
+    """mapping=allmrec: size of the joint collaborative-text item space of the alignment stage (A-LLMRec: 128)."""
+    align_epochs: int = 10
+    """mapping=allmrec: epochs of the alignment stage over the training interactions (A-LLMRec stage 1)."""
+
+    def prompt_kind(self) -> str:
+        """Which prompt the main path reads: "cf" (placeholders take soft tokens), "codes" (placeholders are
+        replaced by the binary codes as text) or "text" (the text-only twin)."""
+        if not self.cf_fusion or self.mapping == "cora":
+            return "text"
+        return "codes" if self.mapping == "binllm" else "cf"
+
+    def adapter_kind(self) -> str:
+        """The LLM's adapters: "multi" (lora.*, shared + per-task sets), "shared" (one LoRA on the union of
+        the targets: CoLLM, BinLLM), "row" (a generated per-row adapter on the union: CoRA) or "none" (frozen
+        LLM: A-LLMRec)."""
+        return {"collm": "shared", "binllm": "shared", "cora": "row", "allmrec": "none"}.get(self.mapping, "multi")
+
+    def needs_mode_stage(self) -> bool:
+        """Whether training reads the output of the mode stage (BinLLM's codes, A-LLMRec's alignment)."""
+        return self.cf_fusion and self.mapping in ("binllm", "allmrec")
 
     def problems(self) -> list[tuple[str, str]]:
-        return _invalid([("meta_lambda", 0.0 <= self.meta_lambda <= 1.0, self.meta_lambda),
-                         ("meta_hidden", self.meta_hidden >= 1, self.meta_hidden),
-                         ("max_length", self.max_length >= MIN_MAX_LENGTH, self.max_length),
-                         ("placeholder_token", bool(self.placeholder_token.strip()), self.placeholder_token)])
+        out = _invalid([("meta_lambda", 0.0 <= self.meta_lambda <= 1.0, self.meta_lambda),
+                        ("meta_hidden", self.meta_hidden >= 1, self.meta_hidden),
+                        ("max_length", self.max_length >= MIN_MAX_LENGTH, self.max_length),
+                        ("placeholder_token", bool(self.placeholder_token.strip()), self.placeholder_token),
+                        ("binllm_bits", self.binllm_bits >= 1, self.binllm_bits),
+                        ("allmrec_dim", self.allmrec_dim >= 1, self.allmrec_dim),
+                        ("align_epochs", self.align_epochs >= 1, self.align_epochs)])
+        if not self.cf_fusion and self.mapping not in ("ckf", "collm"):
+            out.append(("cf_fusion", f"false is the text-only baseline, which has no {self.mapping} mapping "
+                                     "(use model.mapping=ckf)"))
+        return out
 
 
 MIN_MAX_LENGTH = 32

@@ -1,4 +1,4 @@
-"""The stage runners: data prepare -> CF train (+ baselines) -> tiny LLM -> CKF training -> eval.
+"""The stage runners: data prepare -> CF train (+ baselines) -> tiny LLM -> mode stage -> CKF training -> eval.
 
 Each runner runs its stage through :class:`ckf_dist.run.Run` (which owns the folders and the
 keys), so a fresh stage is skipped and anything else reruns. This module wires components
@@ -17,9 +17,11 @@ from pathlib import Path
 
 import torch
 
+from ckf_dist.cf.align import save_alignment, train_alignment
 from ckf_dist.cf.baselines import baseline_table_markdown, run_baselines
+from ckf_dist.cf.binarize import save_binarizer, train_binarizer
 from ckf_dist.cf.fit import train_cf
-from ckf_dist.cf.tables import save_cf_tables
+from ckf_dist.cf.tables import load_cf_tables, save_cf_tables
 from ckf_dist.data.loaders import load_dataset
 from ckf_dist.data.samples import build_samples, protocol_of
 from ckf_dist.data.shards import (fingerprint_frame, load_manifest, read_split, sample_stream, shard_urls,
@@ -29,6 +31,8 @@ from ckf_dist.data.table import SplitData
 from ckf_dist.eval.loop import write_metrics
 from ckf_dist.eval.serve import evaluate_run
 from ckf_dist.fsutil import atomic_write_text
+from ckf_dist.models.llm import load_llm
+from ckf_dist.models.text_embed import item_texts, mean_pooled_embeddings
 from ckf_dist.models.tiny import INFO_FILE, init_tiny
 from ckf_dist.run import Run, stage_hash
 from ckf_dist.train.launch import launch
@@ -88,11 +92,11 @@ def train_cf_stage(run: Run, force: bool = False) -> dict:
         names = list(dict.fromkeys([cfg.cf.model, *cfg.cf.baselines]))
         tables, reports = {}, {}
         for name in names:
-            t, report = train_cf(sd, cfg.cf, cfg.seed, name)
+            t, report = train_cf(sd, cfg.cf, cfg.seed, name, history_len=cfg.data.history_len)
             save_cf_tables(
                 run.cf_table(name), t.user_emb, t.item_emb, t.user_ids, t.item_ids,
                 extra={**t.meta, **{k: v for k, v in report.items() if k != "grid"}},
-                user_bias=t.user_bias, item_bias=t.item_bias, global_bias=t.global_bias,
+                user_bias=t.user_bias, item_bias=t.item_bias, global_bias=t.global_bias, encoder=t.encoder or None,
             )
             tables[name], reports[name] = t, report
         results = {split: run_baselines(sd, samples, cfg, cfg.seed, split=split, tables=tables) for split in ("valid", "test")}
@@ -147,6 +151,38 @@ def ensure_tiny(run: Run, force: bool = False) -> Path:
     return out
 
 
+def train_mode_stage(run: Run, force: bool = False) -> dict:
+    """The first stage of a baseline mode, on the frozen CF tables, cached in run.dir/mode:
+    BinLLM's binarisation layers (model.mapping=binllm), A-LLMRec's alignment of the CF items with
+    the LLM's text embeddings of them (model.mapping=allmrec). Nothing for the other modes."""
+    cfg = run.cfg
+    if not cfg.model.needs_mode_stage():
+        return {}
+    train_cf_stage(run)
+    if cfg.model.mapping == "allmrec" and not cfg.model.path:
+        ensure_tiny(run)
+    stage = run.mode_stage()
+
+    def build(folder: Path) -> dict:
+        sd = load_split(run)
+        tables = load_cf_tables(run.cf_table())
+        if cfg.model.mapping == "binllm":
+            weights, report = train_binarizer(sd, tables, cfg.cf, cfg.model.binllm_bits, cfg.seed)
+            save_binarizer(run.mode_file, weights, report)
+        else:
+            device = "cuda" if cfg.dist.use_gpu and torch.cuda.is_available() else "cpu"
+            llm, tok = load_llm(run.model_dir, cfg.model.placeholder_token, dtype=torch.float32)
+            text = mean_pooled_embeddings(llm, tok, item_texts(sd.item_titles, sd.item_text), device=device)
+            del llm
+            aligned, weights, report = train_alignment(sd, tables, text, cfg.model.allmrec_dim, cfg.model.align_epochs,
+                                                       cfg.seed, cfg.cf.batch_size, cfg.data.history_len)
+            save_alignment(run.mode_file, aligned, weights, report)
+            report["last_epoch"] = report["history"][-1]
+        return {"file": str(run.mode_file), **{k: v for k, v in report.items() if k != "history"}}
+
+    return stage.run(build, force)
+
+
 def run_training(run: Run, force: bool = False) -> dict:
     """CKF training through the configured launcher, cached and resumable."""
     stage = run.train_stage()
@@ -193,6 +229,7 @@ def prepare_inputs(run: Run) -> None:
     train_cf_stage(run)
     if not run.cfg.model.path:
         ensure_tiny(run)
+    train_mode_stage(run)
 
 
 def run_all(run: Run, force: bool = False) -> dict:
@@ -201,6 +238,7 @@ def run_all(run: Run, force: bool = False) -> dict:
     cf = train_cf_stage(run)
     if not run.cfg.model.path:
         ensure_tiny(run)
+    train_mode_stage(run)
     run_training(run, force=force)
     run_eval_stage(run, force=force)
     return {"data": data, "cf": cf}

@@ -1,4 +1,4 @@
-"""The run directory: its layout and its five cached stages, in one place.
+"""The run directory: its layout and its six cached stages, in one place.
 
 A run is the folder `run.dir` of a config. Every path inside it, and every "is this stage up to
 date", goes through :class:`Run`; nobody else spells a run-directory file name::
@@ -11,6 +11,7 @@ date", goes through :class:`Run`; nobody else spells a run-directory file name::
     cf/<model>.safetensors         the CF tables of the backbone and of each baseline
     cf/baselines.json, .md         the CF / popularity baselines (valid and test)
     llm/                           the embedded tiny LLM (unless model.path names one)
+    mode/<mapping>.safetensors     the first stage of a baseline mode (BinLLM codes, A-LLMRec alignment)
     train/checkpoints/step-N/      checkpoints (manifest.json of sha256 digests written last);
                                    train/checkpoints/latest names the newest
     train/tb/                      TensorBoard events + metrics.jsonl
@@ -21,7 +22,7 @@ date", goes through :class:`Run`; nobody else spells a run-directory file name::
     deepspeed.json                 the derived DeepSpeed config
     ray/                           Ray Train storage (unless dist.storage_path)
 
-Stages (data -> cf -> llm -> train -> eval) each own a folder and a key: a hash of the config
+Stages (data -> cf -> llm -> mode -> train -> eval) each own a folder and a key: a hash of the config
 sections the stage depends on plus the keys of the stages it reads. Each record also keeps the
 lineage of the build: the digest of the stage's own outputs and those of the upstream outputs it
 consumed. A stage is fresh when its recorded key equals the current one and every upstream stage
@@ -58,7 +59,7 @@ from ckf_dist.rating_scale import RatingScale
 
 log = logging.getLogger(__name__)
 
-STAGES = ("data", "cf", "llm", "train", "eval")
+STAGES = ("data", "cf", "llm", "mode", "train", "eval")
 
 
 def stage_hash(obj) -> str:
@@ -85,6 +86,21 @@ def source_fingerprint(cfg: Config) -> str:
 TRAIN_KEY_IGNORES = ("debug_checks", "activation_checkpointing")
 """train.* keys that do not change what training computes: left out of the training stage key, so
 switching them keeps a finished run fresh (and the keys of runs made before they existed)."""
+
+
+ADDED_KEYS = {
+    "cf": ("sasrec_blocks", "sasrec_heads", "seq_dropout"),
+    "model": ("binllm_bits", "binllm_compress", "allmrec_dim", "align_epochs"),
+}
+"""Keys added to a section after runs were made: left out of the stage keys while at their default,
+so those runs stay fresh."""
+
+
+def _section_key(cfg: Config, name: str) -> dict:
+    """to_dict of section `name` without its ADDED_KEYS that hold their default value."""
+    section = getattr(cfg, name)
+    default = type(section)()
+    return {k: v for k, v in to_dict(section).items() if not (k in ADDED_KEYS.get(name, ()) and v == getattr(default, k))}
 
 
 def _train_key(cfg: Config) -> dict:
@@ -444,6 +460,16 @@ class Run:
         """The base LLM the run trains on: model.path, or the embedded one."""
         return Path(self.cfg.model.path) if self.cfg.model.path else self.llm_dir
 
+    # ------------------------------------------------------------------ mode
+    @property
+    def mode_dir(self) -> Path:
+        return self.dir / "mode"
+
+    @property
+    def mode_file(self) -> Path:
+        """The first-stage output of the configured mode (model.mapping=binllm | allmrec)."""
+        return self.mode_dir / f"{self.cfg.model.mapping}.safetensors"
+
     # ------------------------------------------------------------------ train
     @property
     def train_dir(self) -> Path:
@@ -562,8 +588,8 @@ class Run:
     def cf_stage(self) -> Stage:
         cfg = self.cfg
         data = self.data_stage()
-        key = stage_hash([data.key, to_dict(cfg.cf), cfg.eval.ks, cfg.eval.max_samples_per_task, cfg.eval.task_caps])
-        config = {**data.config, "cf": to_dict(cfg.cf),
+        key = stage_hash([data.key, _section_key(cfg, "cf"), cfg.eval.ks, cfg.eval.max_samples_per_task, cfg.eval.task_caps])
+        config = {**data.config, "cf": _section_key(cfg, "cf"),
                   "eval": {"ks": cfg.eval.ks, "max_samples_per_task": cfg.eval.max_samples_per_task, "task_caps": cfg.eval.task_caps}}
         return Stage("cf", self.cf_dir, key, config, {"data": data},
                      outputs=lambda: [*sorted(self.cf_dir.glob("*.safetensors")), self.baselines_json])
@@ -575,6 +601,27 @@ class Run:
         return Stage("llm", self.llm_dir, key, {**data.config, "tiny": to_dict(cfg.tiny)}, {"data": data},
                      outputs=lambda: sorted(p for p in self.llm_dir.rglob("*") if p.is_file() and p.name != "stage.json"))
 
+    def mode_stage(self) -> Stage:
+        """BinLLM's binarisation layer or A-LLMRec's alignment network, trained on the frozen CF tables
+        (and, for A-LLMRec, the LLM's text embeddings of the items)."""
+        cfg, m = self.cfg, self.cfg.model
+        cf = self.cf_stage()
+        upstream = {"cf": cf}
+        parts = [cf.key, m.mapping, cfg.seed]
+        config = {**cf.config, "model": {"mapping": m.mapping}}
+        if m.mapping == "binllm":
+            parts += [m.binllm_bits]
+            config["model"]["binllm_bits"] = m.binllm_bits
+        elif m.mapping == "allmrec":
+            if not m.path:
+                upstream["llm"] = self.llm_stage()
+            llm_key = upstream["llm"].key if not m.path else m.path
+            parts += [llm_key, m.placeholder_token, m.allmrec_dim, m.align_epochs]
+            config.update(upstream["llm"].config if "llm" in upstream else {})
+            config["model"] = {"mapping": m.mapping, "path": m.path, "placeholder_token": m.placeholder_token,
+                               "allmrec_dim": m.allmrec_dim, "align_epochs": m.align_epochs}
+        return Stage("mode", self.mode_dir, stage_hash(parts), config, upstream, outputs=lambda: [self.mode_file])
+
     def train_stage(self) -> Stage:
         cfg = self.cfg
         cf = self.cf_stage()
@@ -582,8 +629,12 @@ class Run:
         if not cfg.model.path:
             upstream["llm"] = self.llm_stage()
         llm_key = upstream["llm"].key if not cfg.model.path else cfg.model.path
-        parts = [cf.key, llm_key, to_dict(cfg.model), to_dict(cfg.lora), _train_key(cfg), cfg.tasks, cfg.task_mix, cfg.seed]
-        config = {**cf.config, **(upstream["llm"].config if "llm" in upstream else {}), "model": to_dict(cfg.model),
+        model = _section_key(cfg, "model")
+        parts = [cf.key, llm_key, model, to_dict(cfg.lora), _train_key(cfg), cfg.tasks, cfg.task_mix, cfg.seed]
+        if cfg.model.needs_mode_stage():
+            upstream["mode"] = self.mode_stage()
+            parts.append(upstream["mode"].key)
+        config = {**cf.config, **(upstream["llm"].config if "llm" in upstream else {}), "model": model,
                   "lora": to_dict(cfg.lora), "train": _train_key(cfg), "task_mix": cfg.task_mix}
         return Stage("train", self.train_dir, stage_hash(parts), config, upstream,
                      outputs=lambda: [self.final_weights])
@@ -594,12 +645,12 @@ class Run:
                      {**train.config, "eval": to_dict(self.cfg.eval)}, {"train": train},
                      outputs=lambda: [self.metrics_file("test")])
 
-    def check_current(self, names: tuple[str, ...] = ("data", "cf", "llm", "train")) -> None:
+    def check_current(self, names: tuple[str, ...] = ("data", "cf", "llm", "mode", "train")) -> None:
         """Readers of a finished run (`ckf eval`, `ckf recommend`): every stage they read is fresh
         for the run's config.yaml and built from what its upstream stages now hold; else one line
         (:class:`StaleStage`) saying what changed."""
         for name in names:
-            if name == "llm" and self.cfg.model.path:
+            if (name == "llm" and self.cfg.model.path) or (name == "mode" and not self.cfg.model.needs_mode_stage()):
                 continue
             problem = self.stage(name).problem()
             if problem is not None:

@@ -136,3 +136,27 @@ def test_run_dir_on_a_file_fails_up_front(tmp_path):
     for d in (f, f / "sub"):
         with pytest.raises(ConfigError, match=rf"key 'run.dir': {re.escape(str(f))} is a file"):
             load_config(str(ROOT / "configs" / "quickstart.yaml"), [f"run.dir={d}"])
+
+
+@pytest.mark.parametrize("overrides, pattern", [
+    (["model.mapping=cora", "model.cf_fusion=false"], r"key 'model.cf_fusion': false is the text-only baseline, which has no cora"),
+    (["model.binllm_bits=0"], r"key 'model.binllm_bits': invalid value 0"),
+    (["model.allmrec_dim=0"], r"key 'model.allmrec_dim'"),
+    (["cf.model=gru4rec"], r"key 'cf.model': 'gru4rec' is not one of mf, lightgcn, sasrec, din"),
+    (["cf.baselines=[mf,gru4rec]"], r"key 'cf.baselines': unknown model 'gru4rec' \(mf, lightgcn, sasrec, din\)"),
+    (["cf.dim=10", "cf.sasrec_heads=4"], r"key 'cf.sasrec_heads': invalid value 4"),
+    (["cf.seq_dropout=1.0"], r"key 'cf.seq_dropout'"),
+])
+def test_mode_and_backbone_keys_are_checked(overrides, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(None, overrides)
+
+
+@pytest.mark.parametrize("mapping, prompt, adapters, curriculum", [
+    ("ckf", "cf", "multi", True), ("collm", "cf", "shared", True), ("binllm", "codes", "shared", True),
+    ("cora", "text", "row", False), ("allmrec", "cf", "none", False)])
+def test_what_each_mapping_reads_and_trains(mapping, prompt, adapters, curriculum):
+    cfg = load_config(None, [f"model.mapping={mapping}"])
+    assert (cfg.model.prompt_kind(), cfg.model.adapter_kind(), cfg.curriculum_on()) == (prompt, adapters, curriculum)
+    assert cfg.model.needs_mode_stage() == (mapping in ("binllm", "allmrec"))
+    assert load_config(None, ["model.cf_fusion=false"]).model.prompt_kind() == "text"

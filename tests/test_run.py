@@ -56,6 +56,35 @@ def test_stage_keys_chain_and_ignore_what_does_not_change_results():
     assert all(data[s] != base[s] for s in STAGES)
 
 
+def test_keys_added_for_the_modes_keep_earlier_runs_fresh():
+    """A run made before the baseline modes existed hashed cf.* and model.* without their new keys:
+    at their defaults those keys are left out, so its stages stay fresh; set, they count."""
+    from ckf_dist.config import to_dict
+    from ckf_dist.run import ADDED_KEYS, _section_key, stage_hash
+
+    r = Run(load_config(None, ["run.dir=/tmp/x"]))
+    cfg = r.cfg
+    old_cf = {k: v for k, v in to_dict(cfg.cf).items() if k not in ADDED_KEYS["cf"]}
+    old_model = {k: v for k, v in to_dict(cfg.model).items() if k not in ADDED_KEYS["model"]}
+    assert _section_key(cfg, "cf") == old_cf and _section_key(cfg, "model") == old_model
+    assert r.cf_stage().key == stage_hash([r.data_stage().key, old_cf, cfg.eval.ks, cfg.eval.max_samples_per_task, cfg.eval.task_caps])
+    base = _keys()
+    assert _keys("cf.sasrec_blocks=3")["cf"] != base["cf"]
+    bits = _keys("model.binllm_bits=16")
+    assert bits["train"] != base["train"] and bits["cf"] == base["cf"]
+
+
+def test_mode_stage_key_follows_what_the_mode_stage_reads():
+    binllm = _keys("model.mapping=binllm")
+    assert _keys("model.mapping=binllm", "model.binllm_bits=16")["mode"] != binllm["mode"]
+    assert _keys("model.mapping=binllm", "model.binllm_compress=true")["mode"] == binllm["mode"]  # formatting only
+    assert _keys("model.mapping=binllm", "tiny.hidden_size=64")["mode"] == binllm["mode"]  # codes never see the LLM
+    allmrec = _keys("model.mapping=allmrec")
+    assert _keys("model.mapping=allmrec", "tiny.hidden_size=64")["mode"] != allmrec["mode"]  # text embeddings do
+    assert _keys("model.mapping=allmrec", "cf.dim=8")["mode"] != allmrec["mode"]
+    assert Run(load_config(None, ["run.dir=/tmp/x", "model.mapping=binllm"])).mode_file.name == "binllm.safetensors"
+
+
 def test_fresh_stage_is_skipped(tmp_path):
     r = Run(load_config(None, [f"run.dir={tmp_path}"]))
     calls = []

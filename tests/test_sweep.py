@@ -46,6 +46,20 @@ def test_smoke_grid_trials_and_commands():
     assert g.trials(["dist.use_gpu=true"])[0].overrides[0] == "dist.use_gpu=true"
 
 
+def test_modes_grid():
+    g = load_grid("configs/sweeps/ml100k-modes.yaml")
+    assert g.config == "configs/ml100k-quality.yaml"
+    got = {n: (v.overrides, len(v.seeds)) for n, v in g.variants.items()}
+    assert {n: s for n, (_, s) in got.items()} == {"binllm": 3, "cora": 3, "allmrec": 3, "ckf-sasrec": 1, "ckf-din": 1}
+    cfgs = {t.variant: g.resolve(t) for t in g.trials()}
+    assert [cfgs[m].model.mapping for m in ("binllm", "cora", "allmrec")] == ["binllm", "cora", "allmrec"]
+    assert cfgs["binllm"].model.binllm_compress  # 21 codes per topk prompt must fit model.max_length
+    for v in ("sasrec", "din"):
+        c = cfgs[f"ckf-{v}"]
+        assert c.model.mapping == "ckf" and c.cf.model == v and v in c.cf.baselines
+    assert len(g.trials()) == 11 and all(c.dist.launcher == "local" for c in cfgs.values())
+
+
 @pytest.mark.parametrize("name", ["ml100k-quality", "amazon-mi-quality"])
 def test_quality_grids(name):
     g = load_grid(f"configs/sweeps/{name}.yaml")
@@ -145,6 +159,17 @@ def test_aggregate_variants_then_baselines_over_seeds():
     assert mf["seeds"] == [0, 1] and mean_sd(mf["values"]["ctr/auc"]) == pytest.approx((0.7, math.sqrt(0.005), 2))
     assert mean_sd(ckf["values"]["ctr/warm/auc"]) == pytest.approx((0.7, 0.1, 3))
     assert mean_sd(ckf["values"]["ctr/new/auc"]) == (0.5, None, 1)
+
+
+def test_a_later_trials_extra_baseline_joins_its_seed():
+    """A variant with another CF backbone (cf.model=sasrec) reports that backbone too: it joins the
+    baselines of its seed, while the models every trial reports still come from the first trial."""
+    res = _results()
+    res["trials"].append({"name": "sasrec-s0", "variant": "sasrec", "seed": 0, "status": "done", "metrics": _m(0.6, 1.0),
+                          "baselines": {"popularity": _m(0.11, 9.0), "sasrec": _m(0.66, None)}})
+    rows = {r["name"]: r for r in aggregate(res)}
+    assert rows["sasrec (baseline)"]["seeds"] == [0] and rows["sasrec (baseline)"]["values"]["ctr/auc"] == [0.66]
+    assert rows["popularity (baseline)"]["values"]["ctr/auc"] == [0.6, 0.7, 0.8]  # seed 0 still from ckf-s0
 
 
 def test_results_markdown_table_with_baselines_and_groups():

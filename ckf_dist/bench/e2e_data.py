@@ -110,7 +110,7 @@ def diagnose_batching(cfg: Config, n_batches: int = 30, warmup: int = 3) -> list
         counts = [batch_tokens(b) for b in batches]
         return sum(c[0] for c in counts) / max(1, sum(c[1] for c in counts))
 
-    built = build_ckf_model(cfg, run.model_dir, run.cf_table())
+    built = build_ckf_model(cfg, run.model_dir, run.cf_table(), mode_path=run.mode_file)
     model, tok, collator = built.model, built.tokenizer, built.collator
     engine = LocalEngine(model, cfg)
     model.train()

@@ -18,6 +18,8 @@ Models and what they predict (statistics from ``split == "train"`` only):
       rating, review_rating: the predicted rating clipped to the training rating range (MSE-trained
       MF only; a BPR-trained MF does not predict ratings and reports ctr and topk only).
   - ``lightgcn``: BPR; ctr and topk only.
+  - ``sasrec``, ``din`` (``ckf_dist.cf.sequential``): the model's own score after the sample's
+    history (its user vector is the encoding of that history); ctr and topk only.
   - ``retrieval`` (explanation only): the most similar training summary. For (u, i): among the
     training summaries of item i, the one whose writer is closest to u (cosine of the backbone's
     user vectors, u folded in from its history when new); an item without training summaries
@@ -140,8 +142,11 @@ class SummaryRetrieval:
             if not pool:
                 out.append(self.latest.get(int(s["user"]), self.fallback))
                 continue
-            me = self.tables.user_vectors([s["user"]], [s["history"]])[0]
-            writers = self.tables.user_vectors([u for u, _ in pool], [[] for _ in pool])
+            me = self.tables.user_vectors([s["user"]], [s["history"]], [s["items"]])[0]
+            writer_ids = [u for u, _ in pool]
+            # writers by their trained rows (a sequential backbone's row: its training history's encoding)
+            writers = (self.tables.user_emb[writer_ids].astype(np.float64) if self.tables.sequential
+                       else self.tables.user_vectors(writer_ids, [[] for _ in pool]))
             sim = writers @ me / (np.linalg.norm(writers, axis=1) * np.linalg.norm(me) + 1e-12)
             out.append(pool[int(np.argmax(sim))][1])
         return out
@@ -170,7 +175,7 @@ def run_baselines(
     for name in cfg.cf.baselines:
         t = (tables or {}).get(name)
         if t is None:
-            t, report = train_cf(split_data, cfg.cf, seed, name)
+            t, report = train_cf(split_data, cfg.cf, seed, name, history_len=cfg.data.history_len)
             log.info("%s: weight_decay=%g valid %s=%s", name, report["weight_decay"], report["valid_metric"], report["valid_score"])
         models.append(CFBaseline(name, t))
     backbone = (tables or {}).get(cfg.cf.model) or next((m.tables for m in models if isinstance(m, CFBaseline)), None)

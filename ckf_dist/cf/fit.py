@@ -1,4 +1,5 @@
-"""Training of the CF backbones (MF, LightGCN), model selection on validation, export.
+"""Training of the CF backbones (MF, LightGCN, and the sequential SASRec and DIN of
+:mod:`ckf_dist.cf.sequential`), model selection on validation, export.
 
 Entry point::
 
@@ -59,90 +60,29 @@ from tqdm.auto import tqdm
 
 from ckf_dist.cf.lightgcn import LightGCN, normalized_adjacency
 from ckf_dist.cf.mf import MF
+from ckf_dist.cf.pairs import INIT_STD, VALID_NEGATIVES, PairData as _Data
+from ckf_dist.cf.sequential import export_sequential, fit_sequential, row_histories
 from ckf_dist.cf.tables import CFTables
 from ckf_dist.config import CFConfig
+from ckf_dist.config_sections import CF_MODELS, SEQUENTIAL_CF
 from ckf_dist.data.table import SplitData
 
 log = logging.getLogger(__name__)
 
-VALID_NEGATIVES = 100
-"""Sampled negatives per validation positive for the BPR models' validation AUC."""
-INIT_STD = 0.1
-"""Std of the normal initialisation of all embeddings."""
-
-
 def resolve_loss(model_name: str, cfg: CFConfig, has_rating: bool) -> str:
-    """'mse' or 'bpr' for a model: LightGCN is BPR; MF follows cfg.loss (auto: mse iff ratings)."""
+    """'mse', 'bpr' or 'bce' for a model: LightGCN is BPR; SASRec and DIN binary cross-entropy
+    (see cf/sequential.py); MF follows cfg.loss (auto: mse iff ratings)."""
     if model_name == "lightgcn":
         return "bpr"
+    if model_name in SEQUENTIAL_CF:
+        return "bce"
     if model_name != "mf":
-        raise ValueError(f"unknown CF model {model_name!r} (mf, lightgcn)")
+        raise ValueError(f"unknown CF model {model_name!r} ({', '.join(CF_MODELS)})")
     if cfg.loss == "auto":
         return "mse" if has_rating else "bpr"
     if cfg.loss == "mse" and not has_rating:
         raise ValueError("cf.loss=mse needs ratings, and this dataset has none")
     return cfg.loss
-
-
-class _Data:
-    """The numpy/torch views of a SplitData that training needs."""
-
-    def __init__(self, sd: SplitData, loss: str, seed: int):
-        self.num_users, self.num_items = sd.num_users, sd.num_items
-        train, valid = sd.part("train"), sd.part("valid")
-        if loss == "mse":
-            train, valid = train[train["rating"].notna()], valid[valid["rating"].notna()]
-            r = train["rating"].to_numpy(np.float32, copy=True)
-            self.rating = torch.from_numpy(r)
-            self.rating_range = (float(r.min()), float(r.max())) if len(r) else (0.0, 1.0)
-            self.mean_rating = float(r.mean()) if len(r) else 0.0
-            self.valid_r = valid["rating"].to_numpy(np.float64)
-        else:
-            train, valid = train[train["pos"] >= 0.5], valid[valid["pos"] >= 0.5]
-        self.u = torch.from_numpy(train["u"].to_numpy(np.int64, copy=True))  # [N] training pairs
-        self.i = torch.from_numpy(train["i"].to_numpy(np.int64, copy=True))
-        self.user_seen = np.bincount(self.u.numpy(), minlength=self.num_users) > 0
-        self.item_seen = np.bincount(self.i.numpy(), minlength=self.num_items) > 0
-        # Validation rows of users the model has a vector for (after a global time split most
-        # validation users are new: their zero rows would only add ties); all rows if none is known.
-        known = self.user_seen[valid["u"].to_numpy(np.int64)]
-        if known.any():
-            valid = valid[known]
-            if loss == "mse":
-                self.valid_r = valid["rating"].to_numpy(np.float64)
-        self.valid_u = valid["u"].to_numpy(np.int64)
-        self.valid_i = valid["i"].to_numpy(np.int64)
-        if loss == "bpr":
-            # Sorted keys u * I + i of the training positives, for negative rejection.
-            self.pos_keys = np.unique(self.u.numpy() * self.num_items + self.i.numpy())
-            rng = np.random.default_rng([seed, 7])
-            n = len(self.valid_u)
-            neg = self.sample_negatives(np.repeat(self.valid_u, VALID_NEGATIVES), rng, exclude=np.repeat(self.valid_i, VALID_NEGATIVES))
-            self.valid_neg = neg.reshape(n, VALID_NEGATIVES)  # [n_valid, VALID_NEGATIVES]
-
-    def _is_pos(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        keys = users * self.num_items + items
-        at = np.searchsorted(self.pos_keys, keys)
-        at = np.minimum(at, len(self.pos_keys) - 1)
-        return self.pos_keys[at] == keys if len(self.pos_keys) else np.zeros(len(keys), bool)
-
-    def sample_negatives(self, users: np.ndarray, rng: np.random.Generator, exclude: Optional[np.ndarray] = None) -> np.ndarray:
-        """One item per entry of users, uniform over items that are not that user's training
-        positives (nor `exclude`). Rejection sampling; a user who has every item as a positive
-        (degenerate) keeps whatever the last draw gave."""
-        neg = rng.integers(0, self.num_items, size=len(users))
-        for _ in range(50):
-            bad = self._is_pos(users, neg)
-            if exclude is not None:
-                bad |= neg == exclude
-            if not bad.any():
-                break
-            neg[bad] = rng.integers(0, self.num_items, size=int(bad.sum()))
-        return neg
-
-    @property
-    def has_valid(self) -> bool:
-        return len(self.valid_u) > 0
 
 
 def _build(model_name: str, data: _Data, cfg: CFConfig, loss: str, seed: int) -> torch.nn.Module:
@@ -272,6 +212,7 @@ def train_cf(
     *,
     progress: bool = True,
     threads: int = 1,
+    history_len: int = 10,
 ) -> tuple[CFTables, dict]:
     """Train `model_name` (default cfg.model) over cfg.weight_decays; keep the best on validation.
 
@@ -280,19 +221,25 @@ def train_cf(
     weight_decay, valid_score, best_epoch, epochs_run, stopped_early, seconds, history of
     per-epoch train_loss / valid), num_train, seconds. Without validation rows there is no early
     stopping: every grid point trains cfg.epochs epochs and the first weight decay is kept.
-    threads: torch intra-op threads while training (see the module NOTE)."""
+    threads: torch intra-op threads while training (see the module NOTE). history_len: the
+    sequential backbones' history window (``data.history_len``, the prompts' window)."""
     t0 = time.perf_counter()
     model_name = model_name or cfg.model
     loss = resolve_loss(model_name, cfg, split_data.has_rating)
-    data = _Data(split_data, loss, seed)
+    sequential = model_name in SEQUENTIAL_CF
+    data = _Data(split_data, "bpr" if sequential else loss, seed)  # BCE models validate like BPR ones
     if len(data.u) == 0:
         raise ValueError(f"{model_name}/{loss}: no training interactions to fit on {split_data.name}")
-    higher = loss == "bpr"
+    higher = loss != "mse"
     grid: list[dict] = []
     best: Optional[tuple[torch.nn.Module, dict]] = None
+    hist = row_histories(split_data, history_len) if sequential else None
     with _torch_threads(threads):
         for wd in cfg.weight_decays:
-            model, rec = _fit(model_name, data, cfg, loss, float(wd), seed, progress)
+            if sequential:
+                model, rec = fit_sequential(model_name, split_data, data, cfg, float(wd), seed, history_len, hist)
+            else:
+                model, rec = _fit(model_name, data, cfg, loss, float(wd), seed, progress)
             grid.append(rec)
             log.info("%s/%s wd=%g valid=%s best_epoch=%d epochs=%d", model_name, loss, wd, rec["valid_score"],
                      rec["best_epoch"], rec["epochs_run"])
@@ -302,7 +249,7 @@ def train_cf(
             ):
                 best = (model, rec)
         model, rec = best
-        t = _tables_of(model, data, loss)
+        t = export_sequential(model, split_data, data, history_len, cfg) if sequential else _tables_of(model, data, loss)
     report = {
         "model": model_name,
         "loss": loss,
@@ -320,6 +267,8 @@ def train_cf(
     meta.update(seed=seed, dataset=split_data.name)
     if loss == "mse":
         meta["rating_range"] = list(data.rating_range)
+    if sequential:
+        meta["encoder"] = t["encoder_meta"]
     tables = CFTables(
         user_emb=t["user_emb"].astype(np.float32),
         item_emb=t["item_emb"].astype(np.float32),
@@ -329,6 +278,7 @@ def train_cf(
         user_bias=t.get("user_bias"),
         item_bias=t.get("item_bias"),
         global_bias=float(t.get("global_bias", 0.0)),
+        encoder=t.get("encoder") or {},
     )
     return tables, report
 

@@ -6,6 +6,7 @@ never sees a half-written file) holding
     user_emb     [U, d] float32     item_emb     [I, d] float32
     user_bias    [U]    float32     item_bias    [I]    float32     global_bias [1] float32
     (biases only for models that have them: MF)
+    seq.<name>   the weights of a sequential backbone's encoder (SASRec, DIN; see cf/sequential.py)
 
 and one metadata entry ``ckf_cf``: a JSON object with ``user_ids`` / ``item_ids`` (the raw id of
 each row, so a table can be checked against a SplitData), and the training facts (model, loss,
@@ -18,6 +19,11 @@ vector ever leaves CF training. Consumers fold such a *user* in from the history
 predicted: its vector is the mean of its history items' rows (:meth:`CFTables.user_vectors`, and
 the same rule in the CKF model), the classic fold-in of item-based CF. A zero item row scores as
 the global prior.
+
+**Sequential backbones** (SASRec, DIN) encode a row's history into its user vector: with a
+history, :meth:`CFTables.user_vectors` and :meth:`CFTables.score_with_history` run the backbone
+(:mod:`ckf_dist.cf.sequential`) instead of reading ``user_emb``, which holds each user's encoding
+of its training history for consumers without a row (:meth:`CFTables.score`).
 
 Arrays are numpy (``torch.from_numpy`` is zero-copy for consumers that want tensors). This module
 knows nothing of how the tables were trained nor of the LLM.
@@ -57,6 +63,20 @@ class CFTables:
     """[I] float32, or None."""
     global_bias: float = 0.0
     """Global offset (MF-MSE: about the mean training rating)."""
+    encoder: dict[str, np.ndarray] = field(default_factory=dict)
+    """A sequential backbone's weights (empty for MF / LightGCN); meta["encoder"] holds its shape."""
+
+    @property
+    def sequential(self) -> bool:
+        """True for SASRec / DIN tables: the user vector of a row is the encoding of its history."""
+        return bool(self.encoder)
+
+    def _seq_model(self):
+        from ckf_dist.cf.sequential import build_model
+
+        if getattr(self, "_model", None) is None:
+            self._model = build_model(self)
+        return self._model
 
     def __post_init__(self) -> None:
         if self.user_emb.ndim != 2 or self.item_emb.ndim != 2 or self.user_emb.shape[1] != self.item_emb.shape[1]:
@@ -97,6 +117,7 @@ class CFTables:
         return save_cf_tables(
             path, self.user_emb, self.item_emb, self.user_ids, self.item_ids, self.meta,
             user_bias=self.user_bias, item_bias=self.item_bias, global_bias=self.global_bias if has_bias else None,
+            encoder=self.encoder or None,
         )
 
     def model_inputs(self, with_biases: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -110,9 +131,16 @@ class CFTables:
         i = np.concatenate([self.item_emb, self.item_bias[:, None]], 1).astype(np.float32)
         return u, i
 
-    def user_vectors(self, users: Sequence[int], histories: Sequence[Sequence[int]]) -> np.ndarray:
+    def user_vectors(self, users: Sequence[int], histories: Sequence[Sequence[int]],
+                     targets: Optional[Sequence[Sequence[int]]] = None) -> np.ndarray:
         """[n, d] float64: each user's trained row, or, for a user whose row is all zero (no
-        training interaction), the mean of its history items' rows (zeros if that is empty too)."""
+        training interaction), the mean of its history items' rows (zeros if that is empty too).
+        Sequential tables: the backbone's encoding of each history (`targets`, the items of each row,
+        are DIN's attention target; see :mod:`ckf_dist.cf.sequential`)."""
+        if self.sequential:
+            from ckf_dist.cf.sequential import encode_rows
+
+            return encode_rows(self, histories, targets, self._seq_model())
         u = np.asarray(users, dtype=np.int64)
         out = self.user_emb[u].astype(np.float64)
         unknown = ~np.any(out != 0.0, axis=1)
@@ -125,7 +153,12 @@ class CFTables:
     def score_with_history(self, users: Sequence[int], histories: Sequence[Sequence[int]], items: Any) -> np.ndarray:
         """Like :meth:`score`, with users folded in from their histories (:meth:`user_vectors`).
 
-        items: [n] (one per user) or [n, C] (C candidates per user)."""
+        items: [n] (one per user) or [n, C] (C candidates per user). Sequential tables: the
+        backbone's own score after each history (DIN's is not a dot product)."""
+        if self.sequential:
+            from ckf_dist.cf.sequential import score_rows
+
+            return score_rows(self, histories, items, self._seq_model())
         u = np.asarray(users, dtype=np.int64)
         i = np.asarray(items, dtype=np.int64)
         vec = self.user_vectors(u, histories)  # [n, d]
@@ -174,6 +207,7 @@ def save_cf_tables(
     user_bias: Any = None,
     item_bias: Any = None,
     global_bias: Optional[float] = None,
+    encoder: Optional[dict[str, Any]] = None,
 ) -> Path:
     """Write a table file atomically (see the module docstring); returns its path.
 
@@ -190,6 +224,8 @@ def save_cf_tables(
         tensors["item_bias"] = _np32(item_bias).reshape(-1)
     if global_bias is not None:
         tensors["global_bias"] = np.array([global_bias], dtype=np.float32)
+    for k, v in (encoder or {}).items():
+        tensors[f"seq.{k}"] = _np32(v)
     # Validate before writing anything.
     CFTables(tensors["user_emb"], tensors["item_emb"], list(user_ids), list(item_ids))
     meta = dict(extra or {})
@@ -224,4 +260,5 @@ def load_cf_tables(path: str | Path) -> CFTables:
         user_bias=tensors.get("user_bias"),
         item_bias=tensors.get("item_bias"),
         global_bias=float(gb[0]) if gb is not None else 0.0,
+        encoder={k[len("seq."):]: v for k, v in tensors.items() if k.startswith("seq.")},
     )

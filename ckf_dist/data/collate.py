@@ -22,10 +22,13 @@ first ``KEEP_HEAD`` tokens (the clause introducing the history) while there is r
 rest is too short, a one-line ValueError names the sample and asks for a larger
 ``model.max_length``. ``truncated`` in the batch counts rows that were cut.
 
-With ``model.cf_fusion=false`` the main fields are built from the text-only twin
-(``prompt_text``): the model then runs the text-only baseline on exactly these fields.
-With ``cf_fusion`` and the curriculum (``train.curriculum``) the twin is also built, as
-``text_*`` fields (``text_twin`` overrides: e.g. False for evaluation).
+The main fields come from the prompt the mode reads (``ModelConfig.prompt_kind``): the CF prompt
+with its placeholders (soft tokens), the CF prompt with every placeholder replaced by the tokens of
+a code string (``model.mapping=binllm``: the ``codes`` object gives each row's user and item codes;
+truncation protects them like placeholders), or the text-only twin (``prompt_text``:
+``model.cf_fusion=false``, the text-only baseline, and ``model.mapping=cora``). With the curriculum
+(``Config.curriculum_on``) the twin is also built, as ``text_*`` fields (``text_twin`` overrides:
+e.g. False for evaluation).
 """
 
 from __future__ import annotations
@@ -55,9 +58,11 @@ class Collator:
 
     Args:
       tokenizer: an HF tokenizer with EOS; pad falls back to EOS (pad positions are masked).
-      cfg: Config (model.max_length, model.cf_fusion, model.placeholder_token, train.curriculum).
+      cfg: Config (model.max_length, model.mapping, model.cf_fusion, model.placeholder_token, train.curriculum).
       placeholder_id: the id of ``cfg.model.placeholder_token`` (must encode to exactly that id).
-      text_twin: build the ``text_*`` fields; None = ``cf_fusion and train.curriculum``.
+      text_twin: build the ``text_*`` fields; None = ``cfg.curriculum_on()``.
+      codes: for ``model.mapping=binllm``, an object whose ``sample_codes(samples)`` gives per sample
+        the code strings of its user and items (:class:`ckf_dist.cf.binarize.TextCodes`).
 
     Batch fields (B rows, L = longest row, M = placeholders after the users', H = longest history):
       keys: list[str]; tasks: list[str]
@@ -71,7 +76,7 @@ class Collator:
 
     Index fields, computed here on the CPU so the model's forward needs no data-dependent shape
     (no device-to-host read per micro-step):
-      cf_rows, cf_cols [P] int64: the placeholders' positions, row-major (cf_fusion only)
+      cf_rows, cf_cols [P] int64: the placeholders' positions, row-major (soft-token prompts only)
       cf_slots [P] int64: what each one receives, an index into cat([user vectors [B], item vectors [M]])
       target_rows, target_cols [n] int64: positions t whose next token t + 1 is labelled (the
         loss positions, row-major); text_target_rows / text_target_cols for the twin
@@ -83,13 +88,20 @@ class Collator:
     """
 
     def __init__(self, tokenizer, cfg: Config, placeholder_id: int, text_twin: Optional[bool] = None,
-                 num_users: Optional[int] = None, num_items: Optional[int] = None):
+                 num_users: Optional[int] = None, num_items: Optional[int] = None, codes: Any = None):
         self.tok = tokenizer
         self.max_length = int(cfg.model.max_length)
-        self.cf_fusion = bool(cfg.model.cf_fusion)
+        self.prompt_kind = cfg.model.prompt_kind()
+        self.soft_tokens = self.prompt_kind == "cf"
+        self.reads_cf = bool(cfg.model.cf_fusion)
+        """The model reads the CF tables for these rows (every mode but the text-only baseline)."""
+        if self.prompt_kind == "codes" and codes is None:
+            raise ValueError("model.mapping=binllm: the collator needs the codes of the mode stage")
+        self.codes = codes
+        self._code_ids: dict[str, list[int]] = {}
         self.placeholder = cfg.model.placeholder_token
         self.placeholder_id = int(placeholder_id)
-        self.text_twin = (self.cf_fusion and bool(cfg.train.curriculum)) if text_twin is None else bool(text_twin)
+        self.text_twin = cfg.curriculum_on() if text_twin is None else bool(text_twin)
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no EOS token")
         self.eos_id = int(tokenizer.eos_token_id)
@@ -126,16 +138,41 @@ class Collator:
         cut = start + head
         return prompt[:cut] + prompt[cut + excess :]
 
-    def _encode(self, prompts: Sequence[str], targets: Sequence[str], keys: Sequence[str]):
-        """-> (rows of ids, prompt lengths, number truncated)."""
+    def _code_tokens(self, code: str) -> list[int]:
+        """Token ids of one code string (cached: item codes repeat across batches)."""
+        ids = self._code_ids.get(code)
+        if ids is None:
+            ids = self._code_ids[code] = list(self.tok(code, add_special_tokens=False)["input_ids"])
+        return ids
+
+    def _expand(self, p: list[int], codes: list[list[int]], key: str) -> list[int]:
+        """Replace the k-th placeholder of `p` by the tokens of the row's k-th code."""
+        if p.count(self.placeholder_id) != len(codes):
+            raise ValueError(f"sample {key}: {p.count(self.placeholder_id)} placeholder tokens in the prompt, "
+                             f"expected {len(codes)} (1 user + {len(codes) - 1} items)")
+        out, k = [], 0
+        for tok in p:
+            if tok == self.placeholder_id:
+                out += codes[k]
+                k += 1
+            else:
+                out.append(tok)
+        return out
+
+    def _encode(self, prompts: Sequence[str], targets: Sequence[str], keys: Sequence[str],
+                codes: Optional[Sequence[Sequence[str]]] = None):
+        """-> (rows of ids, prompt lengths, number truncated). `codes`: per row, the strings that
+        replace its placeholders (truncation runs first and keeps every placeholder)."""
         p_ids = self.tok(list(prompts), add_special_tokens=True)["input_ids"]
         t_ids = self.tok(list(targets), add_special_tokens=False)["input_ids"]
         rows, plens, n_cut = [], [], 0
-        for p, t, key in zip(p_ids, t_ids, keys):
+        for r, (p, t, key) in enumerate(zip(p_ids, t_ids, keys)):
             p, tgt = list(p), list(t) + [self.eos_id]
+            code_ids = [self._code_tokens(c) for c in codes[r]] if codes is not None else None
+            extra = sum(len(c) for c in code_ids) - len(code_ids) if code_ids is not None else 0
             if self.placeholder_id in tgt:
                 raise ValueError(f"sample {key}: the target contains the placeholder token")
-            budget = self.max_length - len(tgt)
+            budget = self.max_length - len(tgt) - extra
             if budget < 1:
                 raise ValueError(
                     f"sample {key}: target of {len(tgt)} tokens (with EOS) leaves no room for the prompt "
@@ -144,6 +181,8 @@ class Collator:
             if len(p) > budget:
                 p = self._truncate(p, budget, key)
                 n_cut += 1
+            if code_ids is not None:
+                p = self._expand(p, code_ids, key)
             rows.append((p, tgt))
             plens.append(len(p))
         return rows, plens, n_cut
@@ -205,18 +244,20 @@ class Collator:
             if s["task"] not in ALL_TASKS:
                 raise ValueError(f"sample {key}: unknown task {s['task']!r}")
         targets = [str(s.get("target") or "") for s in samples]
-        main_prompts = [s["prompt"] if self.cf_fusion else s["prompt_text"] for s in samples]
-        rows, plens, n_cut = self._encode(main_prompts, targets, keys)
+        if self.reads_cf:
+            self._check_ids(samples, keys)
+        main_prompts = [s["prompt_text"] if self.prompt_kind == "text" else s["prompt"] for s in samples]
+        codes = self.codes.sample_codes(samples) if self.prompt_kind == "codes" else None
+        rows, plens, n_cut = self._encode(main_prompts, targets, keys, codes)
         for (p, _), s, key in zip(rows, samples, keys):
             n = p.count(self.placeholder_id)
-            want = 1 + len(s["items"]) if self.cf_fusion else 0
+            want = 1 + len(s["items"]) if self.soft_tokens else 0
             if n != want:
                 raise ValueError(
-                    f"sample {key}: {n} placeholder tokens in the {'prompt' if self.cf_fusion else 'prompt_text'}, "
-                    f"expected {want}" + (f" (1 user + {len(s['items'])} items)" if self.cf_fusion else "")
+                    f"sample {key}: {n} placeholder tokens in the {'prompt_text' if self.prompt_kind == 'text' else 'prompt'}"
+                    f"{' with its codes' if codes is not None else ''}, expected {want}"
+                    + (f" (1 user + {len(s['items'])} items)" if self.soft_tokens else "")
                 )
-        if self.cf_fusion:
-            self._check_ids(samples, keys)
         ids, mask, labels = self._pad(rows)
         target_rows, target_cols = self._targets(rows)
 
@@ -252,9 +293,9 @@ class Collator:
             "num_tokens": sum(len(p) + len(t) for p, t in rows),
             "padded": len({len(p) + len(t) for p, t in rows}) > 1,
         }
-        if self.cf_fusion:
+        if self.soft_tokens:
             batch["cf_rows"], batch["cf_cols"], batch["cf_slots"] = self._placeholders(rows, samples)
-        if self.text_twin and self.cf_fusion:
+        if self.text_twin and self.prompt_kind != "text":
             rows_t, plens_t, n_cut_t = self._encode([s["prompt_text"] for s in samples], targets, keys)
             for (p, _), key in zip(rows_t, keys):
                 if self.placeholder_id in p:

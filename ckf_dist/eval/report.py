@@ -2,7 +2,8 @@
 
 Runs are grouped by what they train, ignoring `seed` and `run.dir`: the group label names the
 ablation switches that differ from full CKF (`model.cf_fusion=false` -> "text-only LLM + LoRA",
-`model.mapping=collm` -> "CoLLM-style", ...). Each run contributes its `metrics.json` (CKF) and,
+`model.mapping=collm` -> "CoLLM-style", `model.mapping=binllm` -> "BinLLM-style", a CF backbone other
+than MF, ...). Each run contributes its `metrics.json` (CKF) and,
 once per group, its CF and popularity baselines (`cf/baselines.json`).
 """
 
@@ -35,6 +36,12 @@ def variant_name(cfg: Config) -> str:
         name = "text-only LLM + LoRA (TALLRec-style)"
     elif cfg.model.mapping == "collm":
         name = "CoLLM-style (shared MLP mapping, one LoRA)"
+    elif cfg.model.mapping == "binllm":
+        name = "BinLLM-style (binary CF codes as text, one LoRA)"
+    elif cfg.model.mapping == "cora":
+        name = "CoRA-style (per-row LoRA generated from CF, frozen LLM)"
+    elif cfg.model.mapping == "allmrec":
+        name = "A-LLMRec-style (aligned CF soft tokens, frozen LLM)"
     else:
         parts = []
         if not cfg.model.meta_net:
@@ -42,6 +49,8 @@ def variant_name(cfg: Config) -> str:
         if not cfg.lora.task_specific:
             parts.append("shared LoRA only")
         name = "CKF" + (f" ({', '.join(parts)})" if parts else "")
+    if cfg.model.cf_fusion and cfg.cf.model != "mf":
+        name += f" [CF backbone {cfg.cf.model}]"
     if len(cfg.tasks) == 1:
         name += f" [trained on {cfg.tasks[0]} only]"
     return name

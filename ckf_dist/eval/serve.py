@@ -36,7 +36,7 @@ def load_trained(run: Run, device: str = "cpu") -> Evaluator:
         raise FileNotFoundError(f"{final}: no trained weights (run `ckf train` first)")
     run.check_current()
     run.verify_final()
-    built = build_ckf_model(run.cfg, run.model_dir, run.cf_table(), device)
+    built = build_ckf_model(run.cfg, run.model_dir, run.cf_table(), device, mode_path=run.mode_file)
     check_tables(run, built.tables)
     model, collator = built.model, built.eval_collator
     model.load_trainable(final)

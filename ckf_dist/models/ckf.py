@@ -14,7 +14,15 @@ Trainable: Multi-LoRA adapters (``llm.*.lora_*``) and the CF mapper (``mapper.*`
 general bridge, projections). Frozen: every LLM weight; the CF tables are non-persistent
 buffers (never saved with the trainable state, never trained).
 
-``model.mapping=collm`` implies one shared LoRA (no task adapters), as in CoLLM.
+Modes (``model.mapping``, :meth:`ModelConfig.prompt_kind` / :meth:`ModelConfig.adapter_kind`):
+``ckf`` soft tokens and Multi-LoRA; ``collm`` soft tokens from one shared MLP and one shared LoRA
+(no task adapters), as in CoLLM; ``binllm`` no soft token at all (the collator writes the binary
+codes of the CF vectors into the prompt as text) and one shared LoRA, as in BinLLM; ``cora`` a
+text-only prompt and a frozen LLM whose projections get a per-row LoRA generated from the row's
+CF vectors (:mod:`ckf_dist.modules.cora`; the generator is ``mapper``), as in CoRA; ``allmrec``
+soft tokens from the user vector and the stage-1 aligned item vectors (``item_tokens``) through
+two MLPs, frozen LLM, as in A-LLMRec. Per LLM call the adapters are selected by
+:meth:`_adapters` (task ids per row, or the rows' generated adapters).
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from transformers.utils import ModelOutput
 from ckf_dist.config import ALL_TASKS, Config
 from ckf_dist.fsutil import atomic_write
 from ckf_dist.kernels.multi_lora import resolve_backend
+from ckf_dist.modules.cora import CoRAGenerator
 from ckf_dist.modules.inject import inject_multi_lora
 from ckf_dist.modules.meta_net import CFMapper
 from ckf_dist.modules.multi_lora import LoRAContext
@@ -99,11 +108,18 @@ class CKFModel(nn.Module):
       tokenizer: its tokenizer, with ``cfg.model.placeholder_token`` as one id (``load_llm``).
       user_emb: [U, d] float32 CF user table; item_emb: [I, d] float32 CF item table (frozen).
       cfg: Config (model, lora, train.curriculum, kernels.backend).
+      user_encoder: a sequential CF backbone's frozen encoder (``cf.model=sasrec|din``,
+        :func:`ckf_dist.cf.sequential.build_encoder`): a row's user vector is then its encoding of
+        the row's history (``history_ids``; DIN against the mean of the row's items) instead of
+        the row of ``user_emb``.
+      item_tokens: ``model.mapping=allmrec``: [I, d'] the items in the joint space of the alignment
+        stage, which the item soft tokens are projected from (the CF item table still folds users in).
 
     Build it before ZeRO-3 partitioning (it reads the token-embedding norm once).
     """
 
-    def __init__(self, llm: nn.Module, tokenizer, user_emb: torch.Tensor, item_emb: torch.Tensor, cfg: Config):
+    def __init__(self, llm: nn.Module, tokenizer, user_emb: torch.Tensor, item_emb: torch.Tensor, cfg: Config,
+                 user_encoder: Optional[nn.Module] = None, item_tokens: Optional[torch.Tensor] = None):
         super().__init__()
         user_emb = torch.as_tensor(user_emb, dtype=torch.float32)
         item_emb = torch.as_tensor(item_emb, dtype=torch.float32)
@@ -111,7 +127,9 @@ class CKFModel(nn.Module):
             raise ValueError(f"CF tables must be [U, d] and [I, d], got {tuple(user_emb.shape)} and {tuple(item_emb.shape)}")
         self.cfg = cfg
         self.cf_fusion = bool(cfg.model.cf_fusion)
-        self.curriculum = bool(cfg.train.curriculum) and self.cf_fusion
+        self.soft_tokens = cfg.model.prompt_kind() == "cf"
+        """The prompt's placeholders take mapped CF vectors (ckf, collm, allmrec); else the prompt is text only."""
+        self.curriculum = cfg.curriculum_on()
         self.tokenizer = tokenizer
         pid = tokenizer.convert_tokens_to_ids(cfg.model.placeholder_token)
         if pid is None or tokenizer(cfg.model.placeholder_token, add_special_tokens=False)["input_ids"] != [pid]:
@@ -125,10 +143,15 @@ class CKFModel(nn.Module):
         self.debug_checks = bool(cfg.train.debug_checks)
         """train.debug_checks: re-check the collator's invariants on the device (host reads)."""
         self.ctx = LoRAContext(num_tasks=self.num_tasks, check_ids=self.debug_checks)
-        lora_cfg = cfg.lora
-        if cfg.model.mapping == "collm":
-            lora_cfg = dataclasses.replace(cfg.lora, task_specific=False)
-        self.lora_modules = inject_multi_lora(llm, lora_cfg, self.num_tasks, self.ctx)
+        adapters = cfg.model.adapter_kind()
+        self.row_adapters = adapters == "row"
+        if adapters == "none":
+            llm.requires_grad_(False)
+            self.lora_modules: list[str] = []
+        else:
+            lora_cfg = cfg.lora if adapters == "multi" else dataclasses.replace(cfg.lora, task_specific=False)
+            self.lora_modules = inject_multi_lora(llm, lora_cfg, self.num_tasks, self.ctx,
+                                                  row_codes=cfg.model.meta_hidden if self.row_adapters else 0)
         if cfg.train.activation_checkpointing:
             # non-reentrant checkpoints, whose recomputation replays this forward's task segments
             kwargs = {"use_reentrant": False, "context_fn": self.ctx.checkpoint_context}
@@ -139,12 +162,23 @@ class CKFModel(nn.Module):
 
         self.register_buffer("user_emb", user_emb, persistent=False)
         self.register_buffer("item_emb", item_emb, persistent=False)
+        self.user_encoder = user_encoder
+        if user_encoder is not None:
+            user_encoder.requires_grad_(False)
         emb = llm.get_input_embeddings()
         self.hidden_size = int(emb.weight.shape[1])
-        self.mapper: Optional[CFMapper] = None
-        if self.cf_fusion:
+        if (item_tokens is not None) != (cfg.model.mapping == "allmrec" and self.soft_tokens):
+            raise ValueError("item_tokens (the aligned item table) are needed by, and only by, model.mapping=allmrec")
+        self.register_buffer("item_tokens", None if item_tokens is None else torch.as_tensor(item_tokens, dtype=torch.float32),
+                             persistent=False)
+        self.mapper: Optional[nn.Module] = None
+        """The trained CF mapping: a CFMapper (soft tokens) or CoRA's generator (row adapters)."""
+        if self.soft_tokens:
             self.token_norm = _token_norm(emb, self.placeholder_id)
-            self.mapper = CFMapper(user_emb.shape[1], self.hidden_size, cfg.model, self.token_norm)
+            item_dim = None if item_tokens is None else int(item_tokens.shape[1])
+            self.mapper = CFMapper(user_emb.shape[1], self.hidden_size, cfg.model, self.token_norm, item_dim=item_dim)
+        elif self.row_adapters:
+            self.mapper = CoRAGenerator(user_emb.shape[1], cfg.model.meta_hidden, cfg.lora.task.r)
         self._backends: dict[str, str] = {}
 
     # ------------------------------------------------------------------ parameters
@@ -155,6 +189,11 @@ class CKFModel(nn.Module):
             if n.startswith("mapper.") or (n.startswith("llm.") and ".lora_" in n):
                 out[n] = p
         return out
+
+    @property
+    def has_static_adapters(self) -> bool:
+        """Whether trained LoRA adapters exist (what the PEFT export writes)."""
+        return any(".lora_shared_" in n or ".lora_task_" in n for n in self.trainable_named_parameters())
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return list(self.trainable_named_parameters().values())
@@ -198,7 +237,7 @@ class CKFModel(nn.Module):
     def _set_backend(self, device: torch.device) -> None:
         b = self._backend(device)
         self.ctx.backend = b
-        if self.mapper is not None:
+        if isinstance(self.mapper, CFMapper):
             self.mapper.backend = b
 
     def _device_checks(self, batch: dict[str, Any]) -> bool:
@@ -208,16 +247,51 @@ class CKFModel(nn.Module):
 
     def cf_vectors(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Mapped CF soft tokens: (users [B, D], items [M, D]) for the batch's rows and items."""
-        if self.mapper is None:
-            raise RuntimeError("model.cf_fusion=false: there are no CF vectors")
+        if not self.soft_tokens:
+            raise RuntimeError(f"model.mapping={self.cfg.model.mapping}, cf_fusion={self.cf_fusion}: the prompt takes no CF vectors")
         u, it, hist = batch["user_ids"], batch["item_ids"], batch["history_ids"]
         if self._device_checks(batch):
             for name, ids, table in (("user", u, self.user_emb), ("item", it, self.item_emb), ("history item", hist, self.item_emb)):
                 if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= table.shape[0]):
                     raise ValueError(f"{name} id {int(ids.max())} is outside the CF table ({table.shape[0]} rows)")
         e_hist = self.item_emb[hist]  # [B, H, d]
-        return self.mapper(self.fold_in(self.user_emb[u], e_hist, batch["history_mask"]), e_hist, batch["history_mask"],
-                           self.item_emb[it])
+        items = self.item_emb if self.item_tokens is None else self.item_tokens
+        return self.mapper(self.row_users(batch, e_hist), e_hist, batch["history_mask"], items[it])
+
+    def row_codes(self, batch: dict[str, Any]) -> Optional[torch.Tensor]:
+        """CoRA: the codes [B, r, h] of every row's generated adapter, from its user vector and the mean
+        of its items' vectors; None in the other modes."""
+        if not self.row_adapters:
+            return None
+        e_hist = self.item_emb[batch["history_ids"]]
+        return self.mapper(self.row_users(batch, e_hist), self.row_items(batch))
+
+    def _adapters(self, task_ids: torch.Tensor, seq_len: int, codes: Optional[torch.Tensor] = None,
+                  rows: Optional[torch.Tensor] = None):
+        """The adapter context of one LLM call over [B', seq_len]: row k of the call is row rows[k]
+        of the batch (default: k). Task adapters by its task id, or (CoRA) the adapter generated
+        from codes[rows[k]]."""
+        if codes is None:
+            return self.ctx.row_tasks(task_ids if rows is None else task_ids[rows], seq_len)
+        if rows is None:
+            rows = torch.arange(codes.shape[0], device=codes.device)
+        return self.ctx.row_adapters(rows, seq_len, codes)
+
+    def row_users(self, batch: dict[str, Any], e_hist: torch.Tensor) -> torch.Tensor:
+        """The CF user vector of every row [B, d]: the sequential backbone's encoding of the row's
+        history (e_hist [B, H, d]) when there is one, else the user's row folded in (:meth:`fold_in`)."""
+        mask = batch["history_mask"]
+        if self.user_encoder is None:
+            return self.fold_in(self.user_emb[batch["user_ids"]], e_hist, mask)
+        return self.user_encoder(e_hist, mask, self.row_items(batch))
+
+    def row_items(self, batch: dict[str, Any]) -> torch.Tensor:
+        """[B, d]: the mean CF vector of each row's items (its target; a topk row's candidates)."""
+        b = batch["user_ids"].shape[0]
+        rows, e_i = batch["item_rows"], self.item_emb[batch["item_ids"]]
+        sums = e_i.new_zeros((b, e_i.shape[1])).index_add(0, rows, e_i)
+        counts = e_i.new_zeros(b).index_add(0, rows, torch.ones_like(rows, dtype=e_i.dtype))
+        return sums / counts.clamp_min(1).unsqueeze(1)
 
     @staticmethod
     def fold_in(e_u: torch.Tensor, e_hist: torch.Tensor, hist_mask: torch.Tensor) -> torch.Tensor:
@@ -235,7 +309,7 @@ class CKFModel(nn.Module):
         vector of the (k-1)-th item of row b (``item_ids`` / ``item_rows``). The count per row
         must be 1 + its number of items. ``cf=False`` (the text-only twin) expects no placeholder.
         """
-        cf = self.cf_fusion if cf is None else cf
+        cf = self.soft_tokens if cf is None else cf
         emb = self.llm.get_input_embeddings()(input_ids)
         b = input_ids.shape[0]
         if not cf:
@@ -283,11 +357,11 @@ class CKFModel(nn.Module):
         return causal & attention_mask.bool()[:, None, None, :]
 
     def _decoder_hidden(self, embeds: torch.Tensor, attention_mask: torch.Tensor, task_ids: torch.Tensor,
-                        padded: Optional[bool] = None) -> torch.Tensor:
+                        padded: Optional[bool] = None, codes: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Last hidden states [B, L, D] of the LLM's decoder (no LM head), adapters selected per row."""
         self._set_backend(embeds.device)
         attention_mask = self._attention_mask(attention_mask, padded)
-        with self.ctx.row_tasks(task_ids, embeds.shape[1]):
+        with self._adapters(task_ids, embeds.shape[1], codes):
             out = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)
         return out.last_hidden_state
 
@@ -300,7 +374,8 @@ class CKFModel(nn.Module):
         pre = "text_" if text else ""
         ids, attn, labels = batch[pre + "input_ids"], batch[pre + "attention_mask"], batch[pre + "labels"]
         embeds = self.embed(ids, batch, cf=False if text else None)
-        hidden = self._decoder_hidden(embeds, attn, batch["task_ids"], batch.get(pre + "padded"))
+        hidden = self._decoder_hidden(embeds, attn, batch["task_ids"], batch.get(pre + "padded"),
+                                      None if text else self.row_codes(batch))
         if pre + "target_rows" in batch:
             # loss positions from the collator: static shapes, no host read
             rows, cols = batch[pre + "target_rows"], batch[pre + "target_cols"]
@@ -328,7 +403,7 @@ class CKFModel(nn.Module):
     def forward(self, batch: dict[str, Any], step: Optional[int] = None, total_steps: Optional[int] = None) -> CKFOutput:
         """Causal-LM loss on target tokens (mean over the batch's target tokens).
 
-        With ``train.curriculum`` (and cf_fusion) and ``step``/``total_steps`` given, the batch
+        With the curriculum (``Config.curriculum_on``) and ``step``/``total_steps`` given, the batch
         must hold the text-only twin and loss = w L_text + (1 - w) L_cf, w = curriculum_weight.
         """
         use_curriculum = self.curriculum and step is not None and bool(total_steps)
@@ -363,7 +438,8 @@ class CKFModel(nn.Module):
         width = int(plen.max())
         ids = batch["input_ids"][:, :width]
         embeds = self.embed(ids, batch)
-        hidden = self._decoder_hidden(embeds, batch["attention_mask"][:, :width], batch["task_ids"])
+        hidden = self._decoder_hidden(embeds, batch["attention_mask"][:, :width], batch["task_ids"],
+                                      codes=self.row_codes(batch))
         last = hidden[torch.arange(ids.shape[0], device=ids.device), plen - 1]  # [B, D]
         return self._lm_logits(last)
 
@@ -399,7 +475,8 @@ class CKFModel(nn.Module):
         task_ids = batch["task_ids"]
         self._set_backend(device)
         decoder = self.llm.get_decoder()
-        with self.ctx.row_tasks(task_ids, width):
+        codes = self.row_codes(batch)
+        with self._adapters(task_ids, width, codes):
             out = decoder(inputs_embeds=embeds, attention_mask=attn, use_cache=True)
         rows = torch.arange(plen.shape[0], device=device)
         first = torch.log_softmax(self._lm_logits(out.last_hidden_state[rows, plen - 1]), -1)  # [B, V]
@@ -417,7 +494,7 @@ class CKFModel(nn.Module):
         past = out.cache
         past.batch_select_indices(idx)  # one cache row per candidate
         pos = plen[idx].unsqueeze(1) + torch.arange(length, device=device).unsqueeze(0)
-        with self.ctx.row_tasks(task_ids[idx], length):
+        with self._adapters(task_ids, length, codes, rows=idx):
             cont = decoder(input_ids=ids, attention_mask=torch.cat([attn[idx], mask], 1), position_ids=pos,
                            cache=past, use_cache=True)
         lp = first[idx].gather(1, ids[:, :1])  # [N, 1]: first token from the prompt's last position
@@ -461,7 +538,8 @@ class CKFModel(nn.Module):
         pos = (attn.cumsum(1) - 1).clamp_min(0)
         task_ids = batch["task_ids"]
         self._set_backend(device)
-        with self.ctx.row_tasks(task_ids, width):
+        codes = self.row_codes(batch)
+        with self._adapters(task_ids, width, codes):
             out = self.llm(inputs_embeds=embeds, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1,
                            **{cache_kw: cache})
         nxt = out.logits[:, -1].argmax(-1)
@@ -474,7 +552,7 @@ class CKFModel(nn.Module):
             if bool(done.all()) or i == max_new_tokens - 1:
                 break
             attn = torch.cat([attn, torch.ones((b, 1), dtype=attn.dtype, device=device)], 1)
-            with self.ctx.row_tasks(task_ids, 1):
+            with self._adapters(task_ids, 1, codes):
                 out = self.llm(input_ids=nxt.unsqueeze(1), attention_mask=attn, position_ids=next_pos,
                                use_cache=True, **{cache_kw: cache})
             next_pos = next_pos + 1

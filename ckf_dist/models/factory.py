@@ -1,5 +1,6 @@
 """The one place a CKF model is assembled from a run: base LLM + tokenizer, frozen CF tables,
-CKFModel, and the collators that feed it.
+the output of the mode stage (BinLLM's codes, A-LLMRec's aligned items), CKFModel, and the
+collators that feed it.
 
 Training (every rank), evaluation, `ckf recommend` and the benchmarks call
 :func:`build_ckf_model`; nobody else constructs :class:`CKFModel` from files.
@@ -13,6 +14,9 @@ from typing import Optional
 
 import torch
 
+from ckf_dist.cf.align import load_aligned_items
+from ckf_dist.cf.binarize import TextCodes, load_binarizer
+from ckf_dist.cf.sequential import build_encoder
 from ckf_dist.cf.tables import CFTables, load_cf_tables
 from ckf_dist.config import Config
 from ckf_dist.models.ckf import CKFModel
@@ -29,32 +33,48 @@ class BuiltModel:
     eval_collator: Collator
     """Evaluation batches (no twin)."""
     tables: CFTables
+    codes: Optional[TextCodes] = None
+    """model.mapping=binllm: the code strings the collators write into the prompts."""
 
 
 def assemble_ckf_model(cfg: Config, llm, tok, user_vecs: torch.Tensor, item_vecs: torch.Tensor,
-                       device: torch.device | str = "cpu") -> CKFModel:
-    """The one CKFModel constructor call: `llm` + `tok` with frozen CF vectors, on `device`.
-    :func:`build_ckf_model` feeds it from a run's files; the GPU benchmark from a random LLaMA."""
-    return CKFModel(llm, tok, user_vecs, item_vecs, cfg).to(device)
+                       device: torch.device | str = "cpu", user_encoder: Optional[torch.nn.Module] = None,
+                       item_tokens: Optional[torch.Tensor] = None) -> CKFModel:
+    """The one CKFModel constructor call: `llm` + `tok` with frozen CF vectors (a sequential
+    backbone's encoder, A-LLMRec's aligned items), on `device`. :func:`build_ckf_model` feeds it
+    from a run's files; the GPU benchmark from a random LLaMA."""
+    return CKFModel(llm, tok, user_vecs, item_vecs, cfg, user_encoder=user_encoder, item_tokens=item_tokens).to(device)
 
 
 def build_ckf_model(cfg: Config, llm_path: str | Path, cf_path: str | Path, device: torch.device | str = "cpu",
-                    dtype: Optional[torch.dtype] = torch.float32) -> BuiltModel:
+                    dtype: Optional[torch.dtype] = torch.float32, mode_path: Optional[str | Path] = None) -> BuiltModel:
     """Load the base LLM from `llm_path` (in `dtype`) and the CF tables from `cf_path`, build the
     CKF model on `device` and its collators. The model's CF vectors are
-    :meth:`CFTables.model_inputs` (``model.cf_biases``)."""
+    :meth:`CFTables.model_inputs` (``model.cf_biases``); a sequential backbone's encoder comes with them. `mode_path`: the mode stage's output
+    (``Run.mode_file``), read when ``model.needs_mode_stage()``."""
     tables = load_cf_tables(cf_path)
+    if cfg.model.needs_mode_stage() and mode_path is None:
+        raise ValueError(f"model.mapping={cfg.model.mapping} needs the output of its mode stage (mode_path)")
+    codes = None
+    if cfg.model.prompt_kind() == "codes":
+        codes = TextCodes(tables, load_binarizer(mode_path), cfg.model.binllm_compress)
     llm, tok = load_llm(llm_path, cfg.model.placeholder_token, dtype=dtype)
     users, items = tables.model_inputs(cfg.model.cf_biases)
-    model = assemble_ckf_model(cfg, llm, tok, torch.from_numpy(users), torch.from_numpy(items), device)
+    encoder = build_encoder(tables) if tables.sequential else None
+    aligned = None
+    if cfg.model.mapping == "allmrec" and cfg.model.needs_mode_stage():
+        aligned = torch.from_numpy(load_aligned_items(mode_path, tables.num_items))
+    model = assemble_ckf_model(cfg, llm, tok, torch.from_numpy(users), torch.from_numpy(items), device, user_encoder=encoder,
+                               item_tokens=aligned)
     sizes = {"num_users": int(users.shape[0]), "num_items": int(items.shape[0])}
-    return BuiltModel(model=model, tokenizer=tok, collator=make_collator(cfg, tok, **sizes),
-                      eval_collator=make_collator(cfg, tok, text_twin=False, **sizes), tables=tables)
+    return BuiltModel(model=model, tokenizer=tok, collator=make_collator(cfg, tok, codes=codes, **sizes),
+                      eval_collator=make_collator(cfg, tok, text_twin=False, codes=codes, **sizes), tables=tables,
+                      codes=codes)
 
 
 def make_collator(cfg: Config, tok, text_twin: Optional[bool] = None, num_users: Optional[int] = None,
-                  num_items: Optional[int] = None) -> Collator:
+                  num_items: Optional[int] = None, codes: Optional[TextCodes] = None) -> Collator:
     """The collator of `tok` for `cfg` (training; evaluation with `text_twin=False`), checking CF ids
-    against the table sizes when given."""
+    against the table sizes when given; `codes` for model.mapping=binllm."""
     return Collator(tok, cfg, tok.convert_tokens_to_ids(cfg.model.placeholder_token), text_twin=text_twin,
-                    num_users=num_users, num_items=num_items)
+                    num_users=num_users, num_items=num_items, codes=codes)

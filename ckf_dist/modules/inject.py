@@ -20,7 +20,8 @@ def _matches(name: str, target: str) -> bool:
     return name == target or name.endswith("." + target)
 
 
-def inject_multi_lora(model: nn.Module, lora_cfg: LoRAConfig, num_tasks: int, ctx: LoRAContext) -> list[str]:
+def inject_multi_lora(model: nn.Module, lora_cfg: LoRAConfig, num_tasks: int, ctx: LoRAContext,
+                      row_codes: int = 0) -> list[str]:
     """Wrap ``model``'s target linears in place; returns the wrapped module names (sorted).
 
     - ``lora_cfg.shared.targets`` get the task-shared set (rank/alpha/dropout of ``lora.shared``).
@@ -31,12 +32,16 @@ def inject_multi_lora(model: nn.Module, lora_cfg: LoRAConfig, num_tasks: int, ct
       placed on the union of both target lists: the ablation removes task *specificity*, not
       adapted modules, so it stays comparable with full CKF.
 
+    - ``row_codes`` > 0 (``model.mapping=cora``): every module of both target lists gets a
+      generated per-row adapter instead (rank, alpha and dropout of ``lora.task``, codes of width
+      ``row_codes``), and no stored adapter: the LLM stays frozen.
+
     Every parameter of ``model`` is frozen first; only the new ``lora_*`` parameters train.
     A target suffix that matches no ``nn.Linear`` is a one-line ConfigError.
     """
     if any(isinstance(m, MultiLoRALinear) for m in model.modules()):
         raise ValueError(f"{type(model).__name__} already holds MultiLoRALinear layers")
-    task_on = bool(lora_cfg.task_specific) and num_tasks > 0 and bool(lora_cfg.task.targets)
+    task_on = bool(lora_cfg.task_specific) and num_tasks > 0 and bool(lora_cfg.task.targets) and not row_codes
     if task_on and ctx.num_tasks != num_tasks:
         raise ValueError(f"ctx.num_tasks={ctx.num_tasks} but num_tasks={num_tasks}")
     shared_targets = list(lora_cfg.shared.targets)
@@ -60,13 +65,16 @@ def inject_multi_lora(model: nn.Module, lora_cfg: LoRAConfig, num_tasks: int, ct
         want_task = any(_matches(name, t) for t in task_targets)
         if not (want_shared or want_task):
             continue
-        layer = MultiLoRALinear(
-            lin,
-            ctx,
-            shared=(s.r, s.alpha, s.dropout) if want_shared else None,
-            task=(tk.r, tk.alpha, tk.dropout) if want_task else None,
-            name=name,
-        )
+        if row_codes:
+            layer = MultiLoRALinear(lin, ctx, name=name, row=(tk.r, tk.alpha, tk.dropout, row_codes))
+        else:
+            layer = MultiLoRALinear(
+                lin,
+                ctx,
+                shared=(s.r, s.alpha, s.dropout) if want_shared else None,
+                task=(tk.r, tk.alpha, tk.dropout) if want_task else None,
+                name=name,
+            )
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, layer)

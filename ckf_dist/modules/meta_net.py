@@ -13,7 +13,8 @@ For user u with history items H_u (CF size d, LLM hidden size D)::
     user token = P_u(u'),   item token = P_i(e_i)           [D], separate projections
 
 ``model.meta_net=false`` keeps the general bridge only (u' = e_u W_g); ``model.mapping=collm``
-replaces all of it by one MLP shared by users and items (CoLLM), no bridge.
+replaces all of it by one MLP shared by users and items (CoLLM), no bridge; ``model.mapping=allmrec``
+by two MLPs, F_U for the user vector and F_I for the item's aligned vector (A-LLMRec's stage 2).
 
 Modules: :class:`HistoryPooling`, :class:`MetaNet` (W_1, W_2), :class:`PersonalBridge` (pooling,
 MetaNet, W_g, lambda; calls the ``meta_proj`` kernel), :class:`ScaledProjection` (P_u, P_i) and
@@ -160,19 +161,24 @@ class CFMapper(nn.Module):
       d: CF embedding size. hidden: LLM hidden size D.
       cfg: ModelConfig (mapping, meta_net, meta_lambda, pooling, meta_hidden, projection).
       target_norm: mean L2 norm of the LLM's token embeddings (see the module docstring).
+      item_dim: size of the item vectors when it differs from d (allmrec: the joint space).
     Holds no parameters of its own: only submodules that are called (ZeRO-3 hooks fire).
     ``backend`` ("torch" | "triton") is the meta_proj backend, forwarded to the bridge.
     """
 
-    def __init__(self, d: int, hidden: int, cfg: ModelConfig, target_norm: float):
+    def __init__(self, d: int, hidden: int, cfg: ModelConfig, target_norm: float, item_dim: Optional[int] = None):
         super().__init__()
         self.d = d
         self.mapping = cfg.mapping
         if cfg.mapping == "collm":
             self.shared_proj = ScaledProjection(d, hidden, "mlp", target_norm)
             return
+        if cfg.mapping == "allmrec":  # F_U and F_I: 2-layer MLPs, as in A-LLMRec
+            self.user_proj = ScaledProjection(d, hidden, "mlp", target_norm)
+            self.item_proj = ScaledProjection(item_dim or d, hidden, "mlp", target_norm)
+            return
         if cfg.mapping != "ckf":
-            raise ValueError(f"unknown mapping {cfg.mapping!r} (ckf, collm)")
+            raise ValueError(f"unknown soft-token mapping {cfg.mapping!r} (ckf, collm, allmrec)")
         self.bridge = PersonalBridge(d, cfg)
         self.user_proj = ScaledProjection(d, hidden, cfg.projection, target_norm)
         self.item_proj = ScaledProjection(d, hidden, cfg.projection, target_norm)
@@ -190,10 +196,12 @@ class CFMapper(nn.Module):
         """e_u: [B, d]; hist: [B, H, d] history item vectors; hist_mask: [B, H] bool -> [B, D]."""
         if self.mapping == "collm":
             return self.shared_proj(e_u)
+        if self.mapping == "allmrec":
+            return self.user_proj(e_u)
         return self.user_proj(self.bridge(e_u, hist, hist_mask))
 
     def map_items(self, e_i: torch.Tensor) -> torch.Tensor:
-        """e_i: [M, d] -> [M, D] (items are not personalized)."""
+        """e_i: [M, d] (allmrec: [M, d'], the aligned vectors) -> [M, D] (items are not personalized)."""
         if self.mapping == "collm":
             return self.shared_proj(e_i)
         return self.item_proj(e_i)

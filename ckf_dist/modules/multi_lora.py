@@ -1,4 +1,5 @@
-"""Multi-LoRA linear layer: a frozen base linear plus a task-shared and a per-row task adapter.
+"""Multi-LoRA linear layer: a frozen base linear plus a task-shared and a per-row task adapter
+(or a per-row adapter generated for each row: CoRA).
 
 Owns: :class:`MultiLoRALinear` (PEFT style: the original layer is kept as ``base_layer``; every
 trainable tensor's name starts with ``lora_``) and :class:`LoRAContext`, the per-model object
@@ -18,6 +19,17 @@ addresses task t at ``t * stride``):
 
 A is initialised like PEFT (kaiming-uniform, a=sqrt(5), per task), B with zeros, so a freshly
 wrapped model computes exactly what the base model computes.
+
+**Row adapters** (``model.mapping=cora``, :mod:`ckf_dist.modules.cora`): instead of T stored task
+adapters, every row b of the call has its own adapter generated from its codes z_b [r, h] (set on
+the context with ``ctx.rows(token_rows, codes)``)::
+
+    A_b = z_b G_Aᵀ  [r, d_in]     B_b = (z_b G_Bᵀ)ᵀ  [d_out, r]     (G_A = lora_row_A [d_in, h], G_B = lora_row_B [d_out, h])
+
+and the stacked [B, r, d_in] / [B, d_out, r] factors go through the task slot of the same fused
+op, with the row index of each token as its "task" (a per-row adapter is the general case of a
+per-task adapter): same kernels, same segments, gradients flow back into the codes. G_B starts at
+zero. A layer holds task adapters or row adapters, not both (they share the op's slot).
 
 The per-row task interface (what the kernels issue consumes)
 -------------------------------------------------------------
@@ -88,6 +100,8 @@ class LoRAContext:
     check_ids: bool = True
     segments: Optional[TaskSegments] = None
     num_tokens: int = 0
+    row_codes: Optional[torch.Tensor] = None
+    """[T, r, h]: the codes of the current call's row adapters (``rows(...)``), None otherwise."""
 
     @contextmanager
     def tasks(self, token_task_ids: torch.Tensor) -> Iterator["LoRAContext"]:
@@ -102,20 +116,39 @@ class LoRAContext:
             self.segments = None
             self.num_tokens = 0
 
+    @contextmanager
+    def rows(self, token_rows: torch.Tensor, codes: torch.Tensor) -> Iterator["LoRAContext"]:
+        """Set per-row adapters for one LLM call: token_rows [N] int64, the row of ``codes`` whose
+        adapter each token uses (-1: none); codes [T, r, h] (see the module docstring)."""
+        if self.segments is not None:
+            raise RuntimeError("LoRAContext is already active: nested LLM calls are not supported")
+        self.segments = build_segments(token_rows.reshape(-1), int(codes.shape[0]), check=self.check_ids)
+        self.num_tokens = int(token_rows.numel())
+        self.row_codes = codes
+        try:
+            yield self
+        finally:
+            self.segments, self.num_tokens, self.row_codes = None, 0, None
+
+    def row_adapters(self, rows: torch.Tensor, seq_len: int, codes: torch.Tensor):
+        """``rows(...)`` for a [B', L] call whose row k uses the adapter of codes[rows[k]] (rows: [B'])."""
+        return self.rows(rows.long().unsqueeze(1).expand(-1, seq_len).reshape(-1), codes)
+
     def checkpoint_context(self):
         """``context_fn`` for :func:`torch.utils.checkpoint.checkpoint` (non-reentrant): called in
-        the forward of a checkpointed block, it captures the current segments; the recomputation in
-        backward (after the forward's ``tasks(...)`` block has exited) runs with them set again."""
-        segments, num_tokens = self.segments, self.num_tokens
+        the forward of a checkpointed block, it captures the current segments (and row codes); the
+        recomputation in backward (after the forward's ``tasks(...)`` block has exited) runs with
+        them set again."""
+        segments, num_tokens, codes = self.segments, self.num_tokens, self.row_codes
 
         @contextmanager
         def replay() -> Iterator[None]:
-            saved = (self.segments, self.num_tokens)
-            self.segments, self.num_tokens = segments, num_tokens
+            saved = (self.segments, self.num_tokens, self.row_codes)
+            self.segments, self.num_tokens, self.row_codes = segments, num_tokens, codes
             try:
                 yield
             finally:
-                self.segments, self.num_tokens = saved
+                self.segments, self.num_tokens, self.row_codes = saved
 
         return nullcontext(), replay()
 
@@ -137,6 +170,7 @@ class MultiLoRALinear(nn.Module):
       ctx: the model's LoRAContext (shared by reference with every wrapped layer).
       shared: (r, alpha, dropout) of the shared set, or None.
       task: (r, alpha, dropout) of the task sets, or None; needs ``ctx.num_tasks >= 1``.
+      row: (r, alpha, dropout, h) of a generated per-row adapter (codes of width h), or None.
     Input ``x: [..., d_in]`` (e.g. [B, L, d_in]); output ``[..., d_out]``.
     """
 
@@ -147,10 +181,15 @@ class MultiLoRALinear(nn.Module):
         shared: Optional[tuple[int, float, float]] = None,
         task: Optional[tuple[int, float, float]] = None,
         name: str = "",
+        row: Optional[tuple[int, float, float, int]] = None,
     ):
         super().__init__()
-        if shared is None and task is None:
-            raise ValueError(f"{name or 'MultiLoRALinear'}: needs a shared or a task adapter set")
+        if shared is None and task is None and row is None:
+            raise ValueError(f"{name or 'MultiLoRALinear'}: needs a shared, task or row adapter")
+        if task is not None and row is not None:
+            raise ValueError(f"{name or 'MultiLoRALinear'}: task and row adapters share the op's slot: one or the other")
+        if shared is not None and row is not None and shared[2] != row[2]:
+            raise ConfigError(f"lora: module '{name}' holds shared and row adapters, which need the same dropout")
         if shared is not None and task is not None and shared[2] != task[2]:
             raise ConfigError(
                 f"lora: module '{name}' holds shared and task adapters, which need the same dropout "
@@ -185,6 +224,15 @@ class MultiLoRALinear(nn.Module):
         else:
             self.register_parameter("lora_task_A", None)
             self.register_parameter("lora_task_B", None)
+        self.row_scale = 0.0
+        self.lora_row_A: Optional[nn.Linear] = None
+        self.lora_row_B: Optional[nn.Linear] = None
+        if row is not None:
+            r, alpha, p, h = row
+            self.lora_row_A = nn.Linear(h, d_in, bias=False, device=dev, dtype=dt)  # G_A
+            self.lora_row_B = nn.Linear(h, d_out, bias=False, device=dev, dtype=dt)  # G_B
+            self.row_scale = float(alpha) / r
+            self.dropout = float(p)
         self.reset_lora_parameters()
 
     @property
@@ -194,6 +242,10 @@ class MultiLoRALinear(nn.Module):
     @property
     def has_task(self) -> bool:
         return self.lora_task_A is not None
+
+    @property
+    def has_row(self) -> bool:
+        return self.lora_row_A is not None
 
     @torch.no_grad()
     def reset_lora_parameters(self) -> None:
@@ -205,13 +257,25 @@ class MultiLoRALinear(nn.Module):
             for t in range(self.lora_task_A.shape[0]):
                 _init_a(self.lora_task_A[t])
             self.lora_task_B.zero_()
+        if self.lora_row_A is not None:
+            _init_a(self.lora_row_A.weight)
+            self.lora_row_B.weight.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [..., d_in] -> [..., d_out]. Reads every parameter here (ZeRO-3 safe)."""
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])  # [N, d_in]
         segments = None
-        if self.has_task:
+        task_a, task_b, task_scale = self.lora_task_A, self.lora_task_B, self.task_scale
+        if self.has_row:
+            codes = self.ctx.row_codes
+            if codes is None:
+                raise RuntimeError("MultiLoRALinear with a row adapter called without row codes: wrap the LLM call in "
+                                   "`with ctx.rows(token_rows, codes):` (see ckf_dist.modules.multi_lora)")
+            task_a = self.lora_row_A(codes)  # [T, r, d_in]
+            task_b = self.lora_row_B(codes).transpose(1, 2).contiguous()  # [T, d_out, r]
+            task_scale = self.row_scale
+        if self.has_task or self.has_row:
             segments = self.ctx.segments
             if segments is None:
                 raise RuntimeError(
@@ -239,9 +303,9 @@ class MultiLoRALinear(nn.Module):
             self.lora_shared_A,
             self.lora_shared_B,
             self.shared_scale,
-            self.lora_task_A,
-            self.lora_task_B,
-            self.task_scale,
+            task_a,
+            task_b,
+            task_scale,
             segments,
             dropout=self.dropout,
             training=self.training,
@@ -257,5 +321,7 @@ class MultiLoRALinear(nn.Module):
             parts.append(f"shared r={self.lora_shared_A.shape[0]} scale={self.shared_scale:g}")
         if self.has_task:
             parts.append(f"task T={self.lora_task_A.shape[0]} r={self.lora_task_A.shape[1]} scale={self.task_scale:g}")
+        if self.has_row:
+            parts.append(f"row h={self.lora_row_A.in_features} scale={self.row_scale:g}")
         parts.append(f"dropout={self.dropout:g}")
         return ", ".join(parts)

@@ -145,7 +145,9 @@ def _group_keys(metrics_list: list[dict]) -> list[str]:
 
 def aggregate(results: dict) -> list[dict]:
     """Table rows from a results dict (`results.json` shape): the variants in trial order, then
-    the baselines (popularity, mf, lightgcn, others) over the distinct seeds of the done trials.
+    the baselines (popularity, mf, lightgcn, others) over the distinct seeds of the done trials
+    (per seed, each baseline model from the first done trial that reports it: the trials of one
+    seed score the same rows, and a variant with another CF backbone adds that backbone's row).
 
     Row: {"name", "kind": "variant"|"baseline", "seeds": [...], "values": {metric key: [v per seed]}}
     with metric keys `task/metric` and `ctr/<group>/auc`."""
@@ -162,9 +164,11 @@ def aggregate(results: dict) -> list[dict]:
         for k in all_keys:
             r["values"][k].append(metric_value(t["metrics"], k))
     by_seed: dict[int, dict] = {}
-    for t in done:
-        if isinstance(t.get("baselines"), dict) and t["seed"] not in by_seed:
-            by_seed[t["seed"]] = t["baselines"]
+    for t in done:  # per seed, each model from the first trial that reports it (a backbone variant adds its own)
+        if isinstance(t.get("baselines"), dict):
+            seen = by_seed.setdefault(t["seed"], {})
+            for name, v in t["baselines"].items():
+                seen.setdefault(name, v)
     names = [n for n in BASELINE_ORDER if any(n in b for b in by_seed.values())]
     names += sorted({n for b in by_seed.values() for n in b} - set(names))
     base_rows = []

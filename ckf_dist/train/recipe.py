@@ -90,7 +90,7 @@ class CKFRecipe:
         shard_dir = self.run.shards_dir
         manifest = load_manifest(shard_dir)
         dtype = self.engine_factory.model_dtype(cfg, self.device)
-        built = build_ckf_model(cfg, self.run.model_dir, self.run.cf_table(), self.device, dtype)
+        built = build_ckf_model(cfg, self.run.model_dir, self.run.cf_table(), self.device, dtype, mode_path=self.run.mode_file)
         self._check_inputs(manifest, built.tables)
         self.tokenizer, self.model = built.tokenizer, built.model
         self.collator, self.eval_collator = built.collator, built.eval_collator
@@ -357,7 +357,8 @@ class CKFRecipe:
             return None
         atomic_write(self.run.final_weights, lambda tmp: save_file({k: v.contiguous() for k, v in gathered.items()}, str(tmp),
                                                                    metadata={"step": str(self.step)}))
-        export_peft_adapters(gathered, self.cfg, self.run.peft_dir, self.run.model_dir)
+        if self.model.has_static_adapters:  # a frozen LLM (A-LLMRec, CoRA) has no LoRA to export
+            export_peft_adapters(gathered, self.cfg, self.run.peft_dir, self.run.model_dir)
         write_manifest(final)  # last: `ckf eval` / `recommend` verify the weights against it
         return final
 

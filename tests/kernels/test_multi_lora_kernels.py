@@ -111,6 +111,19 @@ def test_shapes_and_configurations(kw):
     compare(case, dy, torch.float32)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("rows, tokens, r", [(7, 9, 4), (12, 5, 8), (3, 70, 2), (1, 13, 16)],
+                         ids=["7x9", "12x5", "3x70-multi-tile", "1-row"])
+def test_per_row_adapters_one_adapter_per_sequence(dtype, rows, tokens, r):
+    """CoRA's per-row adapters through the same op: T = the number of rows, every token of row b
+    uses adapter b (segments of equal length, one per adapter, several tiles for long rows)."""
+    case, dy = make_case(n=rows * tokens, num_tasks=rows, r_t=r, r_sh=0, dtype=dtype, empty_task=False,
+                         no_task_rows=False, seed=rows + tokens)
+    ids = torch.arange(rows).repeat_interleave(tokens)
+    case["segments"] = build_segments(ids, rows)
+    compare(case, dy, dtype)
+
+
 def test_all_rows_without_task_and_segments_none():
     case, dy = make_case(num_tasks=3)
     ids = torch.full((70,), -1, dtype=torch.long)

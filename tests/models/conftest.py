@@ -128,12 +128,14 @@ def build_model(tiny_dir, cf_tables):
         cfg = cfg or small_config()
         llm, tok = load_llm(tiny_dir, cfg.model.placeholder_token)
         torch.manual_seed(seed)
-        model = CKFModel(llm, tok, cf_tables[0], cf_tables[1], cfg)
-        if random_b:  # zero-initialised B would hide every adapter
+        # allmrec's soft item tokens come from the aligned item table of its first stage
+        aligned = torch.randn(NUM_ITEMS, 6, generator=torch.Generator().manual_seed(7)) if cfg.model.mapping == "allmrec" else None
+        model = CKFModel(llm, tok, cf_tables[0], cf_tables[1], cfg, item_tokens=aligned)
+        if random_b:  # zero-initialised B (and CoRA's zero G_B) would hide every adapter
             g = torch.Generator().manual_seed(seed + 1)
             with torch.no_grad():
                 for n, p in model.named_parameters():
-                    if ".lora_" in n and n.endswith("B"):
+                    if ".lora_" in n and (n.endswith("B") or n.endswith("lora_row_B.weight")):
                         p.copy_(torch.randn(p.shape, generator=g) * 0.05)
         return model.eval(), tok, cfg
 

@@ -1,22 +1,25 @@
 """CKFModel.candidate_logprobs (KV-cached candidate scoring) and the CF fold-in of new users."""
 
 import numpy as np
+import pytest
 import torch
 
 from ckf_dist.cf.tables import CFTables
 from ckf_dist.models.ckf import CKFModel
 from ckf_dist.data.collate import Collator, target_token_ids
 
-from conftest import title
+from conftest import small_config, title
 
 
-def test_cached_candidate_scores_equal_full_sequence_scores(build_model, sample):
+@pytest.mark.parametrize("mapping", ["ckf", "cora", "allmrec"])
+def test_cached_candidate_scores_equal_full_sequence_scores(build_model, sample, mapping):
     """Prompts of different lengths (right padding, targets past some prompts): every candidate's
-    (sum log-prob, tokens) equals the training forward's score of prompt + candidate + EOS."""
-    model, tok, cfg = build_model()
+    (sum log-prob, tokens) equals the training forward's score of prompt + candidate + EOS (CoRA:
+    each candidate continues with its row's generated adapter)."""
+    model, tok, cfg = build_model(small_config(mapping=mapping))
     with torch.no_grad():  # larger adapters so the per-row task adapters visibly matter
         for n, p in model.named_parameters():
-            if ".lora_" in n and n.endswith("B"):
+            if ".lora_" in n and (n.endswith("B") or n.endswith("lora_row_B.weight")):
                 p.mul_(10)
     rows = [sample("topk", user=1, n=1), sample("ctr", user=2, n=0, key="train/ctr/2/9"), sample("topk", user=3, n=6)]
     rows[1]["candidates"] = [3, 17]

@@ -154,3 +154,39 @@ def test_dropout_only_in_training_and_shared_by_both_sets():
     torch.testing.assert_close(e1, e2)
     assert not torch.allclose(t1, e1)
     assert layer.dropout == 0.5
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_row_adapters_equal_a_lora_of_each_rows_generated_factors(backend):
+    """CoRA: row b's output is base(x_b) + s (x_b A_bᵀ) B_bᵀ with A_b = z_b G_Aᵀ, B_b = (z_b G_Bᵀ)ᵀ,
+    for every row of one mixed call; gradients reach the codes z and both maps."""
+    torch.manual_seed(0)
+    base = nn.Linear(D_IN, D_OUT)
+    base.requires_grad_(False)
+    ctx = LoRAContext(num_tasks=T, backend=backend)
+    h, r = 6, 3
+    layer = MultiLoRALinear(base, ctx, name="blk.q_proj", row=(r, 6.0, 0.0, h))
+    assert not layer.has_task and not layer.has_shared and layer.has_row
+    x = torch.randn(5, 7, D_IN)
+    with ctx.row_adapters(torch.arange(5), 7, torch.randn(5, r, h)):
+        torch.testing.assert_close(layer(x), base(x))  # G_B starts at zero: the frozen layer
+    with torch.no_grad():
+        layer.lora_row_B.weight.normal_(0.0, 0.5)
+    codes = torch.randn(5, r, h, requires_grad=True)
+    rows = torch.tensor([3, 0, 4, 4, 1])  # a call whose rows reuse the batch's adapters (candidate scoring)
+    with ctx.row_adapters(rows, 7, codes):
+        y = layer(x)
+    want = []
+    for k in range(5):
+        a = codes[rows[k]] @ layer.lora_row_A.weight.t()  # [r, d_in]
+        b = (codes[rows[k]] @ layer.lora_row_B.weight.t()).t()  # [d_out, r]
+        want.append(base(x[k]) + layer.row_scale * (x[k] @ a.t()) @ b.t())
+    torch.testing.assert_close(y, torch.stack(want), rtol=1e-5, atol=1e-5)
+    y.square().sum().backward()
+    assert codes.grad[2].abs().sum() == 0 and codes.grad[[0, 1, 3, 4]].abs().sum(1).sum(1).min() > 0  # row 2 unused
+    assert layer.lora_row_A.weight.grad.abs().sum() > 0 and layer.lora_row_B.weight.grad.abs().sum() > 0
+    with pytest.raises(RuntimeError, match="without row codes"):
+        with ctx.tasks(torch.zeros(35, dtype=torch.long)):
+            layer(x)
+    with pytest.raises(ValueError, match="task and row adapters"):
+        MultiLoRALinear(base, ctx, task=(2, 4.0, 0.0), row=(2, 4.0, 0.0, 4))

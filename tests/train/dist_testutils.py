@@ -43,10 +43,11 @@ def prepare_run(d: Path, overrides: list[str]) -> Path:
     return d
 
 
-def clone_run(src: Path, dst: Path) -> Path:
-    """A fresh run dir reusing src's data, CF tables and LLM (nothing trained yet)."""
+def clone_run(src: Path, dst: Path, share: tuple[str, ...] = ("data", "cf", "llm")) -> Path:
+    """A fresh run dir reusing src's data, CF tables and LLM (nothing trained yet); `share` names the
+    stage folders reused (a run with another CF backbone must not share cf/: it would rewrite it)."""
     dst.mkdir(parents=True, exist_ok=True)
-    for sub in ("data", "cf", "llm"):
+    for sub in share:
         os.symlink(src / sub, dst / sub)
     return dst
 
@@ -108,9 +109,11 @@ from ckf_dist.train.engine import DeepSpeedEngine
 
 SHAPE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
              intermediate_size=64, vocab_size=300)
+MODE, CF = os.environ.get("CKF_TEST_MODE", "ckf"), os.environ.get("CKF_TEST_CF", "mf")
 cfg = load_config(None, ["train.curriculum=false", "model.max_length=64", "lora.shared.r=2", "lora.task.r=2",
-                         "kernels.backend=torch", "train.micro_batch_size=4", "train.grad_accum=1",
-                         "dist.zero_stage=3", "dist.param_persistence_threshold=0", "train.dtype=fp32", "cf.dim=8"])
+                         "kernels.backend=torch", "train.micro_batch_size=4", "train.grad_accum=1", "model.meta_hidden=8",
+                         "dist.zero_stage=3", "dist.param_persistence_threshold=0", "train.dtype=fp32", "cf.dim=8",
+                         f"model.mapping={MODE}"])
 
 
 def build():
@@ -120,10 +123,16 @@ def build():
     llm = LlamaForCausalLM._from_config(lc, dtype=torch.float32)
     tok = SyntheticTokenizer(SHAPE["vocab_size"], cfg.model.placeholder_token)
     g = torch.Generator().manual_seed(0)
-    m = CKFModel(llm, tok, torch.randn(50, cfg.cf.dim, generator=g), torch.randn(60, cfg.cf.dim, generator=g), cfg)
-    with torch.no_grad():  # zero-initialised B would leave every A without a gradient
+    encoder = None
+    if CF != "mf":  # a sequential backbone's frozen encoder gives the user vectors
+        from ckf_dist.cf.sequential import SequentialCF
+        encoder = SequentialCF(CF, 60, cfg.cf.dim, 4, blocks=1, heads=2, dropout=0.0).encoder
+    aligned = torch.randn(60, 6, generator=g) if MODE == "allmrec" else None
+    m = CKFModel(llm, tok, torch.randn(50, cfg.cf.dim, generator=g), torch.randn(60, cfg.cf.dim, generator=g), cfg,
+                 user_encoder=encoder, item_tokens=aligned)
+    with torch.no_grad():  # zero-initialised B (CoRA: G_B) would leave every A without a gradient
         for n, p in m.named_parameters():
-            if ".lora_" in n and n.endswith("B"):
+            if ".lora_" in n and (n.endswith("B") or n.endswith("lora_row_B.weight")):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.05)
     return m, tok
 
@@ -131,4 +140,5 @@ def build():
 '''
 """Python source for a DeepSpeed subprocess: imports, a ZeRO-3 config (`cfg`, every trainable tensor
 partitioned) and `build()`, a tiny random LLaMA CKF model with non-zero LoRA B (so every A gets a
-gradient) and its synthetic tokenizer."""
+gradient) and its synthetic tokenizer. $CKF_TEST_MODE (model.mapping, default ckf) and $CKF_TEST_CF
+(mf, or a sequential backbone whose random encoder gives the user vectors) choose the mode."""

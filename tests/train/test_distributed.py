@@ -118,9 +118,10 @@ def test_deepspeed_launcher_as_two_nodes_zero3(prepared, tmp_path):
     assert not wide, wide
 
 
-@pytest.fixture()
+@pytest.fixture(scope="module")
 def two_node_cluster(tmp_path_factory):
-    """A Ray cluster of two nodes (1 CPU each) on 127.0.0.1, in processes of its own."""
+    """A Ray cluster of two nodes (1 CPU each) on 127.0.0.1, in processes of its own (shared by the
+    runs of this module, one after the other)."""
     from ray.cluster_utils import Cluster
 
     temp_dir = tmp_path_factory.mktemp("ray2", numbered=True)
@@ -137,14 +138,22 @@ def two_node_cluster(tmp_path_factory):
         shutil.rmtree(short, ignore_errors=True)
 
 
-def test_ray_train_two_nodes_strict_spread_zero3(prepared, tmp_path, two_node_cluster):
+MODES = {"ckf": [], "binllm": ["model.mapping=binllm"], "cora": ["model.mapping=cora"], "allmrec": ["model.mapping=allmrec"],
+         "sasrec": ["cf.model=sasrec", "cf.baselines=[mf,sasrec]"]}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_ray_train_two_nodes_strict_spread_zero3(prepared, tmp_path, two_node_cluster, mode):
     """`ckf train` joins a 2-node cluster; STRICT_SPREAD puts one worker on each node; both train,
-    checkpoint and the run is evaluated."""
-    run = clone_run(prepared, tmp_path / "ray")
+    checkpoint and the run is evaluated. Every baseline mode and a sequential backbone run the same
+    way (their first stage in the driver, then ZeRO-3 on the workers)."""
+    backbone = mode == "sasrec"
+    run = clone_run(prepared, tmp_path / "ray", share=("data", "llm") if backbone else ("data", "cf", "llm"))
     # a run.dir relative to the working directory, as users write it: Ray workers run elsewhere
     rel = os.path.relpath(run, ROOT)
     cmd = [sys.executable, "-m", "ckf_dist.cli", "train", "--config", "configs/quickstart.yaml", f"run.dir={rel}",
-           *BASE, "dist.launcher=ray", f"dist.ray_address={two_node_cluster.address}", "dist.placement_strategy=STRICT_SPREAD"]
+           *BASE, *MODES[mode], "dist.launcher=ray", f"dist.ray_address={two_node_cluster.address}",
+           "dist.placement_strategy=STRICT_SPREAD"]
     proc = subprocess.run(cmd, cwd=ROOT, env=loopback_env(), capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Connecting to existing Ray cluster" in proc.stdout + proc.stderr
@@ -154,6 +163,7 @@ def test_ray_train_two_nodes_strict_spread_zero3(prepared, tmp_path, two_node_cl
     assert [r["rank"] for r in ranks] == [0, 1] and {r["node"] for r in ranks} == nodes, (ranks, nodes)
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics) == {"ctr", "rating", "explanation", "protocol", "training"}
+    assert (run / "mode" / f"{mode}.safetensors").is_file() == (mode in ("binllm", "allmrec"))
     # Ray registered the checkpoints (merged rank shards) in its storage
     stored = [p for p in (run / "ray").rglob("*optim_states.pt")]
     assert len(stored) >= 2

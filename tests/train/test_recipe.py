@@ -71,6 +71,32 @@ def test_train_end_to_end_writes_all_five_tasks(run):
     assert sorted(losses) == [1, 2, 3, 4] and all(math.isfinite(v) for v in losses.values())
 
 
+MODES = {"binllm": ["model.mapping=binllm"], "cora": ["model.mapping=cora"], "allmrec": ["model.mapping=allmrec"],
+         "sasrec": ["cf.model=sasrec", "cf.baselines=[mf,sasrec]"], "din": ["cf.model=din", "cf.baselines=[mf,din]"]}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_each_baseline_mode_trains_and_evaluates_under_the_local_launcher(run, tmp_path, mode):
+    """The baseline modes and the sequential backbones through `ckf train`: the mode stage (BinLLM's
+    codes, A-LLMRec's alignment) or the backbone's CF stage, a few training steps, the evaluation."""
+    backbone = mode in ("sasrec", "din")
+    d = clone_run(run, tmp_path / mode, share=("data", "llm") if backbone else ("data", "cf", "llm"))
+    # QUICK's data, CF and eval keys: the shared cf/ (and the other tests' run) stays as it is
+    overrides = [*QUICK, "train.steps=2", "train.save_every=2", *MODES[mode]]
+    assert main(["train", "--config", "configs/quickstart.yaml", f"run.dir={d}", *overrides]) == 0
+    losses = _losses(d)
+    assert sorted(losses) == [1, 2] and all(math.isfinite(v) for v in losses.values())
+    metrics = json.loads((d / "metrics.json").read_text())
+    assert {"ctr", "topk", "rating"} <= set(metrics)
+    mode_file = d / "mode" / f"{mode}.safetensors"
+    assert mode_file.is_file() == (mode in ("binllm", "allmrec"))
+    assert (d / "train" / "final" / "peft").is_dir() == (mode in ("binllm", "sasrec", "din"))  # a frozen LLM has no LoRA
+    if backbone:  # trained on the same splits, in the baseline table, the CF source of the run
+        baselines = json.loads((d / "cf" / "baselines.json").read_text())["results"]["test"]
+        assert mode in baselines and baselines[mode]["ctr"]["n"] == baselines["popularity"]["ctr"]["n"]
+        assert (d / "cf" / f"{mode}.safetensors").is_file()
+
+
 def test_second_train_is_cached(run, caplog):
     stamp = (run / "train" / "stage.json").stat().st_mtime
     with caplog.at_level("INFO", logger="ckf_dist.run"):
