@@ -39,7 +39,6 @@ code strings :class:`TextCodes` hands to the collator.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
@@ -52,6 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ckf_dist.cf.fit import torch_threads
 from ckf_dist.cf.pairs import VALID_NEGATIVES, PairData
 from ckf_dist.cf.tables import CFTables
 from ckf_dist.config import CFConfig
@@ -139,16 +139,6 @@ def decode_code(text: str, bits: int, compress: bool = False) -> np.ndarray:
     return np.array(out, dtype=bool)
 
 
-@contextlib.contextmanager
-def _torch_threads(n: int):
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def _labelled_train(sd: SplitData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(users, items, labels 0/1) of the training interactions with a known ``pos``."""
     train = sd.part("train")
@@ -179,7 +169,7 @@ def train_binarizer(sd: SplitData, tables: CFTables, cfg: CFConfig, bits: int, s
     half = max(1, cfg.epochs // 2)
     best, best_epoch, best_state, bad, history = -math.inf, 0, None, 0, []
     epoch = 0
-    with _torch_threads(1):
+    with torch_threads(1):
         for epoch in range(1, cfg.epochs + 1):
             beta = min(1.0, (epoch - 1) / half)
             neg = data.sample_negatives(users[pos_rows], rng)

@@ -195,7 +195,8 @@ def _fit(model_name: str, data: _Data, cfg: CFConfig, loss: str, wd: float, seed
 
 
 @contextlib.contextmanager
-def _torch_threads(n: int):
+def torch_threads(n: int):
+    """torch's intra-op threads set to `n` inside the block (CF training runs on a fixed share of cores)."""
     old = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -234,7 +235,7 @@ def train_cf(
     grid: list[dict] = []
     best: Optional[tuple[torch.nn.Module, dict]] = None
     hist = row_histories(split_data, history_len) if sequential else None
-    with _torch_threads(threads):
+    with torch_threads(threads):
         for wd in cfg.weight_decays:
             if sequential:
                 model, rec = fit_sequential(model_name, split_data, data, cfg, float(wd), seed, history_len, hist)

@@ -284,35 +284,25 @@ def fit_sequential(kind: str, sd: SplitData, data: PairData, cfg: CFConfig, wd: 
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         if windows is not None:
-            rec = {"epoch": epoch, "train_loss": _sasrec_epoch(model, opt, windows, data, rng, gen, cfg.batch_size), "valid": None}
-            history.append(rec)
-            if not data.has_valid:
-                continue
-            score = rec["valid"] = _valid_auc(model, ids[valid_rows], lengths[valid_rows], data.valid_i, data.valid_neg)
-            if score > best:
-                best, best_epoch, bad = score, epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                bad += 1
-                if bad >= cfg.patience:
-                    break
-            continue
-        neg = data.sample_negatives(users[positives], rng)
-        r = np.concatenate([rows, rows[positives]])
-        it = np.concatenate([items, neg])
-        y = torch.from_numpy(np.concatenate([labels, np.zeros(len(neg), np.float32)]))
-        perm = torch.randperm(len(r), generator=gen).numpy()
-        total = 0.0
-        for start in range(0, len(r), cfg.batch_size):
-            idx = perm[start : start + cfg.batch_size]
-            h = torch.from_numpy(ids[r[idx]])
-            logits = model(h, _mask(lengths[r[idx]], h.shape[1]), torch.from_numpy(it[idx]))
-            loss = F.binary_cross_entropy_with_logits(logits, y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-        rec = {"epoch": epoch, "train_loss": total / len(r), "valid": None}
+            train_loss = _sasrec_epoch(model, opt, windows, data, rng, gen, cfg.batch_size)
+        else:
+            neg = data.sample_negatives(users[positives], rng)
+            r = np.concatenate([rows, rows[positives]])
+            it = np.concatenate([items, neg])
+            y = torch.from_numpy(np.concatenate([labels, np.zeros(len(neg), np.float32)]))
+            perm = torch.randperm(len(r), generator=gen).numpy()
+            total = 0.0
+            for start in range(0, len(r), cfg.batch_size):
+                idx = perm[start : start + cfg.batch_size]
+                h = torch.from_numpy(ids[r[idx]])
+                logits = model(h, _mask(lengths[r[idx]], h.shape[1]), torch.from_numpy(it[idx]))
+                loss = F.binary_cross_entropy_with_logits(logits, y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(idx)
+            train_loss = total / len(r)
+        rec = {"epoch": epoch, "train_loss": train_loss, "valid": None}
         history.append(rec)
         if not data.has_valid:
             continue

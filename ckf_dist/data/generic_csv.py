@@ -24,7 +24,7 @@ from __future__ import annotations
 import csv
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from ckf_dist.data.errors import BadRecords, DataError, parse_rating, parse_timestamp, require_file
 from ckf_dist.data.table import SPLITS, RecData, interactions_frame, items_frame
@@ -107,21 +107,32 @@ def _parse_label(text: str, where: str, bad: BadRecords) -> Optional[float]:
     return v
 
 
-def _read_items(path: Path, bad: BadRecords) -> tuple[list[str], list[str], list[str]]:
+def csv_rows(path: Path, bad: BadRecords, required: tuple[str, ...]) -> Iterator[tuple[str, dict[str, str]]]:
+    """(``file:line``, fields by column) for each record of a headed CSV whose field count matches the
+    header; a record with another count is a bad record, a quoting failure stops (:func:`check_quoting`).
+    A missing `required` column stops before the first record."""
     header, rows = csv_records(path)
-    for c in ("item_id", "title"):
-        if c not in header:
-            raise DataError(f"{path}:1: missing column {c!r} (have {', '.join(header)})")
-    ix, it, idesc = header.index("item_id"), header.index("title"), header.index("description") if "description" in header else -1
-    ids, titles, descs = [], [], []
-    seen: set[str] = set()
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise DataError(f"{path}:1: missing column {missing[0]!r} (have {', '.join(header)})")
+    return _fields(path, header, rows, bad)
+
+
+def _fields(path: Path, header: list[str], rows, bad: BadRecords) -> Iterator[tuple[str, dict[str, str]]]:
     for n, row, end in rows:
         where = f"{path}:{n}"
         check_quoting(path, header, n, row, end)
         if len(row) != len(header):
             bad(where, "wrong_field_count", f"expected {len(header)} comma-separated fields, got {len(row)}")
             continue
-        item = row[ix].strip()
+        yield where, dict(zip(header, row))
+
+
+def _read_items(path: Path, bad: BadRecords) -> tuple[list[str], list[str], list[str]]:
+    ids, titles, descs = [], [], []
+    seen: set[str] = set()
+    for where, f in csv_rows(path, bad, ("item_id", "title")):
+        item = f["item_id"].strip()
         if not item:
             bad(where, "missing_id", "empty item_id")
             continue
@@ -130,8 +141,8 @@ def _read_items(path: Path, bad: BadRecords) -> tuple[list[str], list[str], list
             continue
         seen.add(item)
         ids.append(item)
-        titles.append(row[it].strip())
-        descs.append(row[idesc].strip() if idesc >= 0 else "")
+        titles.append(f["title"].strip())
+        descs.append(f.get("description", "").strip())
     return ids, titles, descs
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ckf_dist.data.errors import BadRecords, DataError, parse_rating, parse_timestamp, require_file
-from ckf_dist.data.generic_csv import check_quoting, csv_records
+from ckf_dist.data.generic_csv import csv_rows
 from ckf_dist.data.table import RecData, interactions_frame, items_frame
 
 ML100K_GENRES = [
@@ -114,6 +114,19 @@ def _finish(name: str, path: Path, cols: dict[str, list], items: pd.DataFrame,
     return RecData(name=name, interactions=inter, items=items, users=users, skipped=bad.as_dict())
 
 
+def _new_item(where: str, item: str, title: str, seen: set[str], bad: BadRecords) -> bool:
+    """True for an item line with an id and a title, seen for the first time (then remembered);
+    else the line is reported to `bad`."""
+    if not item or not title:
+        bad(where, "missing_title", "empty item id or title")
+        return False
+    if item in seen:
+        bad(where, "duplicate_item", f"item {item!r} listed twice")
+        return False
+    seen.add(item)
+    return True
+
+
 def _read_items(path: Path, sep: str, n_fields: int, genres: Callable[[list[str]], list[str]], bad: BadRecords):
     """Item lines `id SEP title SEP ...` -> (ids, titles, genre descriptions); `genres` reads the rest."""
     ids, titles, descs = [], [], []
@@ -125,16 +138,10 @@ def _read_items(path: Path, sep: str, n_fields: int, genres: Callable[[list[str]
             bad(where, "wrong_field_count", f"expected {n_fields} {sep!r}-separated fields, got {len(parts)}")
             continue
         item, title = parts[0].strip(), parts[1].strip()
-        if not item or not title:
-            bad(where, "missing_title", "empty item id or title")
-            continue
-        if item in seen:
-            bad(where, "duplicate_item", f"item {item!r} listed twice")
-            continue
-        seen.add(item)
-        ids.append(item)
-        titles.append(title)
-        descs.append(", ".join(genres(parts)))
+        if _new_item(where, item, title, seen, bad):
+            ids.append(item)
+            titles.append(title)
+            descs.append(", ".join(genres(parts)))
     return ids, titles, descs, seen
 
 
@@ -185,35 +192,14 @@ LATEST_MOVIES = ["movieId", "title", "genres"]
 LATEST_MOVIES_FILE = "movies.csv"
 
 
-def _header_check(path: Path, header: list[str], need: list[str]) -> dict[str, int]:
-    missing = [c for c in need if c not in header]
-    if missing:
-        raise DataError(f"{path}:1: missing column {missing[0]!r} (have {', '.join(header)})")
-    return {c: header.index(c) for c in need}
-
-
 def _latest_movies(path: Path, bad: BadRecords) -> tuple[list[str], list[str], list[str]]:
-    header, rows = csv_records(path)
-    pos = _header_check(path, header, LATEST_MOVIES)
     ids, titles, descs, seen = [], [], [], set()
-    for n, row, end in rows:
-        where = f"{path}:{n}"
-        check_quoting(path, header, n, row, end)
-        if len(row) != len(header):
-            bad(where, "wrong_field_count", f"expected {len(header)} comma-separated fields, got {len(row)}")
-            continue
-        item, title = row[pos["movieId"]].strip(), row[pos["title"]].strip()
-        if not item or not title:
-            bad(where, "missing_title", "empty movieId or title")
-            continue
-        if item in seen:
-            bad(where, "duplicate_item", f"item {item!r} listed twice")
-            continue
-        seen.add(item)
-        genres = [g for g in row[pos["genres"]].split("|") if g and g != "(no genres listed)"]
-        ids.append(item)
-        titles.append(title)
-        descs.append(", ".join(genres))
+    for where, f in csv_rows(path, bad, tuple(LATEST_MOVIES)):
+        item, title = f["movieId"].strip(), f["title"].strip()
+        if _new_item(where, item, title, seen, bad):
+            ids.append(item)
+            titles.append(title)
+            descs.append(", ".join(g for g in f["genres"].split("|") if g and g != "(no genres listed)"))
     return ids, titles, descs
 
 
@@ -239,26 +225,19 @@ def _latest_ratings(path: Path, known_items: set[str], bounds: Bounds, bad: BadR
     fast = _fast_latest_ratings(path, known_items, bounds)
     if fast is not None:
         return fast
-    header, rows = csv_records(path)
-    pos = _header_check(path, header, LATEST_RATINGS)
     cols: dict[str, list] = {"user": [], "item": [], "timestamp": [], "rating": []}
-    for n, row, end in rows:
-        where = f"{path}:{n}"
-        check_quoting(path, header, n, row, end)
-        if len(row) != len(header):
-            bad(where, "wrong_field_count", f"expected {len(header)} comma-separated fields, got {len(row)}")
-            continue
-        user, item = row[pos["userId"]].strip(), row[pos["movieId"]].strip()
+    for where, f in csv_rows(path, bad, tuple(LATEST_RATINGS)):
+        user, item = f["userId"].strip(), f["movieId"].strip()
         if not user or not item:
             bad(where, "missing_id", "empty userId or movieId")
             continue
         if item not in known_items:
             bad(where, "unknown_item", f"item {item!r} is not in {LATEST_MOVIES_FILE}")
             continue
-        rating = parse_rating(row[pos["rating"]], where, bad, bounds)
+        rating = parse_rating(f["rating"], where, bad, bounds)
         if rating is None:
             continue
-        ts = parse_timestamp(row[pos["timestamp"]], where, bad)
+        ts = parse_timestamp(f["timestamp"], where, bad)
         if ts is None:
             continue
         cols["user"].append(user)
