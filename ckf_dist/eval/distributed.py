@@ -6,7 +6,8 @@ into the evaluator's own batches (``eval.batch_size``). Each batch is one Ray Da
 N actors, each holding the trained model once, scores batches with
 :meth:`~ckf_dist.eval.loop.Evaluator.predict`. A batch's numbers depend on that batch only (the
 prompts are right-padded and masked, the topk decoding budget is a property of the catalogue), so
-the predictions are those of the single-process run, whatever N; they are put back in row order by
+the predictions are those of the single-process run, whatever N (bit for bit when the workers use
+torch's thread count of the driver; otherwise to float rounding of a sum's order); they are put back in row order by
 (task, offset) and the metrics, UAUC's per-user grouping included, are computed once on the
 driver: no row is dropped, padded or counted twice. The driver holds the selected rows and one
 prediction per row; the model and the scoring run on the workers (one GPU each when
