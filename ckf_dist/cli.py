@@ -11,7 +11,7 @@ Verbs, grouped by stage:
     ckf report        RUN_DIR ...                     one markdown table over runs and seeds
     ckf sweep         --grid FILE [--out DIR] [--max-concurrent N] [--dry-run]
                                                       variants x seeds as Ray Tune trials, one table
-    ckf bench         kernels|e2e ...                 benchmarks
+    ckf bench         kernels|e2e|data ...            benchmarks
     ckf cluster check-hostfile --hostfile FILE --config FILE [key=value ...]
                                                       validate a deepspeed hostfile against a config
     ckf config keys                                   every config key with its documentation
@@ -281,6 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/bench/e2e")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=_resolve("ckf_dist.bench.e2e:cmd_bench_e2e", _not_yet("bench e2e")))
+
+    p = bench.add_parser("data", help="data preparation at 250k / 1M / 4M interactions: both engines, 1 and 2 Ray workers, time and memory slopes")
+    p.add_argument("--config", "-c", default="configs/quickstart.yaml")
+    p.add_argument("--quick", action="store_true", help="two small sizes (about a minute)")
+    p.add_argument("--out", default="runs/bench/data")
+    p.add_argument("overrides", nargs="*", help="config overrides and bench.<key>=value options")
+    p.set_defaults(func=_resolve("ckf_dist.bench.data_scale:cmd_bench_data", _not_yet("bench data")))
 
     cl = sub.add_parser("cluster", help="launch checks").add_subparsers(dest="verb", required=True)
     p = cl.add_parser("check-hostfile", help="validate a deepspeed hostfile and its world size against the batch settings")

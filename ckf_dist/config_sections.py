@@ -46,9 +46,11 @@ class SyntheticConfig:
 
 @dataclass
 class DataConfig:
-    format: Literal["movielens-100k", "movielens-1m", "movielens-latest", "amazon-json", "csv", "synthetic"] = "synthetic"
+    format: Literal["movielens-100k", "movielens-1m", "movielens-latest", "amazon-json", "csv", "parquet",
+                    "synthetic"] = "synthetic"
     """Input format: movielens-100k | movielens-1m | movielens-latest (ml-latest-small, ml-25m, ml-32m:
-    ratings.csv + movies.csv, half stars) | amazon-json | csv | synthetic."""
+    ratings.csv + movies.csv, half stars) | amazon-json | csv | parquet (the csv columns in
+    interactions.parquet + items.parquet, for large exports) | synthetic."""
     path: Optional[str] = None
     """Dataset folder (or JSON-lines file for amazon-json); unused for synthetic."""
     meta_path: Optional[str] = None
@@ -94,6 +96,14 @@ class DataConfig:
     """Upper bound on samples written to one webdataset shard."""
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     """Settings of the synthetic generator (data.format=synthetic)."""
+    engine: Literal["local", "ray"] = "local"
+    """Where `ckf data prepare` runs: local = this process; ray = Ray tasks on the cluster of
+    dist.ray_address / RAY_ADDRESS (else a local Ray on 127.0.0.1). Both write the same shards."""
+    workers: int = 0
+    """Preparation tasks run at once (ray: 0 = one per CPU of the cluster; local: always one)."""
+    block_mb: float = 32.0
+    """Input megabytes per read task, which also sizes the blocks of users later stages process
+    (the memory of one task); the output does not depend on it."""
 
     def problems(self) -> list[tuple[str, str]]:
         """(key, what is wrong) for each invalid field of this section."""
@@ -106,6 +116,8 @@ class DataConfig:
             ("shard_multiple", self.shard_multiple >= 1, self.shard_multiple),
             ("samples_per_shard", self.samples_per_shard >= 1, self.samples_per_shard),
             ("valid_per_user", self.valid_per_user >= 0, self.valid_per_user),
+            ("workers", self.workers >= 0, self.workers),
+            ("block_mb", math.isfinite(self.block_mb) and self.block_mb > 0, self.block_mb),
             ("test_per_user", self.test_per_user >= 1, self.test_per_user),
         ])
         if self.rating_scale is not None:

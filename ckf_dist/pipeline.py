@@ -20,13 +20,11 @@ import torch
 from ckf_dist.cf.align import save_alignment, train_alignment
 from ckf_dist.cf.baselines import baseline_table_markdown, run_baselines
 from ckf_dist.cf.binarize import save_binarizer, train_binarizer
-from ckf_dist.cf.fit import train_cf
+from ckf_dist.cf.fit import SPLIT_COLUMNS, train_cf
 from ckf_dist.cf.tables import load_cf_tables, save_cf_tables
-from ckf_dist.data.loaders import load_dataset
-from ckf_dist.data.samples import build_samples, protocol_of
-from ckf_dist.data.shards import (fingerprint_frame, load_manifest, read_split, sample_stream, shard_urls,
-                                  verify_shards, write_shards)
-from ckf_dist.data.splits import split_dataset
+from ckf_dist.data.prepare import prepare
+from ckf_dist.data.samples import protocol_of
+from ckf_dist.data.shards import load_manifest, read_split, sample_stream, shard_urls, verify_shards
 from ckf_dist.data.table import SplitData
 from ckf_dist.eval.loop import write_metrics
 from ckf_dist.eval.serve import evaluate_run
@@ -45,36 +43,12 @@ def load_split(run: Run) -> SplitData:
 
 
 def prepare_data(run: Run, force: bool = False) -> dict:
-    """Load -> split -> samples -> shards, cached in run.dir/data."""
+    """Load -> split -> samples -> shards (data.engine: this process or Ray tasks), cached in run.dir/data."""
     cfg = run.cfg
     stage = run.data_stage()
 
     def build(folder: Path) -> dict:
-        rec = load_dataset(cfg.data, cfg.seed)
-        sd = split_dataset(rec, cfg.data, cfg.seed)
-        sd.save(run.split_dir)
-        samples = build_samples(sd, cfg)
-        manifest = write_shards(
-            samples,
-            run.shards_dir,
-            samples_per_shard=cfg.data.samples_per_shard,
-            shard_multiple=cfg.data.shard_multiple,
-            seed=cfg.seed,
-            dataset_fingerprint=fingerprint_frame(sd.inter),
-            config_hash=stage.key,
-            extra={"skipped": sd.skipped, "dataset": sd.name},
-        )
-        parts = {s: int((sd.inter["split"] == s).sum()) for s in ("train", "valid", "test")}
-        return {
-            "dataset": sd.name,
-            "users": sd.num_users,
-            "items": sd.num_items,
-            "interactions": parts,
-            "cold_users": int((~sd.warm_mask()).sum()),
-            "samples": {s: m["tasks"] for s, m in manifest["splits"].items()},
-            "shards": {s: len(m["shards"]) for s, m in manifest["splits"].items()},
-            "skipped": sd.skipped,
-        }
+        return prepare(cfg, run.split_dir, run.shards_dir, run.staging_dir, stage.key)
 
     # fresh only while every shard the manifest lists is there, whole
     return stage.run(build, force, intact=lambda: verify_shards(run.shards_dir))
@@ -87,7 +61,7 @@ def train_cf_stage(run: Run, force: bool = False) -> dict:
     stage = run.cf_stage()
 
     def build(folder: Path) -> dict:
-        sd = load_split(run)
+        sd = SplitData.load(run.split_dir, columns=[*SPLIT_COLUMNS, "summary"])  # summaries: the explanation baseline
         samples = {s: read_split(run.shards_dir, s) for s in ("valid", "test")}
         names = list(dict.fromkeys([cfg.cf.model, *cfg.cf.baselines]))
         tables, reports = {}, {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -48,17 +49,17 @@ class RatingScale:
                                    f"{round(n) + 1} levels (at most {MAX_LEVELS})")
 
     # ------------------------------------------------------------------ levels
-    @property
+    @cached_property
     def levels(self) -> list[float]:
         n = round((self.hi - self.lo) / self.step)
         return [round(self.lo + k * self.step, 9) for k in range(n + 1)]
 
-    @property
+    @cached_property
     def answers(self) -> list[str]:
         """The answer text of each level, in level order."""
         return [_fmt(v) for v in self.levels]
 
-    @property
+    @cached_property
     def whole_digits(self) -> bool:
         """True for whole-star scales within 0..9: every answer is one digit."""
         return all(len(a) == 1 and a.isdigit() for a in self.answers)
@@ -70,8 +71,9 @@ class RatingScale:
         return np.round(self.lo + k * self.step, 9)
 
     def answer(self, rating: float) -> str:
-        """The rating task's answer: the nearest level's text."""
-        return _fmt(float(self.level_values(np.array([rating]))[0]))
+        """The rating task's answer: the nearest level's text (level_values for one rating)."""
+        k = math.floor((float(rating) - self.lo) / self.step + 0.5 + 1e-9)
+        return self.answers[min(max(k, 0), len(self.levels) - 1)]
 
     def answer_texts(self, ratings: np.ndarray) -> np.ndarray:
         """Vectorised :meth:`answer` ("" where the rating is NaN), object [n]."""

@@ -5,8 +5,9 @@ date", goes through :class:`Run`; nobody else spells a run-directory file name::
 
     .lock                          the run-directory lock (holder's pid, host and command)
     config.yaml                    the resolved config of the last command
-    data/split/                    SplitData (interactions.parquet + meta.json)
+    data/split/                    SplitData (interactions/part-*.parquet + meta.json)
     data/shards/                   webdataset shards + manifest
+    data/staging/                  scratch files of `ckf data prepare` (removed when it ends)
     data/stage.json                ...each stage folder holds its record (key, seconds, summary)
     cf/<model>.safetensors         the CF tables of the backbone and of each baseline
     cf/baselines.json, .md         the CF / popularity baselines (valid and test)
@@ -82,6 +83,10 @@ def source_fingerprint(cfg: Config) -> str:
                 entries.append([str(f), None, None])
     return stage_hash(entries)
 
+
+DATA_KEY_IGNORES = ("engine", "workers", "block_mb")
+"""data.* keys that choose how preparation runs, not what it writes (both engines write the same
+files): left out of the data stage key, so switching engines reuses the prepared data."""
 
 TRAIN_KEY_IGNORES = ("debug_checks", "activation_checkpointing")
 """train.* keys that do not change what training computes: left out of the training stage key, so
@@ -419,6 +424,10 @@ class Run:
     def shards_dir(self) -> Path:
         return self.data_dir / "shards"
 
+    @property
+    def staging_dir(self) -> Path:
+        return self.data_dir / "staging"
+
     def split_meta(self) -> dict:
         """The split's ids and titles (without loading the interactions)."""
         from ckf_dist.data.table import SplitData
@@ -579,11 +588,13 @@ class Run:
     def data_stage(self) -> Stage:
         cfg = self.cfg
         source = source_fingerprint(cfg)
-        key = stage_hash([to_dict(cfg.data), cfg.tasks, cfg.seed, cfg.model.placeholder_token, source])
-        config = {"data": to_dict(cfg.data), "tasks": cfg.tasks, "seed": cfg.seed,
+        data = {k: v for k, v in to_dict(cfg.data).items() if k not in DATA_KEY_IGNORES}
+        key = stage_hash([data, cfg.tasks, cfg.seed, cfg.model.placeholder_token, source])
+        config = {"data": data, "tasks": cfg.tasks, "seed": cfg.seed,
                   "model": {"placeholder_token": cfg.model.placeholder_token}, "source_files": source}
         return Stage("data", self.data_dir, key, config,
-                     outputs=lambda: [*sorted(self.split_dir.glob("*")), self.shards_dir / "manifest.json"])
+                     outputs=lambda: [*sorted(p for p in self.split_dir.rglob("*") if p.is_file()),
+                                      self.shards_dir / "manifest.json"])
 
     def cf_stage(self) -> Stage:
         cfg = self.cfg

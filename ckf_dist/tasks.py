@@ -151,14 +151,14 @@ def available_tasks(split_data) -> list[str]:
     """Tasks the data can build, in ALL_TASKS order: ctr and topk always; rating needs ratings;
     review_rating needs ratings and reviews; explanation needs summaries."""
     inter = split_data.inter
-    out = []
-    for t in TASKS.values():
-        if t.needs_rating and not split_data.has_rating:
-            continue
-        if t.needs_text and not bool((inter[t.text_field].str.len() > 0).any()):
-            continue
-        out.append(t.name)
-    return out
+    fields = {t.text_field for t in TASKS.values() if t.needs_text}
+    return available_tasks_from(split_data.has_rating, {f: bool((inter[f].str.len() > 0).any()) for f in fields})
+
+
+def available_tasks_from(has_rating: bool, has_text: dict[str, bool]) -> list[str]:
+    """available_tasks from the data's flags: ratings present, and per text field, any non-empty text."""
+    return [t.name for t in TASKS.values()
+            if not (t.needs_rating and not has_rating) and not (t.needs_text and not has_text.get(t.text_field, False))]
 
 
 def missing_requirement(task: str) -> str:

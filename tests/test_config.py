@@ -44,7 +44,7 @@ def test_int_promotes_to_float_but_not_reverse(tmp_path):
     [
         ("data:\n  histroy_len: 3\n", r"c\.yaml: unknown key 'data.histroy_len'"),
         ("data:\n  history_len: ten\n", r"c\.yaml: key 'data.history_len': expected int"),
-        ("data:\n  format: parquet\n", r"c\.yaml: key 'data.format': 'parquet' is not one of"),
+        ("data:\n  format: feather\n", r"c\.yaml: key 'data.format': 'feather' is not one of"),
         ("tasks: [ctr, ranking]\n", r"c\.yaml: key 'tasks': unknown task 'ranking'"),
         ("model:\n  cf_fusion: 'yes'\n", r"c\.yaml: key 'model.cf_fusion': expected bool"),
         ("data: 3\n", r"c\.yaml: key 'data': expected a mapping"),

@@ -8,10 +8,15 @@ never sees a half-written file) holding
     (biases only for models that have them: MF)
     seq.<name>   the weights of a sequential backbone's encoder (SASRec, DIN; see cf/sequential.py)
 
-and one metadata entry ``ckf_cf``: a JSON object with ``user_ids`` / ``item_ids`` (the raw id of
-each row, so a table can be checked against a SplitData), and the training facts (model, loss,
-dim, chosen weight decay, validation metric and score, ...). Keeping ids and tensors in one file
-keeps the write atomic.
+    user_ids_utf8 / item_ids_utf8         uint8  the raw id of each row (so a table can be checked
+    user_ids_offsets / item_ids_offsets   int64  against a SplitData), UTF-8, row k = bytes
+                                                 offsets[k]..offsets[k+1]
+
+and one metadata entry ``ckf_cf``: a JSON object with the training facts (model, loss, dim, chosen
+weight decay, validation metric and score, ...). The ids are tensors, not metadata: safetensors
+caps its header at 100 MB, which a few million ids exceed (43M Amazon-2018 reviewers take ~700
+MB as JSON). Keeping ids and tensors in one file keeps the write atomic. (Files written when the
+ids were metadata entries ``user_ids`` / ``item_ids`` still load.)
 
 **Rows without training data.** A user or item with no training interaction (new after a global
 time split, or a held-out-only item) has an all-zero row (and zero biases): no untrained random
@@ -230,9 +235,23 @@ def save_cf_tables(
     CFTables(tensors["user_emb"], tensors["item_emb"], list(user_ids), list(item_ids))
     meta = dict(extra or {})
     meta.setdefault("dim", int(tensors["user_emb"].shape[1]))
-    meta["user_ids"] = [str(x) for x in user_ids]
-    meta["item_ids"] = [str(x) for x in item_ids]
+    for kind, ids in (("user", user_ids), ("item", item_ids)):
+        tensors[f"{kind}_ids_utf8"], tensors[f"{kind}_ids_offsets"] = _pack_ids(ids)
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta)}))
+
+
+def _pack_ids(ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Ids as one UTF-8 byte array and [n + 1] offsets."""
+    encoded = [str(x).encode("utf-8") for x in ids]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum([len(b) for b in encoded], out=offsets[1:])
+    return np.frombuffer(b"".join(encoded), dtype=np.uint8).copy(), offsets
+
+
+def _unpack_ids(data: np.ndarray, offsets: np.ndarray) -> list[str]:
+    raw = data.tobytes()
+    bounds = offsets.tolist()
+    return [raw[a:b].decode("utf-8") for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def load_cf_tables(path: str | Path) -> CFTables:
@@ -248,8 +267,13 @@ def load_cf_tables(path: str | Path) -> CFTables:
             raise ValueError(f"{path}: not a CF table file (no '{META_KEY}' metadata)")
         tensors = {k: np.require(f.get_tensor(k), requirements=["W", "C"]) for k in f.keys()}
     meta = json.loads(raw)
-    user_ids = meta.pop("user_ids")
-    item_ids = meta.pop("item_ids")
+    ids = {}
+    for kind in ("user", "item"):
+        if f"{kind}_ids_utf8" in tensors:
+            ids[kind] = _unpack_ids(tensors.pop(f"{kind}_ids_utf8"), tensors.pop(f"{kind}_ids_offsets"))
+        else:
+            ids[kind] = meta.pop(f"{kind}_ids")
+    user_ids, item_ids = ids["user"], ids["item"]
     gb = tensors.get("global_bias")
     return CFTables(
         user_emb=tensors["user_emb"],

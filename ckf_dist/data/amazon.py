@@ -2,8 +2,9 @@
 
 One review per line: ``reviewerID``, ``asin``, ``overall`` (rating 1..5), ``unixReviewTime``,
 ``reviewText``, ``summary``. The 2018 release may omit the text fields: a missing
-``reviewText`` or ``summary`` is "". ``.gz`` files are read directly; a line that is not JSON but a python literal (some 2014
-files) is accepted too.
+``reviewText`` or ``summary`` is "". ``.gz`` files are read directly (as one read task: a gzip
+stream cannot be entered in the middle; decompress a large file to read it in parallel byte
+ranges); a line that is not JSON but a python literal (some 2014 files) is accepted too.
 
 Titles come from an optional metadata file (``data.meta_path``; lines with ``asin`` and
 ``title``). The 2014 metadata is python-literal rather than JSON, so each line is tried as JSON
@@ -21,10 +22,14 @@ import html
 import json
 import re
 from pathlib import Path
-from typing import IO, Optional
+from typing import IO, Iterator, Optional
 
-from ckf_dist.data.errors import BadRecords, DataError, parse_rating, parse_timestamp, require_file
-from ckf_dist.data.table import RecData, interactions_frame, items_frame
+import pandas as pd
+
+from ckf_dist.data.errors import BadRecords, parse_rating, parse_timestamp, require_file
+from ckf_dist.data.ranges import iter_lines, plan_ranges
+from ckf_dist.data.source import Mapper, ReadTask, RowBatcher, Source, read_all, serial_map
+from ckf_dist.data.table import RecData, items_frame
 
 _TAG = re.compile(r"<[^>]+>")
 _SPACE = re.compile(r"\s+")
@@ -92,17 +97,33 @@ def read_metadata(path: str | Path, bad: BadRecords) -> dict[str, str]:
     return titles
 
 
-def load_amazon_json(path: str | Path, meta_path: Optional[str | Path] = None, on_bad_record: str = "error",
-                     bounds: Optional[tuple[float, float]] = (1.0, 5.0)) -> RecData:
-    """Reviews file (+ optional metadata) -> RecData with rating, review and summary set."""
-    p = require_file(path, "Amazon reviews file")
-    bad = BadRecords(on_bad_record)
-    cols: dict[str, list] = {k: [] for k in ("user", "item", "timestamp", "rating", "review", "summary")}
-    with _open_text(p) as f:
-        for n, line in enumerate(f, 1):
+_FIELDS = ("reviewerID", "asin", "overall", "unixReviewTime")
+
+
+class AmazonSource(Source):
+    """A reviews JSON-lines file (``.gz`` read as one range) and an optional metadata file."""
+
+    def __init__(self, path: str | Path, meta_path: Optional[str | Path] = None,
+                 bounds: Optional[tuple[float, float]] = (1.0, 5.0)):
+        self.path = require_file(path, "Amazon reviews file")
+        self.meta_path, self.bounds = meta_path, bounds
+        self.name = f"amazon-{self.path.name.split('.')[0]}"
+        self.empty_message = f"{self.path}: no reviews left after skipping bad records"
+
+    def plan(self, block_bytes: int, run: Mapper = serial_map) -> list[ReadTask]:
+        return [ReadTask(k, r) for k, r in enumerate(plan_ranges(self.path, 0, 1, block_bytes, run, False))]
+
+    def where(self, order: int) -> str:
+        return f"{self.path}:{order}"
+
+    def read(self, task: ReadTask, bad: BadRecords) -> Iterator[dict[str, list]]:
+        out = RowBatcher()
+        for n, raw, _ in iter_lines(task.range):
+            # surrogateescape, not replace: "AXX\xffZ" and "AXX\xfeZ" must not become the same id
+            line = raw.decode("utf-8", errors="surrogateescape")
             if not line.strip():
                 continue
-            where = f"{p}:{n}"
+            where = f"{self.path}:{n}"
             bad_byte = _NOT_UTF8.search(line)
             if bad_byte:
                 bad(where, "bad_encoding", f"byte 0x{ord(bad_byte.group()) - 0xDC00:02x} at column {bad_byte.start() + 1} is not UTF-8")
@@ -115,28 +136,34 @@ def load_amazon_json(path: str | Path, meta_path: Optional[str | Path] = None, o
             if not isinstance(rec, dict):
                 bad(where, "bad_json", f"expected a JSON object, got {type(rec).__name__}")
                 continue
-            missing = [k for k in ("reviewerID", "asin", "overall", "unixReviewTime") if rec.get(k) in (None, "")]
+            missing = [k for k in _FIELDS if rec.get(k) in (None, "")]
             if missing:
                 bad(where, "missing_field", f"missing field {missing[0]!r}")
                 continue
-            rating = parse_rating(rec["overall"], where, bad, bounds)
+            rating = parse_rating(rec["overall"], where, bad, self.bounds)
             if rating is None:
                 continue
             ts = parse_timestamp(rec["unixReviewTime"], where, bad)
             if ts is None:
                 continue
-            cols["user"].append(str(rec["reviewerID"]).strip())
-            cols["item"].append(str(rec["asin"]).strip())
-            cols["timestamp"].append(ts)
-            cols["rating"].append(rating)
-            cols["review"].append(_clean(rec.get("reviewText")))
-            cols["summary"].append(_clean(rec.get("summary")))
-    if not cols["user"]:
-        raise DataError(f"{p}: no reviews left after skipping bad records")
-    titles = read_metadata(meta_path, bad) if meta_path else {}
-    inter = interactions_frame(**cols)
-    ids = sorted(set(cols["item"]))
-    items = items_frame(ids, [titles.get(a, "") for a in ids])
-    name = p.name.split(".")[0]
-    bad.log_summary(name)
-    return RecData(name=f"amazon-{name}", interactions=inter, items=items, skipped=bad.as_dict())
+            out.add(str(rec["reviewerID"]).strip(), str(rec["asin"]).strip(), ts, n, rating=rating,
+                    review=_clean(rec.get("reviewText")), summary=_clean(rec.get("summary")))
+            if out.full():
+                yield out.take()
+        if len(out):
+            yield out.take()
+
+    def titles(self, bad: BadRecords) -> dict[str, str]:
+        """asin -> title from the metadata file (none without one)."""
+        return read_metadata(self.meta_path, bad) if self.meta_path else {}
+
+    def items(self, used: set[str], bad: BadRecords) -> pd.DataFrame:
+        titles = self.titles(bad)
+        ids = sorted(used)
+        return items_frame(ids, [titles.get(a, "") for a in ids])
+
+
+def load_amazon_json(path: str | Path, meta_path: Optional[str | Path] = None, on_bad_record: str = "error",
+                     bounds: Optional[tuple[float, float]] = (1.0, 5.0)) -> RecData:
+    """Reviews file (+ optional metadata) -> RecData with rating, review and summary set."""
+    return read_all(AmazonSource(path, meta_path, bounds), on_bad_record)

@@ -10,7 +10,8 @@ A folder holding two files (UTF-8, header row, comma-separated, standard CSV quo
 column is filled it is honoured exactly, so it must then be filled on every row, and every user
 in valid/test needs at least one train row. Items with an empty title get a pseudo-title from
 training reviews at split time. Records are read with the csv module so that every problem is
-reported with the line it starts on.
+reported with the line it starts on. The interactions file is read in byte ranges (see
+:mod:`ckf_dist.data.ranges`), each by the same record parser.
 
 A quoted field may span lines only in the free-text columns (review, summary, title,
 description). A record whose line break sits elsewhere, or a multi-line record that is malformed,
@@ -26,8 +27,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Optional
 
+import pandas as pd
+
 from ckf_dist.data.errors import BadRecords, DataError, parse_rating, parse_timestamp, require_file
-from ckf_dist.data.table import SPLITS, RecData, interactions_frame, items_frame
+from ckf_dist.data.ranges import Range, iter_csv, newline_count, plain_lines, plan_ranges
+from ckf_dist.data.source import Mapper, ReadTask, RowBatcher, Source, read_all, serial_map
+from ckf_dist.data.table import SPLITS, RecData, items_frame
 
 REQUIRED = ("user_id", "item_id", "timestamp")
 OPTIONAL = ("rating", "label", "review", "summary", "split")
@@ -128,7 +133,8 @@ def _fields(path: Path, header: list[str], rows, bad: BadRecords) -> Iterator[tu
         yield where, dict(zip(header, row))
 
 
-def _read_items(path: Path, bad: BadRecords) -> tuple[list[str], list[str], list[str]]:
+def read_items(path: Path, bad: BadRecords) -> tuple[list[str], list[str], list[str]]:
+    """items.csv -> (ids, titles, descriptions)."""
     ids, titles, descs = [], [], []
     seen: set[str] = set()
     for where, f in csv_rows(path, bad, ("item_id", "title")):
@@ -146,80 +152,120 @@ def _read_items(path: Path, bad: BadRecords) -> tuple[list[str], list[str], list
     return ids, titles, descs
 
 
+def interaction_record(where: str, order: int, get: dict[str, str], known_items: frozenset, item_file: str,
+                       bounds: Optional[tuple[float, float]], bad: BadRecords, out: RowBatcher) -> None:
+    """One interaction record (column -> text; REQUIRED columns present, OPTIONAL ones where the
+    file has them) into `out`, or reported to `bad`."""
+    user, item = get["user_id"].strip(), get["item_id"].strip()
+    if not user or not item:
+        bad(where, "missing_id", "empty user_id or item_id")
+        return
+    if item not in known_items:
+        bad(where, "unknown_item", f"item {item!r} is not in {item_file}")
+        return
+    ts = _parse_time(get["timestamp"], where, bad)
+    if ts is None:
+        return
+    rating = label = float("nan")
+    r_text, l_text = get.get("rating", "").strip(), get.get("label", "").strip()
+    if not r_text and not l_text:
+        bad(where, "missing_rating", "neither rating nor label given")
+        return
+    if r_text or "label" not in get:
+        r = parse_rating(r_text, where, bad, bounds)
+        if r is None:
+            return
+        rating = r
+    if l_text:
+        lab = _parse_label(l_text, where, bad)
+        if lab is None:
+            return
+        label = lab
+    split = get.get("split", "").strip()
+    if split and split not in SPLITS:
+        bad(where, "bad_split", f"split {split!r} is not one of {', '.join(SPLITS)}")
+        return
+    out.add(user, item, ts, order, rating=rating, label=label, review=get.get("review", "").strip(),
+            summary=get.get("summary", "").strip(), split=split)
+
+
+def check_header(path: Path, header: list[str]) -> dict[str, int]:
+    """Column -> position of the REQUIRED and OPTIONAL columns; a one-line DataError when one is missing."""
+    for c in REQUIRED:
+        if c not in header:
+            raise DataError(f"{path}:1: missing column {c!r} (have {', '.join(header)})")
+    if "rating" not in header and "label" not in header:
+        raise DataError(f"{path}:1: needs a 'rating' or a 'label' column (have {', '.join(header)})")
+    return {c: header.index(c) for c in REQUIRED + OPTIONAL if c in header}
+
+
+def csv_header(path: Path) -> tuple[list[str], int, int]:
+    """(header fields, byte offset where the body starts, line number of the body's first line)
+    of a CSV file; blank lines before the header are skipped."""
+    r = Range(str(path), 0, -1, 1)
+    for _, fields, after, _ in iter_csv(r):
+        return [c.strip() for c in fields], after, 1 + newline_count(Range(str(path), 0, after, 1))
+    raise DataError(f"{path}: empty file (expected a header row)")
+
+
+class CsvSource(Source):
+    """``interactions.csv`` + ``items.csv`` in a folder (see the module docstring)."""
+
+    has_split_column = True
+
+    def __init__(self, folder: str | Path, bad: BadRecords, bounds: Optional[tuple[float, float]] = None):
+        folder = Path(folder)
+        self.folder, self.bounds = folder, bounds
+        self.path = require_file(folder / "interactions.csv", "interactions file")
+        items_path = require_file(folder / "items.csv", "items file")
+        self.item_file = items_path.name
+        self.item_ids, self.titles, self.descs = read_items(items_path, bad)
+        self.known_items = frozenset(self.item_ids)
+        self.header, self.body_start, self.body_line = csv_header(self.path)
+        self.pos = check_header(self.path, self.header)
+        self.n_fields = len(self.header)
+        self.name = folder.name or "csv"
+        self.empty_message = f"{self.path}: no interactions left after skipping bad records"
+
+    def plan(self, block_bytes: int, run: Mapper = serial_map) -> list[ReadTask]:
+        ranges = plan_ranges(self.path, self.body_start, self.body_line, block_bytes, run, True)
+        return [ReadTask(k, r) for k, r in enumerate(ranges)]
+
+    def where(self, order: int) -> str:
+        return f"{self.path}:{order}"
+
+    def read(self, task: ReadTask, bad: BadRecords) -> Iterator[dict[str, list]]:
+        out = RowBatcher()
+        plain = plain_lines(task.range)
+        records = ((n, line.split(","), 0, n) for n, line in plain) if plain is not None else iter_csv(task.range)
+        for n, row, _, end in records:
+            if plain is not None and not any(c.strip() for c in row):
+                continue
+            check_quoting(self.path, self.header, n, row, end)
+            self._record(n, row, bad, out)
+            if out.full():
+                yield out.take()
+        if len(out):
+            yield out.take()
+
+    def _record(self, n: int, row: list[str], bad: BadRecords, out: RowBatcher) -> None:
+        where = f"{self.path}:{n}"
+        if len(row) != self.n_fields:
+            bad(where, "wrong_field_count", f"expected {self.n_fields} comma-separated fields, got {len(row)}")
+            return
+        interaction_record(where, n, {c: row[i] for c, i in self.pos.items()}, self.known_items, self.item_file,
+                           self.bounds, bad, out)
+
+    def items(self, used: set[str], bad: BadRecords) -> pd.DataFrame:
+        keep = [k for k, i in enumerate(self.item_ids) if i in used]
+        return items_frame([self.item_ids[k] for k in keep], [self.titles[k] for k in keep], [self.descs[k] for k in keep])
+
+    def item_titles(self) -> Optional[dict[str, tuple[str, str]]]:
+        return dict(zip(self.item_ids, zip(self.titles, self.descs)))
+
+
 def load_csv(folder: str | Path, on_bad_record: str = "error", bounds: Optional[tuple[float, float]] = None) -> RecData:
     """``interactions.csv`` + ``items.csv`` in `folder` -> RecData (split column kept when filled);
     ratings outside `bounds` (lo, hi: data.rating_scale) are bad records, any finite one without."""
-    folder = Path(folder)
     bad = BadRecords(on_bad_record)
-    inter_path = require_file(folder / "interactions.csv", "interactions file")
-    items_path = require_file(folder / "items.csv", "items file")
-    item_ids, titles, descs = _read_items(items_path, bad)
-    known_items = set(item_ids)
-
-    header, rows = csv_records(inter_path)
-    for c in REQUIRED:
-        if c not in header:
-            raise DataError(f"{inter_path}:1: missing column {c!r} (have {', '.join(header)})")
-    if "rating" not in header and "label" not in header:
-        raise DataError(f"{inter_path}:1: needs a 'rating' or a 'label' column (have {', '.join(header)})")
-    pos = {c: header.index(c) for c in REQUIRED + OPTIONAL if c in header}
-
-    recs: list[dict] = []
-    for n, row, end in rows:
-        where = f"{inter_path}:{n}"
-        check_quoting(inter_path, header, n, row, end)
-        if len(row) != len(header):
-            bad(where, "wrong_field_count", f"expected {len(header)} comma-separated fields, got {len(row)}")
-            continue
-        get = {c: row[i] for c, i in pos.items()}
-        user, item = get["user_id"].strip(), get["item_id"].strip()
-        if not user or not item:
-            bad(where, "missing_id", "empty user_id or item_id")
-            continue
-        if item not in known_items:
-            bad(where, "unknown_item", f"item {item!r} is not in {items_path.name}")
-            continue
-        ts = _parse_time(get["timestamp"], where, bad)
-        if ts is None:
-            continue
-        rating = label = float("nan")
-        r_text, l_text = get.get("rating", "").strip(), get.get("label", "").strip()
-        if not r_text and not l_text:
-            bad(where, "missing_rating", "neither rating nor label given")
-            continue
-        if r_text or "label" not in pos:
-            r = parse_rating(r_text, where, bad, bounds)
-            if r is None:
-                continue
-            rating = r
-        if l_text:
-            lab = _parse_label(l_text, where, bad)
-            if lab is None:
-                continue
-            label = lab
-        split = get.get("split", "").strip()
-        if split and split not in SPLITS:
-            bad(where, "bad_split", f"split {split!r} is not one of {', '.join(SPLITS)}")
-            continue
-        recs.append({"line": n, "user": user, "item": item, "timestamp": ts, "rating": rating, "label": label,
-                     "review": get.get("review", "").strip(), "summary": get.get("summary", "").strip(),
-                     "split": split})
-
-    if any(r["split"] for r in recs):
-        kept = []
-        for r in recs:
-            if r["split"]:
-                kept.append(r)
-            else:
-                bad(f"{inter_path}:{r['line']}", "missing_split", "empty split while other rows set one")
-        recs = kept  # held-out users without a train row are kept: the `new` group
-
-    if not recs:
-        raise DataError(f"{inter_path}: no interactions left after skipping bad records")
-    cols = {c: [r[c] for r in recs] for c in ("user", "item", "timestamp", "rating", "label", "review", "summary", "split")}
-    inter = interactions_frame(**cols)
-    used = set(cols["item"])
-    keep = [k for k, i in enumerate(item_ids) if i in used]
-    items = items_frame([item_ids[k] for k in keep], [titles[k] for k in keep], [descs[k] for k in keep])
-    bad.log_summary(folder.name or str(folder))
-    return RecData(name=folder.name or "csv", interactions=inter, items=items, skipped=bad.as_dict())
+    return read_all(CsvSource(folder, bad, bounds), on_bad_record, counts=bad.counts)

@@ -45,8 +45,10 @@ Protocol:
 - **Groups**: ``group`` is the user's group, ``warm`` (more than ``data.cold_threshold`` training
   interactions), ``cold`` (1 to that many) or ``new`` (none: first seen after training);
   ``warm`` is the same as a bool.
-- **Seeds**: each (split, task) draws from its own ``random.Random("ckf-samples/<seed>/<split>/<task>")``
-  stream (string seeds hash deterministically), so adding a task or
+- **Seeds**: each (split, task, user) draws from its own
+  ``random.Random("ckf-samples/<seed>/<split>/<task>/<u>")`` stream (string seeds hash
+  deterministically): a user's samples depend only on that user's rows, so any partition of the
+  users (one process, or many workers and blocks) gives the same samples, and adding a task or
   changing one split's settings leaves the other samples unchanged.
 
 Skipped targets (empty summary, too few unseen items) are counted: pass ``counts`` to receive
@@ -58,13 +60,15 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
-from typing import Optional
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import numpy as np
 
 from ckf_dist.config import Config
 from ckf_dist.data.errors import DataError
 from ckf_dist.data.table import SPLITS, SplitData
+from ckf_dist.rating_scale import RatingScale
 from ckf_dist.tasks import (
     TASKS,
     available_tasks,
@@ -87,11 +91,12 @@ SPLIT_LEVEL = {"train": 0, "valid": 1, "test": 2, "serve": 2}
 class _User:
     """One user's interactions in time order, as arrays (positions index into these)."""
 
-    __slots__ = ("u", "i", "ts", "level", "split", "pos", "rating", "rating_text", "review", "summary", "has_review",
-                 "has_summary", "liked", "rated", "seen")
+    __slots__ = ("u", "raw", "group", "i", "ts", "level", "split", "pos", "rating", "rating_text", "review", "summary",
+                 "has_review", "has_summary", "liked", "rated", "seen")
 
-    def __init__(self, u: int, rows: dict[str, np.ndarray]):
+    def __init__(self, u: int, raw: str, rows: dict[str, np.ndarray], cold_threshold: int):
         self.u = u
+        self.raw = raw
         self.i = rows["i"]
         self.ts = rows["timestamp"]
         self.split = rows["split"]
@@ -106,6 +111,8 @@ class _User:
         self.liked = self.pos >= 0.5
         self.rated = ~np.isnan(self.rating)
         self.seen = set(self.i.tolist())
+        n_train = int((self.split == "train").sum())
+        self.group = "new" if n_train == 0 else "warm" if n_train > cold_threshold else "cold"
 
     def history(self, p: int, split: str, n: int, mask: Optional[np.ndarray] = None) -> np.ndarray:
         """Positions of the last n interactions strictly before position p in time (p = len: after all)
@@ -117,18 +124,35 @@ class _User:
         return np.flatnonzero(ok)[-n:] if n > 0 else np.array([], dtype=np.int64)
 
 
+@dataclass
+class SampleContext:
+    """What sample building needs beyond one user's rows: O(items), the same for every user."""
+
+    titles: list[str]
+    """Title of each item id i."""
+    scale: RatingScale
+    explicit_ctr: bool
+    """data.ctr_negatives in force is explicit (see resolve_ctr_negatives)."""
+
+    @property
+    def num_items(self) -> int:
+        return len(self.titles)
+
+    @classmethod
+    def of(cls, sd: SplitData, cfg: Config) -> "SampleContext":
+        return cls(list(sd.item_titles), sd.scale, resolve_ctr_negatives(cfg.data, sd) == "explicit")
+
+
 class _Builder:
-    def __init__(self, sd: SplitData, cfg: Config, counts: Counter):
-        self.sd = sd
+    def __init__(self, ctx: SampleContext, cfg: Config, counts: Counter):
         self.cfg = cfg
         self.d = cfg.data
         self.ph = cfg.model.placeholder_token
-        self.titles = sd.item_titles
-        self.scale = sd.scale
-        self.num_items = sd.num_items
-        self.groups = sd.user_groups()
+        self.titles = ctx.titles
+        self.scale = ctx.scale
+        self.num_items = ctx.num_items
         self.counts = counts
-        self.explicit_ctr = resolve_ctr_negatives(cfg.data, sd) == "explicit"
+        self.explicit_ctr = ctx.explicit_ctr
 
     # -- sampling helpers ---------------------------------------------------------------
 
@@ -178,7 +202,7 @@ class _Builder:
             "task": task,
             "split": split,
             "user": int(u),
-            "user_id": self.sd.user_ids[u],
+            "user_id": user.raw,
             "items": [int(x) for x in items],
             "history": [int(x) for x in history],
             "prompt": prompt,
@@ -187,8 +211,8 @@ class _Builder:
             "label": None if label is None else float(label),
             "candidates": [int(x) for x in (candidates or [])],
             "answer": int(answer),
-            "warm": bool(self.groups[u] == "warm"),
-            "group": str(self.groups[u]),
+            "warm": user.group == "warm",
+            "group": user.group,
         }
 
     # -- tasks ---------------------------------------------------------------------------
@@ -266,6 +290,7 @@ class _Builder:
     # -- driver ----------------------------------------------------------------------------
 
     def eligible(self, task: str, user: _User, split: str) -> list[int]:
+        """Positions of the user's `split` rows that are targets of `task` (empty summaries are counted as skipped)."""
         in_split = user.split == split
         if task == "topk":
             mask = in_split & (user.pos >= 0.5)
@@ -282,11 +307,14 @@ class _Builder:
             mask = in_split
         return np.flatnonzero(mask).tolist()
 
+    def _cap(self, split: str) -> Optional[int]:
+        return self.d.samples_per_user if split == "train" and self.d.samples_per_user > 0 else None
+
     def build(self, task: str, split: str, user: _User, rng: random.Random) -> list[dict]:
         positions = self.eligible(task, user, split)
         if not positions:
             return []
-        cap = self.d.samples_per_user if split == "train" and self.d.samples_per_user > 0 else None
+        cap = self._cap(split)
         if cap is not None:
             per = (cap + 1) // 2 if task == "ctr" and not self.explicit_ctr else cap
             positions = self.pick_train(rng, positions, per)
@@ -299,9 +327,14 @@ class _Builder:
 
 def resolve_ctr_negatives(d, sd: SplitData) -> str:
     """data.ctr_negatives in force: auto = explicit when the data carry ratings or labels."""
+    return ctr_negatives_of(d, sd.has_rating, sd.has_label)
+
+
+def ctr_negatives_of(d, has_rating: bool, has_label: bool) -> str:
+    """resolve_ctr_negatives from the data's flags."""
     if d.ctr_negatives != "auto":
         return d.ctr_negatives
-    return "explicit" if (sd.has_rating or sd.has_label) else "sampled"
+    return "explicit" if (has_rating or has_label) else "sampled"
 
 
 def protocol_of(cfg: Config, sd: SplitData) -> dict:
@@ -320,7 +353,12 @@ def protocol_of(cfg: Config, sd: SplitData) -> dict:
 
 
 def _users(sd: SplitData) -> list[_User]:
-    inter = sd.inter
+    return users_of(sd.inter, sd.user_ids, sd.scale, sd.cold_threshold)
+
+
+def users_of(inter, user_ids: Sequence[str], scale: RatingScale, cold_threshold: int, base: int = 0) -> list[_User]:
+    """The users of an interaction table holding every row of each of its users (columns of
+    SplitData.inter); `user_ids[u - base]` is the raw id of user u."""
     order = np.lexsort((np.arange(len(inter)), inter["timestamp"].to_numpy(), inter["u"].to_numpy()))
     inter = inter.iloc[order]
     u = inter["u"].to_numpy()
@@ -330,7 +368,7 @@ def _users(sd: SplitData) -> list[_User]:
         "split": inter["split"].to_numpy(dtype=object).astype(str),
         "pos": inter["pos"].to_numpy(dtype=np.float64),
         "rating": inter["rating"].to_numpy(dtype=np.float64),
-        "rating_text": sd.scale.answer_texts(inter["rating"].to_numpy(dtype=np.float64)),
+        "rating_text": scale.answer_texts(inter["rating"].to_numpy(dtype=np.float64)),
         "review": inter["review"].to_numpy(dtype=object),
         "summary": inter["summary"].to_numpy(dtype=object),
         "has_review": (inter["review"].str.strip().str.len() > 0).to_numpy(dtype=bool),
@@ -338,7 +376,35 @@ def _users(sd: SplitData) -> list[_User]:
     }
     starts = np.r_[0, np.flatnonzero(np.diff(u)) + 1] if len(u) else np.array([], dtype=np.int64)
     ends = np.r_[starts[1:], len(u)]
-    return [_User(int(u[s]), {k: v[s:e] for k, v in cols.items()}) for s, e in zip(starts.tolist(), ends.tolist())]
+    return [_User(int(u[s]), str(user_ids[int(u[s]) - base]), {k: v[s:e] for k, v in cols.items()}, cold_threshold)
+            for s, e in zip(starts.tolist(), ends.tolist())]
+
+
+def check_tasks(cfg: Config, name: str, avail: list[str]) -> None:
+    """DataError unless every task of cfg.tasks exists and can be built (`avail`: available_tasks)."""
+    for t in cfg.tasks:
+        if t not in TASKS:
+            raise DataError(f"unknown task {t!r} (choose from {', '.join(TASKS)})")
+        if t not in avail:
+            raise DataError(f"task {t!r} needs {missing_requirement(t)}, which dataset {name!r} lacks "
+                            f"(available: {', '.join(avail)})")
+
+
+def user_rng(seed: int, split: str, task: str, u: int) -> random.Random:
+    """The random stream of one (split, task, user): see "Seeds" in the module docstring."""
+    return random.Random(f"ckf-samples/{seed}/{split}/{task}/{u}")
+
+
+class UserSampler:
+    """Samples of one user at a time: the unit every engine shares."""
+
+    def __init__(self, ctx: SampleContext, cfg: Config, counts: Optional[Counter] = None):
+        self.cfg = cfg
+        self.counts: Counter = counts if counts is not None else Counter()
+        self.builder = _Builder(ctx, cfg, self.counts)
+
+    def samples(self, user: _User, split: str, task: str) -> list[dict]:
+        return self.builder.build(task, split, user, user_rng(self.cfg.seed, split, task, user.u))
 
 
 def build_samples(sd: SplitData, cfg: Config, counts: Optional[dict] = None) -> dict[str, list[dict]]:
@@ -347,22 +413,15 @@ def build_samples(sd: SplitData, cfg: Config, counts: Optional[dict] = None) -> 
     Raises DataError when a requested task cannot be built from this data (e.g. rating on
     label-only data). `counts`, when given, receives the skipped-target counters.
     """
-    avail = available_tasks(sd)
-    for t in cfg.tasks:
-        if t not in TASKS:
-            raise DataError(f"unknown task {t!r} (choose from {', '.join(TASKS)})")
-        if t not in avail:
-            raise DataError(f"task {t!r} needs {missing_requirement(t)}, which dataset {sd.name!r} lacks "
-                            f"(available: {', '.join(avail)})")
+    check_tasks(cfg, sd.name, available_tasks(sd))
     skipped: Counter = Counter()
-    builder = _Builder(sd, cfg, skipped)
+    sampler = UserSampler(SampleContext.of(sd, cfg), cfg, skipped)
     users = _users(sd)
     out: dict[str, list[dict]] = {s: [] for s in SPLITS}
     for split in SPLITS:
         for task in cfg.tasks:
-            rng = random.Random(f"ckf-samples/{cfg.seed}/{split}/{task}")
             for user in users:
-                out[split].extend(builder.build(task, split, user, rng))
+                out[split].extend(sampler.samples(user, split, task))
     if skipped:
         log.warning("%s samples: skipped %s", sd.name, ", ".join(f"{k}={v}" for k, v in sorted(skipped.items())))
     if counts is not None:
@@ -392,15 +451,17 @@ def check_sample(sample: dict, placeholder: str) -> None:
 
 def _serving_user(sd: SplitData, u: int) -> _User:
     """User u with every known interaction treated as history (serving time: nothing is held out)."""
-    sub = sd.inter[sd.inter["u"] == u].copy()
-    sub["split"] = "train"
-    view = SplitData(name=sd.name, inter=sub, user_ids=sd.user_ids, item_ids=sd.item_ids,
-                     item_titles=sd.item_titles, item_text=sd.item_text, cold_threshold=sd.cold_threshold,
-                     rating_scale=sd.rating_scale)
-    users = _users(view)
-    if not users:
+    rows = sd.inter[sd.inter["u"] == u]
+    if not len(rows):
         raise DataError(f"user {sd.user_ids[u]!r} has no interactions")
-    return users[0]
+    group = _users(SplitData(name=sd.name, inter=rows, user_ids=sd.user_ids, item_ids=sd.item_ids,
+                             item_titles=sd.item_titles, item_text=sd.item_text, cold_threshold=sd.cold_threshold,
+                             rating_scale=sd.rating_scale))[0].group
+    sub = rows.copy()
+    sub["split"] = "train"
+    user = users_of(sub, sd.user_ids, sd.scale, sd.cold_threshold)[0]
+    user.group = group
+    return user
 
 
 def build_topk_request(sd: SplitData, cfg: Config, u: int, candidates: list[int], n: int = 0) -> dict:
@@ -409,7 +470,7 @@ def build_topk_request(sd: SplitData, cfg: Config, u: int, candidates: list[int]
     Same template and fields as the training/evaluation topk samples, so the candidate
     likelihoods `ckf recommend` computes are exactly the evaluation's scores.
     """
-    b = _Builder(sd, cfg, Counter())
+    b = _Builder(SampleContext.of(sd, cfg), cfg, Counter())
     user = _serving_user(sd, u)
     hist = user.i[user.history(len(user.i), "serve", cfg.data.history_len, user.liked)].tolist()
     fields = {"history": [sd.item_titles[h] for h in hist], "candidates": [sd.item_titles[c] for c in candidates]}
@@ -420,7 +481,7 @@ def build_topk_request(sd: SplitData, cfg: Config, u: int, candidates: list[int]
 
 def build_explanation_request(sd: SplitData, cfg: Config, u: int, item: int) -> dict:
     """An explanation sample for serving (target empty: it is generated)."""
-    b = _Builder(sd, cfg, Counter())
+    b = _Builder(SampleContext.of(sd, cfg), cfg, Counter())
     user = _serving_user(sd, u)
     hist = user.i[user.history(len(user.i), "serve", cfg.data.history_len)].tolist()
     return b.sample("serve", "explanation", user, 0, [item], hist, {"title": sd.item_titles[item]}, "", None)

@@ -8,8 +8,12 @@ Layout under a shard folder::
     test/test-000000.tar ...
 
 The number of shards of each split is a multiple of `data.shard_multiple`, so that many
-(node x DataLoader worker) readers each get whole shards. Samples are dealt round-robin after
-a seeded shuffle, so every shard holds the same task mix.
+(node x DataLoader worker) readers each get whole shards. A split's samples are ordered by a
+seeded hash of their keys (:func:`sample_hashes`, ties by key) and cut into equal runs: shard k
+holds ranks ``[k N / n, (k + 1) N / n)`` of that order (sizes differ by at most one, so every
+reader's epoch has the same length). The hash order is a seeded shuffle, so every shard holds the
+same task mix in expectation; it depends on the samples alone, so any engine that writes the same
+samples, in any order and from any number of workers, writes the same bytes.
 
 Reading: :func:`sample_stream` composes webdataset stages explicitly: shard list (fixed or
 resampled), split by rank, split by DataLoader worker, shard reading (tar expansion and JSON
@@ -32,7 +36,9 @@ import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Iterator, Optional, Sequence
+
+import numpy as np
 
 from ckf_dist.data.errors import DataError
 from ckf_dist.fsutil import atomic_write, atomic_write_text, sha256_file
@@ -42,25 +48,113 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 
 
-def _write_tar(path: Path, samples: list[dict]) -> int:
-    """Write one shard atomically; returns its size in bytes."""
-    import webdataset as wds
+def encode_sample(sample: dict) -> bytes:
+    """A sample as its shard member's bytes (the one JSON encoding every writer uses)."""
+    return json.dumps(sample, sort_keys=True).encode()
+
+
+_BLOCK, _RECORD = 512, 10240
+
+
+def tar_member(name: str, data: bytes) -> bytes:
+    """One regular-file tar member (header + data padded to 512 bytes): the bytes webdataset's
+    TarWriter writes for it (ustar, mode 0444, uid/gid 0, owner "bigdata", mtime 0; a name over
+    100 bytes takes tarfile's pax header), built without tarfile's per-member cost."""
+    raw = name.encode()
+    pad = b"\0" * (-len(data) % _BLOCK)
+    if len(raw) > 100:
+        import tarfile
+
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.mtime, info.uname, info.gname = len(data), 0o444, 0, "bigdata", "bigdata"
+        return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape") + data + pad
+    h = bytearray(_BLOCK)
+    h[0:len(raw)] = raw
+    h[100:108] = b"0000444\0"
+    h[108:116] = b"0000000\0"
+    h[116:124] = b"0000000\0"
+    h[124:136] = b"%011o\0" % len(data)
+    h[136:148] = b"00000000000\0"
+    h[148:156] = b" " * 8
+    h[156:157] = b"0"
+    h[257:265] = b"ustar\x0000"
+    h[265:272] = b"bigdata"
+    h[297:304] = b"bigdata"
+    h[148:156] = b"%06o\0 " % sum(h)
+    return bytes(h) + data + pad
+
+
+def write_tar(path: Path, members: Iterable[tuple[str, bytes]]) -> tuple[int, str]:
+    """Write one shard atomically from (sample key, encoded sample) in shard order; returns its
+    size in bytes and its sha256 (hashed as it is written)."""
+    h = hashlib.sha256()
 
     def write(tmp: Path) -> None:
+        size = 0
         with open(tmp, "wb") as f:
-            with wds.TarWriter(f, encoder=False, mtime=0) as sink:
-                for s in samples:
-                    key = s["key"].replace("/", "_").replace(".", "_")
-                    sink.write({"__key__": key, "json": json.dumps(s, sort_keys=True).encode()})
+            for key, data in members:
+                m = tar_member(key.replace("/", "_").replace(".", "_") + ".json", data)
+                f.write(m)
+                h.update(m)
+                size += len(m)
+            end = 2 * _BLOCK
+            tail = b"\0" * (end + (-(size + end) % _RECORD))
+            f.write(tail)
+            h.update(tail)
 
     atomic_write(path, write)
-    return path.stat().st_size
+    return path.stat().st_size, h.hexdigest()
 
 
 def num_shards(n_samples: int, samples_per_shard: int, multiple: int) -> int:
     """Smallest multiple of `multiple` with at most `samples_per_shard` samples per shard."""
     n = max(1, math.ceil(n_samples / samples_per_shard))
     return int(math.ceil(n / multiple) * multiple)
+
+
+def sample_hashes(keys: Sequence[str], seed: int) -> np.ndarray:
+    """Seeded 64-bit hash of each sample key (uint64 [n]): a sample's shard is hash % n_shards and
+    the shard lists its samples by (hash, key)."""
+    import pandas as pd
+
+    if not len(keys):
+        return np.zeros(0, dtype=np.uint64)
+    salt = hashlib.sha256(f"ckf-shards/{seed}".encode()).hexdigest()[:16]
+    return pd.util.hash_array(np.asarray(keys, dtype=object), hash_key=salt, categorize=False)
+
+
+def hash_order(keys: Sequence[str], hashes: np.ndarray) -> np.ndarray:
+    """The positions of the samples sorted by (hash, key): the split's shard order."""
+    if not len(keys):
+        return np.zeros(0, dtype=np.int64)
+    return np.lexsort((np.asarray(keys, dtype=object).astype(str), hashes))
+
+
+def shard_bounds(n_samples: int, n_shards: int) -> np.ndarray:
+    """Rank boundaries [n_shards + 1]: shard k holds ranks bounds[k]..bounds[k+1]-1 of the hash order."""
+    return (np.arange(n_shards + 1, dtype=np.int64) * n_samples) // n_shards
+
+
+def shard_path(split: str, k: int) -> str:
+    """A shard's path relative to the shard folder."""
+    return f"{split}/{split}-{k:06d}.tar"
+
+
+def split_manifest(split: str, shards: list[dict], tasks: dict[str, int]) -> dict:
+    """The manifest entry of one split: samples, samples per task, shards in order."""
+    return {"samples": int(sum(s["samples"] for s in shards)), "tasks": {t: int(n) for t, n in sorted(tasks.items())},
+            "shards": sorted(shards, key=lambda s: s["path"])}
+
+
+def write_manifest(out_dir: str | Path, *, dataset_fingerprint: str, config_hash: str, seed: int,
+                   splits: dict[str, dict], extra: Optional[dict] = None) -> dict:
+    """Write `manifest.json` atomically (after every shard is written); returns it."""
+    manifest: dict = {"dataset_fingerprint": dataset_fingerprint, "config_hash": config_hash, "seed": seed,
+                      "splits": splits}
+    if extra:
+        manifest.update(extra)
+    atomic_write_text(Path(out_dir) / MANIFEST, json.dumps(manifest, indent=2))
+    return manifest
 
 
 def write_shards(
@@ -79,36 +173,27 @@ def write_shards(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    manifest: dict = {
-        "dataset_fingerprint": dataset_fingerprint,
-        "config_hash": config_hash,
-        "seed": seed,
-        "splits": {},
-    }
+    splits: dict[str, dict] = {}
     for split, samples in samples_by_split.items():
         d = out / split
         d.mkdir(exist_ok=True)
         for old in d.glob("*.tar"):
             old.unlink()
-        order = list(range(len(samples)))
-        random.Random(f"{seed}/{split}").shuffle(order)
         n = num_shards(len(samples), samples_per_shard, shard_multiple)
-        buckets: list[list[dict]] = [[] for _ in range(n)]
-        for j, idx in enumerate(order):
-            buckets[j % n].append(samples[idx])
+        keys = [s["key"] for s in samples]
+        order = hash_order(keys, sample_hashes(keys, seed))
+        bounds = shard_bounds(len(samples), n)
         shards = []
-        for k, bucket in enumerate(tqdm(buckets, desc=f"shards {split}", leave=False, disable=None)):
-            name = f"{split}/{split}-{k:06d}.tar"
-            size = _write_tar(out / name, bucket)
-            shards.append({"path": name, "samples": len(bucket), "bytes": size, "sha256": sha256_file(out / name)})
+        for k in tqdm(range(n), desc=f"shards {split}", leave=False, disable=None):
+            part = order[bounds[k]: bounds[k + 1]]
+            size, digest = write_tar(out / shard_path(split, k), ((keys[j], encode_sample(samples[j])) for j in part))
+            shards.append({"path": shard_path(split, k), "samples": int(len(part)), "bytes": size, "sha256": digest})
         per_task: dict[str, int] = {}
         for s in samples:
             per_task[s["task"]] = per_task.get(s["task"], 0) + 1
-        manifest["splits"][split] = {"samples": len(samples), "tasks": dict(sorted(per_task.items())), "shards": shards}
-    if extra:
-        manifest.update(extra)
-    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2))
-    return manifest
+        splits[split] = split_manifest(split, shards, per_task)
+    return write_manifest(out, dataset_fingerprint=dataset_fingerprint, config_hash=config_hash, seed=seed,
+                          splits=splits, extra=extra)
 
 
 def load_manifest(shard_dir: str | Path) -> dict:
@@ -152,12 +237,12 @@ def verify_shards(shard_dir: str | Path) -> Optional[str]:
 
 
 def fingerprint_frame(df) -> str:
-    """Content hash of a pandas DataFrame (the dataset fingerprint in the manifest)."""
-    import pandas as pd
+    """Content hash of a pandas DataFrame (the dataset fingerprint in the manifest): independent of
+    the row order, so engines that hold the table in pieces compute it piece by piece
+    (:mod:`ckf_dist.data.fingerprint`)."""
+    from ckf_dist.data.fingerprint import RowDigest
 
-    h = hashlib.sha256(pd.util.hash_pandas_object(df, index=False).values.tobytes())
-    h.update(",".join(map(str, df.columns)).encode())
-    return h.hexdigest()[:16]
+    return RowDigest.of(df).hexdigest()
 
 
 # --------------------------------------------------------------------------------------------

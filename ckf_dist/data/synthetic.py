@@ -13,17 +13,26 @@ A small latent-factor world that every task can learn from:
   of the rating's sentiment, so review_rating and explanation are learnable from text.
 
 Same (config, seed) -> identical data; the whole default world builds in well under a second.
-With more than ``len(TOPICS)`` latent factors, factors share topic words cyclically.
+With more than ``len(TOPICS)`` latent factors, factors share topic words cyclically. Users are
+generated in blocks of ``BLOCK_USERS``, each from its own seeded stream (the affinity is
+standardised with its exact mean and deviation over all user-item pairs, computed from the
+factors' Gram matrices), so any block can be generated alone, by any worker, with the same result:
+memory grows with the block, not with the number of users.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Iterator, Optional
 
 import numpy as np
+import pandas as pd
 
 from ckf_dist.config import SyntheticConfig
-from ckf_dist.data.table import RecData, interactions_frame, items_frame
+from ckf_dist.data.errors import BadRecords
+from ckf_dist.data.source import ReadTask, Source, read_all
+from ckf_dist.data.table import RecData, items_frame
 
 # name, title nouns, title adjectives, review words
 TOPICS: list[tuple[str, list[str], list[str], list[str]]] = [
@@ -152,39 +161,121 @@ def _texts(rating: int, item_topics: np.ndarray, user_topic: int, rng: np.random
     return review, summary
 
 
+BLOCK_USERS = 1000
+"""Users per generation block (a constant of the data set: it fixes each block's random stream)."""
+
+
+def num_blocks(cfg: SyntheticConfig) -> int:
+    return max(1, -(-cfg.num_users // BLOCK_USERS))
+
+
+def item_titles(world: SyntheticWorld, seed: int) -> list[str]:
+    return _titles(world, np.random.default_rng([seed, 7304]))
+
+
+def _affinity_moments(world: SyntheticWorld) -> tuple[float, float]:
+    """Mean and standard deviation of u.v over every user-item pair, without the [users, items] matrix."""
+    uf, vf = world.user_factors, world.item_factors
+    pairs = uf.shape[0] * vf.shape[0]
+    mean = float(uf.sum(0) @ vf.sum(0)) / pairs
+    second = float(np.sum((uf.T @ uf) * (vf.T @ vf))) / pairs
+    return mean, math.sqrt(max(second - mean * mean, 0.0))
+
+
+class SyntheticGenerator:
+    """The synthetic data set, block by block (block b = users b*BLOCK_USERS ...)."""
+
+    def __init__(self, cfg: SyntheticConfig, seed: int):
+        self.cfg, self.seed = cfg, seed
+        self.world = build_world(cfg, seed)
+        self.titles = item_titles(self.world, seed)
+        self.moments = _affinity_moments(self.world)
+
+    def block(self, b: int) -> dict[str, list]:
+        """Columns user, item, timestamp, rating, review, summary of block b's interactions, users in
+        order and each user's interactions in time order."""
+        cfg, world = self.cfg, self.world
+        lo, hi = b * BLOCK_USERS, min((b + 1) * BLOCK_USERS, cfg.num_users)
+        n, n_items = hi - lo, cfg.num_items
+        rng = np.random.default_rng([self.seed, 7302, b])
+        mean, std = self.moments
+        z = (world.user_factors[lo:hi] @ world.item_factors.T - mean) / (std + 1e-9)  # [n, items]
+        logits = z + world.item_bias[None, :]
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        counts = np.maximum(8, rng.poisson(cfg.interactions_per_user, size=n))
+        # A seeded share of users has a short history (4-7 interactions -> at most 5 in train: cold).
+        short = rng.random(n) < cfg.cold_user_frac
+        counts = np.minimum(np.where(short, rng.integers(4, 8, size=n), counts), n_items)
+        cols: dict[str, list] = {k: [] for k in ("user", "item", "timestamp", "rating", "review", "summary")}
+        base = 1_600_000_000
+        for k in range(n):
+            u = lo + k
+            chosen = rng.choice(n_items, size=int(counts[k]), replace=False, p=probs[k])
+            start = base + int(rng.integers(0, 365 * 86400))
+            times = start + np.cumsum(rng.integers(600, 4 * 86400, size=len(chosen)))
+            noise = 0.5 * rng.standard_normal(len(chosen))
+            r = np.clip(np.rint(2.4 + 1.1 * z[k, chosen] + noise), 1, 5).astype(int)
+            for i, t, rr in zip(chosen, times, r):
+                review, summary = _texts(int(rr), world.item_topics[i], int(world.user_topics[u, 0]), rng)
+                cols["user"].append(f"user{u}")
+                cols["item"].append(f"item{int(i)}")
+                cols["timestamp"].append(int(t))
+                cols["rating"].append(float(rr))
+                cols["review"].append(review)
+                cols["summary"].append(summary)
+        return cols
+
+    def items(self) -> pd.DataFrame:
+        """Every item with its title (the item file of the synthetic data set)."""
+        return items_frame([f"item{k}" for k in range(self.cfg.num_items)], self.titles)
+
+
+ROW_BYTES = 330
+"""About the bytes of one synthetic interaction once read (review and summary text): sizes the read tasks."""
+
+
+class SyntheticSource(Source):
+    """The generator as a source: each read task generates a run of user blocks."""
+
+    name = "synthetic"
+
+    def __init__(self, cfg: SyntheticConfig, seed: int):
+        self.cfg, self.seed = cfg, seed
+        self._gen: Optional[SyntheticGenerator] = None
+
+    @property
+    def gen(self) -> SyntheticGenerator:
+        if self._gen is None:
+            self._gen = SyntheticGenerator(self.cfg, self.seed)
+        return self._gen
+
+    def __getstate__(self):  # workers rebuild the (seeded) world instead of receiving it
+        return {"cfg": self.cfg, "seed": self.seed, "_gen": None}
+
+    def plan(self, block_bytes: int, run=None) -> list[ReadTask]:
+        per_task = max(1, block_bytes // (ROW_BYTES * max(1, self.cfg.interactions_per_user) * BLOCK_USERS))
+        n = num_blocks(self.cfg)
+        return [ReadTask(k, part=(b, min(b + per_task, n))) for k, b in enumerate(range(0, n, per_task))]
+
+    def size_hint(self, tasks: list[ReadTask]) -> int:
+        return self.cfg.num_users * self.cfg.interactions_per_user * ROW_BYTES
+
+    def read(self, task: ReadTask, bad: BadRecords) -> Iterator[dict[str, list]]:
+        for b in range(*task.part):
+            cols = self.gen.block(b)
+            n = len(cols["user"])
+            nan = [float("nan")] * n
+            yield {**cols, "label": nan, "split": [""] * n, "order": [(b << 32) + k for k in range(n)]}
+
+    def items(self, used: set[str], bad: BadRecords) -> pd.DataFrame:
+        ids = sorted(used, key=lambda s: int(s[4:]))
+        return items_frame(ids, [self.gen.titles[int(s[4:])] for s in ids])
+
+    def item_titles(self) -> Optional[dict[str, tuple[str, str]]]:
+        return {f"item{k}": (t, "") for k, t in enumerate(self.gen.titles)}
+
+
 def generate_synthetic(cfg: SyntheticConfig, seed: int) -> RecData:
     """A deterministic RecData with ratings, timestamps, reviews, summaries and item titles."""
-    world = build_world(cfg, seed)
-    rng = np.random.default_rng([seed, 7302])
-    n_users, n_items = cfg.num_users, cfg.num_items
-    aff = world.user_factors @ world.item_factors.T  # [users, items]
-    z = (aff - aff.mean()) / (aff.std() + 1e-9)
-    logits = z + world.item_bias[None, :]
-    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probs /= probs.sum(axis=1, keepdims=True)
-    counts = np.maximum(8, rng.poisson(cfg.interactions_per_user, size=n_users))
-    # A seeded share of users has a short history (4-7 interactions -> at most 5 in train: cold).
-    short = rng.random(n_users) < cfg.cold_user_frac
-    counts = np.minimum(np.where(short, rng.integers(4, 8, size=n_users), counts), n_items)
-
-    titles = _titles(world, rng)
-    users, items, stamps, ratings, reviews, summaries = [], [], [], [], [], []
-    base = 1_600_000_000
-    for u in range(n_users):
-        chosen = rng.choice(n_items, size=int(counts[u]), replace=False, p=probs[u])
-        start = base + int(rng.integers(0, 365 * 86400))
-        times = start + np.cumsum(rng.integers(600, 4 * 86400, size=len(chosen)))
-        noise = 0.5 * rng.standard_normal(len(chosen))
-        r = np.clip(np.rint(2.4 + 1.1 * z[u, chosen] + noise), 1, 5).astype(int)
-        for i, t, rr in zip(chosen, times, r):
-            review, summary = _texts(int(rr), world.item_topics[i], int(world.user_topics[u, 0]), rng)
-            users.append(f"user{u}")
-            items.append(f"item{int(i)}")
-            stamps.append(int(t))
-            ratings.append(float(rr))
-            reviews.append(review)
-            summaries.append(summary)
-    inter = interactions_frame(users, items, stamps, rating=ratings, review=reviews, summary=summaries)
-    used = sorted(set(items), key=lambda s: int(s[4:]))
-    item_frame = items_frame(used, [titles[int(s[4:])] for s in used])
-    return RecData(name="synthetic", interactions=inter, items=item_frame)
+    return read_all(SyntheticSource(cfg, seed), "error")

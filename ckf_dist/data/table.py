@@ -10,6 +10,7 @@ models, prompts or the LLM.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -122,11 +123,29 @@ class SplitData:
         n = self.train_counts()
         return np.where(n == 0, "new", np.where(n > self.cold_threshold, "warm", "cold")).astype(object)
 
+    @staticmethod
+    def parts_dir(folder: str | Path) -> Path:
+        """The folder of the interaction table's parts (``part-NNNNN.parquet``, in (u, time) order)."""
+        return Path(folder) / "interactions"
+
+    @classmethod
+    def clear(cls, folder: str | Path) -> None:
+        """Remove a saved split from `folder` (before a new one is written there)."""
+        folder = Path(folder)
+        shutil.rmtree(cls.parts_dir(folder), ignore_errors=True)
+        for name in ("interactions.parquet", "meta.json"):
+            (folder / name).unlink(missing_ok=True)
+
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(folder / "interactions.parquet", lambda tmp: self.inter.to_parquet(tmp, index=False))
-        meta = {
+        self.clear(folder)
+        parts = self.parts_dir(folder)
+        parts.mkdir(parents=True, exist_ok=True)
+        atomic_write(parts / "part-00000.parquet", lambda tmp: self.inter.to_parquet(tmp, index=False))
+        atomic_write_text(folder / "meta.json", json.dumps(self.meta_dict()))
+
+    def meta_dict(self) -> dict:
+        return {
             "name": self.name,
             "user_ids": self.user_ids,
             "item_ids": self.item_ids,
@@ -137,7 +156,6 @@ class SplitData:
             "protocol": self.protocol,
             "rating_scale": self.rating_scale,
         }
-        atomic_write_text(folder / "meta.json", json.dumps(meta))
 
     @staticmethod
     def read_meta(folder: str | Path) -> dict:
@@ -145,12 +163,19 @@ class SplitData:
         return json.loads((Path(folder) / "meta.json").read_text())
 
     @classmethod
-    def load(cls, folder: str | Path) -> "SplitData":
+    def load(cls, folder: str | Path, columns: Optional[list[str]] = None) -> "SplitData":
+        """The saved split; `columns` reads only those columns of the interactions (e.g. the CF
+        stage leaves out the review text, most of the table's memory)."""
         folder = Path(folder)
         meta = cls.read_meta(folder)
-        inter = pd.read_parquet(folder / "interactions.parquet")
+        parts = sorted(cls.parts_dir(folder).glob("part-*.parquet"))
+        if parts:
+            inter = pd.concat([pd.read_parquet(p, columns=columns) for p in parts], ignore_index=True)
+        else:  # a split saved before the table came in parts
+            inter = pd.read_parquet(folder / "interactions.parquet", columns=columns)
         for col in ("review", "summary"):
-            inter[col] = inter[col].fillna("")
+            if col in inter.columns:
+                inter[col] = inter[col].fillna("")
         return cls(inter=inter, **meta)
 
 

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ckf_dist.config import Config, ConfigError, from_dict, to_dict
+from ckf_dist.raycluster import check_reachable
+from ckf_dist.raycluster import init_ray as _join_or_start_ray
 from ckf_dist.run import Run
 from ckf_dist.train.checkpoints import ReportedCheckpoints, RunCheckpoints
 from ckf_dist.train.engine import DeepSpeedEngineFactory, EngineFactory, LocalEngineFactory
@@ -63,48 +65,13 @@ def ray_worker_loop(loop_config: dict[str, Any]) -> None:
 
 def init_ray(cfg: Config) -> bool:
     """Connect to `dist.ray_address` or start a local cluster; True when this call started one."""
-    import ray
-
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    if ray.is_initialized():
-        return False
-    address = cfg.dist.ray_address or os.environ.get("RAY_ADDRESS")  # a `ray job submit` driver has RAY_ADDRESS
-    if address:
-        _check_reachable(address)
-        try:
-            ray.init(address=cfg.dist.ray_address or "auto", log_to_driver=True)
-        except (ConnectionError, RuntimeError) as e:
-            raise ConfigError(f"dist.ray_address: cannot reach Ray at {address} ({str(e).splitlines()[0]})") from None
-        return False
-    else:
-        needed = cfg.dist.num_workers * cfg.dist.cpus_per_worker + 1
-        ray.init(
-            address="local",
-            num_cpus=max(needed, os.cpu_count() or 1),
-            include_dashboard=True,  # on dist.dashboard_host; Ray Train's state queries need it
-            dashboard_host=cfg.dist.dashboard_host,
-            log_to_driver=True,
-            _node_ip_address="127.0.0.1",
-        )
-        return True
+    needed = cfg.dist.num_workers * cfg.dist.cpus_per_worker + 1
+    # the dashboard: Ray Train's state queries need it (on dist.dashboard_host)
+    return _join_or_start_ray(cfg.dist.ray_address, num_cpus=max(needed, os.cpu_count() or 1),
+                              dashboard_host=cfg.dist.dashboard_host, include_dashboard=True)
 
 
-def _check_reachable(address: str, timeout_s: float = 3.0) -> None:
-    """Fail in seconds, with one line, when a `host:port` Ray address does not answer
-    (Ray itself retries for minutes)."""
-    import socket
-    from urllib.parse import urlparse
-
-    if address in ("auto", "local"):
-        return
-    parsed = urlparse(address if "://" in address else f"ray://{address}")
-    if not parsed.hostname or not parsed.port:
-        return
-    try:
-        with socket.create_connection((parsed.hostname, parsed.port), timeout=timeout_s):
-            pass
-    except OSError as e:
-        raise ConfigError(f"dist.ray_address: cannot reach Ray at {address} ({e.strerror or e})") from None
+_check_reachable = check_reachable
 
 
 def with_absolute_paths(cfg: Config) -> Config:

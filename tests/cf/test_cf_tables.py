@@ -61,4 +61,23 @@ def test_metadata_is_plain_json(tmp_path):
     path = save_cf_tables(tmp_path / "t.safetensors", np.ones((1, 2)), np.ones((1, 2)), ["u"], ["i"], {"valid_score": 0.5})
     with safe_open(str(path), framework="numpy") as f:
         meta = json.loads(f.metadata()[META_KEY])
-    assert meta == {"valid_score": 0.5, "dim": 2, "user_ids": ["u"], "item_ids": ["i"]}
+    assert meta == {"valid_score": 0.5, "dim": 2}
+
+
+def test_ids_beyond_the_safetensors_header_cap(tmp_path):
+    """Ids whose JSON would exceed safetensors' 100 MB header cap (a few million users) round-trip."""
+    n = 120_000
+    users = [f"user-{k:06d}-" + "é" * 500 for k in range(n)]  # ~122 MB of ids
+    path = save_cf_tables(tmp_path / "t.safetensors", np.zeros((n, 1)), np.zeros((2, 1)), users, ["a", "b"])
+    t = load_cf_tables(path)
+    assert t.user_ids == users and t.item_ids == ["a", "b"] and t.meta == {"dim": 1}
+
+
+def test_tables_with_ids_in_the_metadata_still_load(tmp_path):
+    from safetensors.numpy import save_file
+
+    meta = {"dim": 2, "user_ids": ["u"], "item_ids": ["i"], "model": "mf"}
+    save_file({"user_emb": np.ones((1, 2), np.float32), "item_emb": np.ones((1, 2), np.float32)},
+              str(tmp_path / "old.safetensors"), metadata={META_KEY: json.dumps(meta)})
+    t = load_cf_tables(tmp_path / "old.safetensors")
+    assert (t.user_ids, t.item_ids, t.meta) == (["u"], ["i"], {"dim": 2, "model": "mf"})

@@ -17,6 +17,7 @@ from ckf_dist.data.shards import (
     shard_urls,
     verify_shards,
     write_shards,
+    write_tar,
 )
 
 TASKS = ["ctr", "topk", "rating"]
@@ -37,6 +38,46 @@ def shard_dir(tmp_path):
     write_shards(data, tmp_path, samples_per_shard=20, shard_multiple=4, seed=3,
                  dataset_fingerprint="fp", config_hash="ch")
     return tmp_path, data
+
+
+def test_shards_are_a_function_of_the_samples_not_their_order(tmp_path):
+    """Hash assignment: the same samples in another order, or split across calls, give the same bytes."""
+    data = _samples("train", 203)
+    a, b = tmp_path / "a", tmp_path / "b"
+    kw = dict(samples_per_shard=20, shard_multiple=4, seed=3, dataset_fingerprint="fp", config_hash="ch")
+    ma = write_shards({"train": data}, a, **kw)
+    mb = write_shards({"train": data[::-1]}, b, **kw)
+    assert ma == mb
+    for s in ma["splits"]["train"]["shards"]:
+        assert (a / s["path"]).read_bytes() == (b / s["path"]).read_bytes()
+    sizes = [s["samples"] for s in ma["splits"]["train"]["shards"]]
+    assert len(sizes) == 12 and sum(sizes) == 203 and set(sizes) == {16, 17}
+    first = [json.loads(x)["key"] for x in _members(a / ma["splits"]["train"]["shards"][0]["path"])]
+    other = write_shards({"train": data}, tmp_path / "c", **{**kw, "seed": 4})
+    assert [json.loads(x)["key"] for x in _members(tmp_path / "c" / other["splits"]["train"]["shards"][0]["path"])] != first
+
+
+def _members(path):
+    import tarfile
+
+    with tarfile.open(path) as tf:
+        return [tf.extractfile(n).read() for n in tf.getnames()]
+
+
+@pytest.mark.parametrize("key", ["train/ctr/12/0", "valid/topk/3/7", "x" * 150])
+def test_tar_bytes_are_webdatasets(tmp_path, key):
+    """The shard writer's own tar encoding is byte for byte webdataset's TarWriter's."""
+    import io
+
+    import webdataset as wds
+
+    members = [(key, b'{"a": 1}'), (key + "b", b"y" * 1000), (key + "c", b"")]
+    write_tar(tmp_path / "s.tar", members)
+    buf = io.BytesIO()
+    with wds.TarWriter(buf, encoder=False, mtime=0) as sink:
+        for k, data in members:
+            sink.write({"__key__": k.replace("/", "_").replace(".", "_"), "json": data})
+    assert (tmp_path / "s.tar").read_bytes() == buf.getvalue()
 
 
 def test_num_shards_is_multiple():

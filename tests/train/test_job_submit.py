@@ -4,8 +4,10 @@ One head per module (`ray start --head` on 127.0.0.1, dashboard on 127.0.0.1, ex
 for every singleton service, a private --temp-dir, token authentication with a token made here:
 nothing in ~/.ray is read or written). Two jobs:
 
-- a short job, `ckf data prepare`, shipped with `--working-dir` (the config path is relative to
-  the uploaded working directory): the job succeeds and the shard manifest is written;
+- a short job, `ckf data prepare ... data.engine=ray`, shipped with `--working-dir` (the config
+  path is relative to the uploaded working directory): the job's driver joins the head's cluster,
+  runs the preparation as Ray tasks there, and writes the manifest and shards the local engine
+  writes for the same config;
 - a tiny training job through `cluster/ray_job_submit.sh` (Ray Train, 2 workers, ZeRO-3): the
   job's driver joins the head's cluster (it must not start a nested local one), the run finishes
   and exports its adapters.
@@ -185,17 +187,30 @@ def _assert_loopback(seen: set) -> None:
 
 
 def test_short_job_prepares_shards(head, tmp_path):
+    from ckf_dist.config import load_config
+    from ckf_dist.pipeline import prepare_data
+    from ckf_dist.run import Run
+
     run = tmp_path / "run"
+    data = ["data.synthetic.num_users=1200", "data.synthetic.num_items=40", "data.samples_per_user=1", "data.block_mb=0.05"]
     t0 = time.time()
     with SocketWatch(head) as watch:
         proc = _submit(head, [
             "python", "-m", "ckf_dist.cli", "data", "prepare", "--config", "configs/quickstart.yaml", f"run.dir={run}",
-            "data.synthetic.num_users=30", "data.synthetic.num_items=20", "data.samples_per_user=1",
-        ], timeout=240)
+            *data, "data.engine=ray",
+        ], timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert "succeeded" in out, out[-3000:]
+    # the job's driver joined this cluster and ran the tasks there (it must not start a nested Ray)
+    assert f"Connecting to existing Ray cluster at address: {head.gcs}" in out, out[-5000:]
+    assert "Started a local Ray instance" not in out
     manifest = json.loads((run / "data" / "shards" / "manifest.json").read_text())
+    local = tmp_path / "local"
+    prepare_data(Run(load_config("configs/quickstart.yaml", [f"run.dir={local}", *data, "data.engine=local"])))
+    assert json.loads((local / "data" / "shards" / "manifest.json").read_text()) == manifest
+    for s in manifest["splits"]["train"]["shards"]:
+        assert (run / "data" / "shards" / s["path"]).read_bytes() == (local / "data" / "shards" / s["path"]).read_bytes()
     for split in ("train", "valid", "test"):
         shards = manifest["splits"][split]["shards"]
         assert shards and len(shards) % 4 == 0  # data.shard_multiple
