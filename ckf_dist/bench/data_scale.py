@@ -30,12 +30,12 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ckf_dist.bench.poller import Poller
 from ckf_dist.config import ConfigError
 
 SAMPLE_S = 0.25
@@ -115,46 +115,36 @@ def child_main(spec: dict) -> None:
     print("BENCH-RESULT " + json.dumps(stats), flush=True)
 
 
-class TreeWatch:
+class TreeWatch(Poller):
     """Samples the RSS and CPU time of a process and all its descendants; keeps each process's
     peak RSS and last CPU time (user + system)."""
 
     def __init__(self, pid: int):
         import psutil
 
+        super().__init__(SAMPLE_S)
         self.root = psutil.Process(pid)
         self.peaks: dict[int, tuple[str, float]] = {}
         self.cpu: dict[int, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
+    def sample(self) -> bool:
         import psutil
 
-        while not self._stop.is_set():
+        try:
+            procs = [self.root, *self.root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return False
+        for p in procs:
             try:
-                procs = [self.root, *self.root.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                return
-            for p in procs:
-                try:
-                    mb = p.memory_info().rss / 2**20
-                    name = p.name()
-                    t = p.cpu_times()
-                    self.cpu[p.pid] = max(self.cpu.get(p.pid, 0.0), t.user + t.system)
-                except psutil.Error:
-                    continue
-                if mb > self.peaks.get(p.pid, ("", 0.0))[1]:
-                    self.peaks[p.pid] = (name, mb)
-            self._stop.wait(SAMPLE_S)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+                mb = p.memory_info().rss / 2**20
+                name = p.name()
+                t = p.cpu_times()
+                self.cpu[p.pid] = max(self.cpu.get(p.pid, 0.0), t.user + t.system)
+            except psutil.Error:
+                continue
+            if mb > self.peaks.get(p.pid, ("", 0.0))[1]:
+                self.peaks[p.pid] = (name, mb)
+        return True
 
     def cpu_seconds(self) -> float:
         """CPU seconds of the tree (a process's time after its last sample is missed)."""

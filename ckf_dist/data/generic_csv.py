@@ -133,12 +133,13 @@ def _fields(path: Path, header: list[str], rows, bad: BadRecords) -> Iterator[tu
         yield where, dict(zip(header, row))
 
 
-def read_items(path: Path, bad: BadRecords) -> tuple[list[str], list[str], list[str]]:
-    """items.csv -> (ids, titles, descriptions)."""
+def item_list(rows, bad: BadRecords) -> tuple[list[str], list[str], list[str]]:
+    """(where, item_id, title, description) rows of an item file -> (ids, titles, descriptions); an empty
+    or repeated id is a bad record."""
     ids, titles, descs = [], [], []
     seen: set[str] = set()
-    for where, f in csv_rows(path, bad, ("item_id", "title")):
-        item = f["item_id"].strip()
+    for where, item, title, desc in rows:
+        item = item.strip()
         if not item:
             bad(where, "missing_id", "empty item_id")
             continue
@@ -147,9 +148,15 @@ def read_items(path: Path, bad: BadRecords) -> tuple[list[str], list[str], list[
             continue
         seen.add(item)
         ids.append(item)
-        titles.append(f["title"].strip())
-        descs.append(f.get("description", "").strip())
+        titles.append(title.strip())
+        descs.append(desc.strip())
     return ids, titles, descs
+
+
+def read_items(path: Path, bad: BadRecords) -> tuple[list[str], list[str], list[str]]:
+    """items.csv -> (ids, titles, descriptions)."""
+    rows = csv_rows(path, bad, ("item_id", "title"))
+    return item_list(((where, f["item_id"], f["title"], f.get("description", "")) for where, f in rows), bad)
 
 
 def interaction_record(where: str, order: int, get: dict[str, str], known_items: frozenset, item_file: str,
@@ -208,7 +215,22 @@ def csv_header(path: Path) -> tuple[list[str], int, int]:
     raise DataError(f"{path}: empty file (expected a header row)")
 
 
-class CsvSource(Source):
+class ItemListSource(Source):
+    """A source whose item file (ids, titles, descriptions) is read before the interactions."""
+
+    item_ids: list[str]
+    titles: list[str]
+    descs: list[str]
+
+    def items(self, used: set[str], bad: BadRecords) -> pd.DataFrame:
+        keep = [k for k, i in enumerate(self.item_ids) if i in used]
+        return items_frame([self.item_ids[k] for k in keep], [self.titles[k] for k in keep], [self.descs[k] for k in keep])
+
+    def item_titles(self) -> Optional[dict[str, tuple[str, str]]]:
+        return dict(zip(self.item_ids, zip(self.titles, self.descs)))
+
+
+class CsvSource(ItemListSource):
     """``interactions.csv`` + ``items.csv`` in a folder (see the module docstring)."""
 
     has_split_column = True
@@ -255,13 +277,6 @@ class CsvSource(Source):
             return
         interaction_record(where, n, {c: row[i] for c, i in self.pos.items()}, self.known_items, self.item_file,
                            self.bounds, bad, out)
-
-    def items(self, used: set[str], bad: BadRecords) -> pd.DataFrame:
-        keep = [k for k, i in enumerate(self.item_ids) if i in used]
-        return items_frame([self.item_ids[k] for k in keep], [self.titles[k] for k in keep], [self.descs[k] for k in keep])
-
-    def item_titles(self) -> Optional[dict[str, tuple[str, str]]]:
-        return dict(zip(self.item_ids, zip(self.titles, self.descs)))
 
 
 def load_csv(folder: str | Path, on_bad_record: str = "error", bounds: Optional[tuple[float, float]] = None) -> RecData:

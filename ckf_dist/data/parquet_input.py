@@ -24,9 +24,9 @@ from typing import Iterator, Optional
 import pandas as pd
 
 from ckf_dist.data.errors import BadRecords, DataError
-from ckf_dist.data.generic_csv import check_header, interaction_record, read_items
-from ckf_dist.data.source import Mapper, ReadTask, RowBatcher, Source, read_all, serial_map
-from ckf_dist.data.table import RecData, items_frame
+from ckf_dist.data.generic_csv import ItemListSource, check_header, interaction_record, item_list, read_items
+from ckf_dist.data.source import Mapper, ReadTask, RowBatcher, read_all, serial_map
+from ckf_dist.data.table import RecData
 
 FILE_BITS = 40
 """A row's input position is (file index << FILE_BITS) + its row number in the file."""
@@ -65,21 +65,10 @@ def _items_table(folder: Path, bad: BadRecords) -> tuple[list[str], list[str], l
         for c in ("item_id", "title"):
             if c not in df.columns:
                 raise DataError(f"{pq_path}: missing column {c!r} (have {', '.join(map(str, df.columns))})")
-        ids, titles, descs, seen = [], [], [], set()
         desc = df["description"].tolist() if "description" in df.columns else [""] * len(df)
-        for r, (item, title, d) in enumerate(zip(df["item_id"].tolist(), df["title"].tolist(), desc)):
-            item = _text(item).strip()
-            where = f"{pq_path}: row {r}"
-            if not item:
-                bad(where, "missing_id", "empty item_id")
-                continue
-            if item in seen:
-                bad(where, "duplicate_item", f"item {item!r} listed twice")
-                continue
-            seen.add(item)
-            ids.append(item)
-            titles.append(_text(title).strip())
-            descs.append(_text(d).strip())
+        rows = ((f"{pq_path}: row {r}", _text(item), _text(title), _text(d))
+                for r, (item, title, d) in enumerate(zip(df["item_id"].tolist(), df["title"].tolist(), desc)))
+        ids, titles, descs = item_list(rows, bad)
         return ids, titles, descs, pq_path.name
     if csv_path.is_file():
         ids, titles, descs = read_items(csv_path, bad)
@@ -87,7 +76,7 @@ def _items_table(folder: Path, bad: BadRecords) -> tuple[list[str], list[str], l
     raise DataError(f"{folder}: items file not found (items.parquet or items.csv)")
 
 
-class ParquetSource(Source):
+class ParquetSource(ItemListSource):
     has_split_column = True
 
     def __init__(self, folder: str | Path, bad: BadRecords, bounds: Optional[tuple[float, float]] = None):
@@ -147,13 +136,6 @@ class ParquetSource(Source):
                 yield out.take()
         if len(out):
             yield out.take()
-
-    def items(self, used: set[str], bad: BadRecords) -> pd.DataFrame:
-        keep = [k for k, i in enumerate(self.item_ids) if i in used]
-        return items_frame([self.item_ids[k] for k in keep], [self.titles[k] for k in keep], [self.descs[k] for k in keep])
-
-    def item_titles(self) -> Optional[dict[str, tuple[str, str]]]:
-        return dict(zip(self.item_ids, zip(self.titles, self.descs)))
 
 
 def load_parquet(folder: str | Path, on_bad_record: str = "error", bounds: Optional[tuple[float, float]] = None) -> RecData:

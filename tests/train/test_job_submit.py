@@ -26,13 +26,14 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 from dist_testutils import ROOT, tiny_run
+
+from ckf_dist.bench.poller import Poller
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -112,27 +113,19 @@ class Head:
         psutil.wait_procs(alive, timeout=10)
 
 
-class SocketWatch:
-    """Samples the head's listening sockets every `every` seconds in a thread."""
+class SocketWatch(Poller):
+    """Samples the head's listening sockets every `every` seconds in a thread, and once at exit."""
 
     def __init__(self, head: Head, every: float = 0.5):
-        self.head, self.every = head, every
+        super().__init__(every)
+        self.head = head
         self.seen: set[tuple[int, str, str, int]] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.seen |= self.head.listening()
-            self._stop.wait(self.every)
+    def sample(self) -> bool:
+        self.seen |= self.head.listening()
+        return True
 
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+    def finish(self) -> None:
         self.seen |= self.head.listening()
 
 
