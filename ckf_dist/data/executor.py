@@ -6,8 +6,9 @@ write the same bytes. Errors keep the local engine's order: when tasks fail, the
 earliest argument is raised (a :class:`~ckf_dist.data.errors.DataError` stays one, with its
 file:line), later tasks are cancelled and earlier ones are awaited.
 
-The Ray executor runs at most `workers` tasks at once, one CPU each; large arguments shared by
-every task go to the object store once (:meth:`RayExecutor.share`). Task results are small
+The Ray executor is a Ray Data map over the task arguments (one row and one block per task): at
+most `workers` tasks at once, one CPU each, rows read back in argument order; large arguments
+shared by every task go to the object store once (:meth:`RayExecutor.share`). Task results are small
 (counts, paths): data moves through files under the run directory, which on several nodes must
 be a filesystem every node mounts, as training already requires.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import resource
 from typing import Any, Callable, Optional, Sequence
 
@@ -53,7 +55,7 @@ class LocalExecutor:
 
 
 class RayExecutor:
-    """Ray tasks (one CPU each, at most `workers` in flight)."""
+    """Ray Data tasks (one CPU each, at most `workers` in flight)."""
 
     def __init__(self, address: Optional[str], workers: int, env_vars: Optional[dict[str, str]] = None):
         import ray
@@ -64,7 +66,6 @@ class RayExecutor:
                                 env_vars=env_vars)
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.workers = max(1, min(workers, cpus) if workers else cpus)
-        self._remote = ray.remote(num_cpus=1, max_retries=0)(_call)
         self.worker_peak_mb = 0.0
 
     def share(self, value: Any) -> Any:
@@ -74,36 +75,38 @@ class RayExecutor:
         return ray.put(value)
 
     def map(self, fn: Callable, shared: Any, args: Sequence) -> list:
+        """[fn(shared, a) for a in args] as a Ray Data map: one row (and one block) per argument, at most
+        `workers` tasks at once, rows read back in argument order; the first failure in that order stops
+        the dataset (later tasks are cancelled) and is raised."""
         import ray
 
-        results: dict[int, Any] = {}
-        failed: Optional[tuple[int, BaseException]] = None
-        pending: dict[Any, int] = {}
-        nxt = 0
-        while nxt < len(args) or pending:
-            while nxt < len(args) and len(pending) < self.workers and (failed is None or nxt < failed[0]):
-                pending[self._remote.remote(fn, shared, args[nxt])] = nxt
-                nxt += 1
-            if not pending:
-                break
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                k = pending.pop(ref)
-                try:
-                    value, peak = ray.get(ref)
-                    results[k] = value
-                    self.worker_peak_mb = max(self.worker_peak_mb, peak)
-                except ray.exceptions.RayTaskError as e:
-                    cause = e.cause if getattr(e, "cause", None) is not None else e
-                    if failed is None or k < failed[0]:
-                        failed = (k, cause)
-                    for r, j in list(pending.items()):
-                        if j > k:
-                            ray.cancel(r, force=True)
-                            pending.pop(r)
-        if failed is not None:
-            raise failed[1]
-        return [results[k] for k in range(len(args))]
+        ctx = ray.data.DataContext.get_current()
+        ctx.execution_options.preserve_order = True
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+        args = list(args)
+        if not args:
+            return []
+
+        def run_one(row: dict) -> dict:
+            k = int(row["k"])
+            try:
+                value, peak = _call(fn, ray.get(shared) if isinstance(shared, ray.ObjectRef) else shared, args[k])
+                out = (value, peak, None)
+            except Exception as e:  # re-raised on the driver, in argument order
+                out = (None, peak_rss_mb(), e)
+            # one opaque cell: Ray Data would otherwise turn lists and dicts into Arrow columns
+            return {"k": k, "out": pickle.dumps(out)}
+
+        ds = ray.data.from_items([{"k": k} for k in range(len(args))], override_num_blocks=max(1, len(args)))
+        results = []
+        for row in ds.map(run_one, num_cpus=1, concurrency=min(self.workers, len(args)), max_retries=0).iter_rows():
+            value, peak, error = pickle.loads(row["out"])  # written by this map's own tasks just above
+            if error is not None:
+                raise error
+            self.worker_peak_mb = max(self.worker_peak_mb, peak)
+            results.append(value)
+        return results
 
     def close(self) -> None:
         import ray
