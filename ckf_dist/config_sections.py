@@ -97,7 +97,7 @@ class DataConfig:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     """Settings of the synthetic generator (data.format=synthetic)."""
     engine: Literal["local", "ray"] = "local"
-    """Where `ckf data prepare` runs: local = this process; ray = Ray tasks on the cluster of
+    """Where `ckf data prepare` runs: local = this process; ray = Ray Data tasks on the cluster of
     dist.ray_address / RAY_ADDRESS (else a local Ray on 127.0.0.1). Both write the same shards."""
     workers: int = 0
     """Preparation tasks run at once (ray: 0 = one per CPU of the cluster; local: always one)."""

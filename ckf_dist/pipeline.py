@@ -43,7 +43,7 @@ def load_split(run: Run) -> SplitData:
 
 
 def prepare_data(run: Run, force: bool = False) -> dict:
-    """Load -> split -> samples -> shards (data.engine: this process or Ray tasks), cached in run.dir/data."""
+    """Load -> split -> samples -> shards (data.engine: this process or Ray Data), cached in run.dir/data."""
     cfg = run.cfg
     stage = run.data_stage()
 

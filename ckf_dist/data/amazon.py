@@ -70,23 +70,34 @@ def _parse_line(line: str) -> object:
         raise ValueError(f"invalid JSON ({first.msg} at column {first.colno})") from None
 
 
+_SKIP = object()
+
+
+def _json_record(line: str, where: str, bad: BadRecords):
+    """One JSON-lines record, or _SKIP for a blank line or a bad one (counted): the line must be UTF-8
+    (read with surrogateescape) and valid JSON."""
+    if not line.strip():
+        return _SKIP
+    bad_byte = _NOT_UTF8.search(line)
+    if bad_byte:
+        bad(where, "bad_encoding", f"byte 0x{ord(bad_byte.group()) - 0xDC00:02x} at column {bad_byte.start() + 1} is not UTF-8")
+        return _SKIP
+    try:
+        return _parse_line(line)
+    except ValueError as e:
+        bad(where, "bad_json", str(e))
+        return _SKIP
+
+
 def read_metadata(path: str | Path, bad: BadRecords) -> dict[str, str]:
     """asin -> title from a metadata JSON-lines file; lines without a title are fine and ignored."""
     p = require_file(path, "Amazon metadata file")
     titles: dict[str, str] = {}
     with _open_text(p) as f:
         for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
             where = f"{p}:{n}"
-            bad_byte = _NOT_UTF8.search(line)
-            if bad_byte:
-                bad(where, "bad_encoding", f"byte 0x{ord(bad_byte.group()) - 0xDC00:02x} at column {bad_byte.start() + 1} is not UTF-8")
-                continue
-            try:
-                rec = _parse_line(line)
-            except ValueError as e:
-                bad(where, "bad_json", str(e))
+            rec = _json_record(line, where, bad)
+            if rec is _SKIP:
                 continue
             if not isinstance(rec, dict) or not rec.get("asin"):
                 bad(where, "missing_field", "metadata record without 'asin'")
@@ -121,17 +132,9 @@ class AmazonSource(Source):
         for n, raw, _ in iter_lines(task.range):
             # surrogateescape, not replace: "AXX\xffZ" and "AXX\xfeZ" must not become the same id
             line = raw.decode("utf-8", errors="surrogateescape")
-            if not line.strip():
-                continue
             where = f"{self.path}:{n}"
-            bad_byte = _NOT_UTF8.search(line)
-            if bad_byte:
-                bad(where, "bad_encoding", f"byte 0x{ord(bad_byte.group()) - 0xDC00:02x} at column {bad_byte.start() + 1} is not UTF-8")
-                continue
-            try:
-                rec = _parse_line(line)
-            except ValueError as e:
-                bad(where, "bad_json", str(e))
+            rec = _json_record(line, where, bad)
+            if rec is _SKIP:
                 continue
             if not isinstance(rec, dict):
                 bad(where, "bad_json", f"expected a JSON object, got {type(rec).__name__}")

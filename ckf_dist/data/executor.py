@@ -1,4 +1,4 @@
-"""Where the tasks of `ckf data prepare` run: this process, or Ray tasks on a cluster.
+"""Where the tasks of `ckf data prepare` run: this process, or Ray Data tasks on a cluster.
 
 An executor maps a module-level function over a list of arguments and returns the results in
 argument order. Both run the same functions on the same arguments, which is why the two engines

@@ -1,7 +1,8 @@
 """`ckf data prepare` at any scale: the driver of the staged preparation, on either engine.
 
-``data.engine=local`` runs every task in this process; ``data.engine=ray`` runs them as Ray tasks
-on the cluster of ``dist.ray_address`` / ``RAY_ADDRESS``, else on a local Ray bound to 127.0.0.1
+``data.engine=local`` runs every task in this process; ``data.engine=ray`` runs them as Ray Data
+maps (one block per task) on the cluster of ``dist.ray_address`` / ``RAY_ADDRESS``, else on a
+local Ray bound to 127.0.0.1
 (:mod:`ckf_dist.data.executor`). The tasks (:mod:`ckf_dist.data.prepare_tasks`) and their
 arguments are the same, and every output is a function of the data alone (per-user random
 streams, dense ids and shard order from seeded hashes, an order-free fingerprint), so both engines
