@@ -130,7 +130,9 @@ def cmd_train(args) -> int:
           ", ".join(f"{s} {sum(v.values())}" for s, v in data["samples"].items()))
     print("\nCF and popularity baselines (test):")
     print(summary["cf"]["table"])
-    print("\nCKF (test):")
+    from ckf_dist.eval.report import variant_name
+
+    print(f"\n{variant_name(run.cfg)} (test):")
     print(run.metrics_markdown("test").read_text())
     print(f"run: {run.dir}  ({run.metrics_file().name}, {run.tb_dir.relative_to(run.dir)} for TensorBoard, {run.config_file.name})")
     return 0
