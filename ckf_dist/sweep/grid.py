@@ -43,7 +43,7 @@ TASK_NAMES = ("ctr", "topk", "rating", "review_rating", "explanation")
 
 DEFAULT_METRICS = [
     "ctr/auc", "ctr/uauc",
-    "topk/hr@1", "topk/ndcg@10",
+    "topk/hr@1", "topk/ndcg@1", "topk/ndcg@10",
     "rating/rmse", "rating/mae",
     "review_rating/rmse",
     "explanation/bleu4", "explanation/rougeL",
