@@ -212,3 +212,23 @@ def test_text_embeddings_are_the_mean_of_the_last_hidden_states(tiny_dir):
         with torch.no_grad():
             want = llm.get_decoder()(input_ids=ids).last_hidden_state[0].mean(0)
         torch.testing.assert_close(torch.from_numpy(emb[k]), want, rtol=1e-4, atol=1e-5)
+
+
+def test_cora_generated_factors_start_at_a_plain_loras_scale():
+    """The generated A of a row has PEFT's kaiming-uniform A variance (1 / (3 d_in)) when the
+    generator's width equals d_in; without the code scale it is h times larger (the divergence
+    of the ML-100K run, modules/cora.py)."""
+    from ckf_dist.modules.cora import CoRAGenerator
+    from ckf_dist.modules.multi_lora import _init_a
+
+    torch.manual_seed(0)
+    h = d_in = 128
+    gen = CoRAGenerator(d=16, hidden=h, rank=8)
+    g_a = torch.empty(d_in, h)
+    _init_a(g_a)  # how MultiLoRALinear initialises its G_A
+    z = gen(torch.randn(256, 16), torch.randn(256, 16))  # [B, r, h]
+    a = z @ g_a.T  # [B, r, d_in]
+    peft_a = torch.empty(8, d_in)
+    _init_a(peft_a)
+    assert a.var().item() == pytest.approx(1 / (3 * d_in), rel=0.15)
+    assert peft_a.var().item() == pytest.approx(1 / (3 * d_in), rel=0.15)
