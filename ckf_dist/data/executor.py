@@ -91,14 +91,16 @@ class RayExecutor:
         def run_one(row: dict) -> dict:
             k = int(row["k"])
             try:
-                value, peak = _call(fn, ray.get(shared) if isinstance(shared, ray.ObjectRef) else shared, args[k])
+                arg = pickle.loads(row["arg"])  # this row's own argument (the closure carries none)
+                value, peak = _call(fn, ray.get(shared) if isinstance(shared, ray.ObjectRef) else shared, arg)
                 out = (value, peak, None)
             except Exception as e:  # re-raised on the driver, in argument order
                 out = (None, peak_rss_mb(), e)
             # one opaque cell: Ray Data would otherwise turn lists and dicts into Arrow columns
             return {"k": k, "out": pickle.dumps(out)}
 
-        ds = ray.data.from_items([{"k": k} for k in range(len(args))], override_num_blocks=max(1, len(args)))
+        ds = ray.data.from_items([{"k": k, "arg": pickle.dumps(a)} for k, a in enumerate(args)],
+                                 override_num_blocks=len(args))
         results = []
         for row in ds.map(run_one, num_cpus=1, concurrency=min(self.workers, len(args)), max_retries=0).iter_rows():
             value, peak, error = pickle.loads(row["out"])  # written by this map's own tasks just above
