@@ -5,6 +5,7 @@ date", goes through :class:`Run`; nobody else spells a run-directory file name::
 
     .lock                          the run-directory lock (holder's pid, host and command)
     config.yaml                    the resolved config of the last command
+    .source-digests.json           sha256 of each raw input file, under its size and mtime
     data/split/                    SplitData (interactions/part-*.parquet + meta.json)
     data/shards/                   webdataset shards + manifest
     data/staging/                  scratch files of `ckf data prepare` (removed when it ends)
@@ -68,19 +69,40 @@ def stage_hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def source_fingerprint(cfg: Config) -> str:
-    """Identity of the raw input files (names, sizes, mtimes); synthetic data has none."""
+def source_fingerprint(cfg: Config, cache: Optional[Path] = None) -> str:
+    """Identity of the raw input files: each file's name, size and sha256; synthetic data has none.
+
+    The content, not the modification time, decides: a dataset copied or extracted again (new
+    mtimes, same bytes) keeps every prepared run fresh, and an edit goes stale even when the size
+    stays. `cache` (a JSON file) keeps each file's digest under its size and mtime, so a file is
+    read again only when one of those changed."""
     paths = [p for p in (cfg.data.path, cfg.data.meta_path) if p]
+    known: dict = {}
+    if cache is not None and cache.is_file():
+        try:
+            known = json.loads(cache.read_text())
+        except (OSError, ValueError):
+            known = {}
+    seen: dict = {}
     entries = []
     for p in paths:
         root = Path(p)
         files = sorted(f for f in root.rglob("*") if f.is_file()) if root.is_dir() else [root]
         for f in files:
-            if f.exists():
-                st = f.stat()
-                entries.append([str(f), st.st_size, int(st.st_mtime)])
-            else:
+            if not f.exists():
                 entries.append([str(f), None, None])
+                continue
+            st = f.stat()
+            stamp = [st.st_size, st.st_mtime_ns]
+            hit = known.get(str(f))
+            digest = hit[2] if isinstance(hit, list) and len(hit) == 3 and hit[:2] == stamp else sha256_file(f)
+            seen[str(f)] = [*stamp, digest]
+            entries.append([str(f), st.st_size, digest])
+    if cache is not None and seen and seen != known and cache.parent.is_dir():
+        try:
+            atomic_write_text(cache, json.dumps(seen, indent=1, sort_keys=True))
+        except OSError as e:  # a read-only run directory: the digests are computed again next time
+            log.debug("source digests not cached in %s: %s", cache, e)
     return stage_hash(entries)
 
 
@@ -384,6 +406,12 @@ class Run:
 
     # ------------------------------------------------------------------ top level
     @property
+    def source_digests_file(self) -> Path:
+        """The cache of :func:`source_fingerprint`: a raw input is hashed again only when its size
+        or mtime changed."""
+        return self.dir / ".source-digests.json"
+
+    @property
     def config_file(self) -> Path:
         return self.dir / "config.yaml"
 
@@ -587,7 +615,7 @@ class Run:
     # ------------------------------------------------------------------ stages
     def data_stage(self) -> Stage:
         cfg = self.cfg
-        source = source_fingerprint(cfg)
+        source = source_fingerprint(cfg, self.source_digests_file)
         data = {k: v for k, v in to_dict(cfg.data).items() if k not in DATA_KEY_IGNORES}
         key = stage_hash([data, cfg.tasks, cfg.seed, cfg.model.placeholder_token, source])
         config = {"data": data, "tasks": cfg.tasks, "seed": cfg.seed,

@@ -135,6 +135,27 @@ def test_stale_stage_says_which_config_keys_changed(tmp_path):
     assert r1.train_stage().problem() == "train/ has no stage record (never built, or its build did not finish)"
 
 
+def test_data_stage_follows_the_source_bytes_not_their_mtimes(tmp_path):
+    """A dataset copied or extracted again (same bytes, new mtimes) keeps the prepared data fresh;
+    an edit that keeps the size goes stale; the digests are cached under size and mtime."""
+    import json
+    import os
+
+    src = tmp_path / "src"
+    _write(src / "ratings.csv", "user,item,rating\nu1,i1,5\n")
+    r = Run(load_config(None, [f"run.dir={tmp_path / 'run'}", f"data.path={src}", "data.format=csv"]))
+    r.dir.mkdir()
+    r.data_stage().run(lambda f: {})
+    assert r.data_stage().fresh()
+    cached = json.loads(r.source_digests_file.read_text())
+    assert list(cached) == [str(src / "ratings.csv")] and len(cached[str(src / "ratings.csv")][2]) == 64
+    os.utime(src / "ratings.csv", (1_000_000, 1_000_000))  # a fresh copy: same bytes, another mtime
+    assert r.data_stage().fresh()
+    (src / "ratings.csv").write_text("user,item,rating\nu1,i1,4\n")  # same size, other bytes
+    os.utime(src / "ratings.csv", (2_000_000, 2_000_000))
+    assert r.data_stage().problem().startswith("data/ was built for another configuration (source_files:")
+
+
 # ------------------------------------------------------------------------------------------------
 # The run-directory lock
 
