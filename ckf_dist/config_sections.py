@@ -169,6 +169,10 @@ class CFConfig:
     """Dropout of SASRec and DIN while they train (SASRec's paper: 0.2 on MovieLens)."""
     baselines: list[str] = field(default_factory=lambda: ["mf", "lightgcn"])
     """CF models trained and reported as baselines beside popularity: mf | lightgcn | sasrec | din."""
+    fold_in_ridge: float = 10.0
+    """Ridge penalty of the rating-aware fold-in of a user without a trained row (MF with biases: a
+    bias and a vector fitted to the ratings of the row's history; see ckf_dist.cf.foldin). Larger
+    pulls a short history's user towards the average user."""
 
     def problems(self) -> list[tuple[str, str]]:
         out = _invalid([("dim", self.dim >= 1, self.dim),
@@ -178,7 +182,8 @@ class CFConfig:
                         ("lightgcn_layers", self.lightgcn_layers >= 1, self.lightgcn_layers),
                         ("sasrec_blocks", self.sasrec_blocks >= 1, self.sasrec_blocks),
                         ("sasrec_heads", self.sasrec_heads >= 1 and self.dim % max(1, self.sasrec_heads) == 0, self.sasrec_heads),
-                        ("seq_dropout", math.isfinite(self.seq_dropout) and 0.0 <= self.seq_dropout < 1.0, self.seq_dropout)])
+                        ("seq_dropout", math.isfinite(self.seq_dropout) and 0.0 <= self.seq_dropout < 1.0, self.seq_dropout),
+                        ("fold_in_ridge", math.isfinite(self.fold_in_ridge) and self.fold_in_ridge > 0, self.fold_in_ridge)])
         out += [("baselines", f"unknown model {n!r} (mf, lightgcn, sasrec, din)") for n in self.baselines
                 if n not in CF_MODELS][:1]
         return out

@@ -106,6 +106,10 @@ def source_fingerprint(cfg: Config, cache: Optional[Path] = None) -> str:
     return stage_hash(entries)
 
 
+SAMPLE_SCHEMA = 2
+"""Version of the sample dicts the data stage writes (ckf_dist.data.samples): 2 added
+``history_ratings``. Part of the data stage's key, so shards of an older schema are rebuilt."""
+
 DATA_KEY_IGNORES = ("engine", "workers", "block_mb")
 """data.* keys that choose how preparation runs, not what it writes (both engines write the same
 files): left out of the data stage key, so switching engines reuses the prepared data."""
@@ -116,7 +120,7 @@ switching them keeps a finished run fresh (and the keys of runs made before they
 
 
 ADDED_KEYS = {
-    "cf": ("sasrec_blocks", "sasrec_heads", "seq_dropout"),
+    "cf": ("sasrec_blocks", "sasrec_heads", "seq_dropout", "fold_in_ridge"),
     "model": ("binllm_bits", "binllm_compress", "allmrec_dim", "align_epochs"),
 }
 """Keys added to a section after runs were made: left out of the stage keys while at their default,
@@ -617,9 +621,10 @@ class Run:
         cfg = self.cfg
         source = source_fingerprint(cfg, self.source_digests_file)
         data = {k: v for k, v in to_dict(cfg.data).items() if k not in DATA_KEY_IGNORES}
-        key = stage_hash([data, cfg.tasks, cfg.seed, cfg.model.placeholder_token, source])
+        key = stage_hash([data, cfg.tasks, cfg.seed, cfg.model.placeholder_token, source, SAMPLE_SCHEMA])
         config = {"data": data, "tasks": cfg.tasks, "seed": cfg.seed,
-                  "model": {"placeholder_token": cfg.model.placeholder_token}, "source_files": source}
+                  "model": {"placeholder_token": cfg.model.placeholder_token}, "source_files": source,
+                  "sample_schema": SAMPLE_SCHEMA}
         return Stage("data", self.data_dir, key, config,
                      outputs=lambda: [*sorted(p for p in self.split_dir.rglob("*") if p.is_file()),
                                       self.shards_dir / "manifest.json"])

@@ -38,6 +38,7 @@ import numpy as np
 from ckf_dist.cf.tables import CFTables
 from ckf_dist.cf.fit import train_cf
 from ckf_dist.config import ALL_TASKS, Config
+from ckf_dist.data.samples import history_ratings
 from ckf_dist.data.table import SplitData
 from ckf_dist.eval.metrics import task_metrics
 from ckf_dist.eval.selection import eval_cap, select
@@ -100,11 +101,12 @@ class CFBaseline:
             return []
         users = [s["user"] for s in samples]
         histories = [s["history"] for s in samples]
+        ratings = history_ratings(samples)
         if task == "topk":
-            return [self.tables.score_with_history([s["user"]], [s["history"]], np.asarray([s["candidates"]], dtype=np.int64))[0]
-                    for s in samples]
+            return [self.tables.score_with_history([s["user"]], [s["history"]], np.asarray([s["candidates"]], dtype=np.int64), [r])[0]
+                    for s, r in zip(samples, ratings)]
         items = np.array([s["items"][0] for s in samples], dtype=np.int64)
-        scores = self.tables.score_with_history(users, histories, items)
+        scores = self.tables.score_with_history(users, histories, items, ratings)
         if task == "ctr":
             return scores.tolist()
         if task in RATING_TASKS and self.loss == "mse":
@@ -142,7 +144,7 @@ class SummaryRetrieval:
             if not pool:
                 out.append(self.latest.get(int(s["user"]), self.fallback))
                 continue
-            me = self.tables.user_vectors([s["user"]], [s["history"]], [s["items"]])[0]
+            me = self.tables.user_vectors([s["user"]], [s["history"]], [s["items"]], history_ratings([s]))[0]
             writer_ids = [u for u, _ in pool]
             # writers by their trained rows (a sequential backbone's row: its training history's encoding)
             writers = (self.tables.user_emb[writer_ids].astype(np.float64) if self.tables.sequential

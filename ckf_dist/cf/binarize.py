@@ -55,6 +55,7 @@ from ckf_dist.cf.fit import torch_threads
 from ckf_dist.cf.pairs import VALID_NEGATIVES, PairData
 from ckf_dist.cf.tables import CFTables
 from ckf_dist.config import CFConfig
+from ckf_dist.data.samples import history_ratings
 from ckf_dist.data.table import SplitData
 from ckf_dist.fsutil import atomic_write
 
@@ -262,9 +263,10 @@ class TextCodes:
         self._item_text = [encode_code(b, self.compress) for b in self.item_bits]
 
     def user_bits(self, users: Sequence[int], histories: Sequence[Sequence[int]],
-                  targets: Optional[Sequence[Sequence[int]]] = None) -> np.ndarray:
-        """[n, bits] bool codes of these rows' user vectors."""
-        return binary_codes(self.tables.user_vectors(users, histories, targets), self.w_u, self.b_u)
+                  targets: Optional[Sequence[Sequence[int]]] = None,
+                  ratings: Optional[Sequence[Sequence[Optional[float]]]] = None) -> np.ndarray:
+        """[n, bits] bool codes of these rows' user vectors (`ratings`: of each history item, for the fold-in)."""
+        return binary_codes(self.tables.user_vectors(users, histories, targets, ratings), self.w_u, self.b_u)
 
     def item_code(self, item: int) -> str:
         return self._item_text[int(item)]
@@ -273,5 +275,6 @@ class TextCodes:
         """Per sample: [user code, code of each of its items in order] (what its placeholders become)."""
         if not samples:
             return []
-        ub = self.user_bits([s["user"] for s in samples], [s["history"] for s in samples], [s["items"] for s in samples])
+        ub = self.user_bits([s["user"] for s in samples], [s["history"] for s in samples], [s["items"] for s in samples],
+                            history_ratings(samples))
         return [[encode_code(b, self.compress)] + [self.item_code(i) for i in s["items"]] for b, s in zip(ub, samples)]

@@ -277,7 +277,7 @@ def train_cf(
         "seconds": round(time.perf_counter() - t0, 3),
     }
     meta = {k: report[k] for k in ("model", "loss", "dim", "valid_metric", "weight_decay", "valid_score", "best_epoch")}
-    meta.update(seed=seed, dataset=split_data.name)
+    meta.update(seed=seed, dataset=split_data.name, fold_in_ridge=cfg.fold_in_ridge)
     if loss == "mse":
         meta["rating_range"] = list(data.rating_range)
     if sequential:

@@ -21,9 +21,10 @@ ids were metadata entries ``user_ids`` / ``item_ids`` still load.)
 **Rows without training data.** A user or item with no training interaction (new after a global
 time split, or a held-out-only item) has an all-zero row (and zero biases): no untrained random
 vector ever leaves CF training. Consumers fold such a *user* in from the history of the row being
-predicted: its vector is the mean of its history items' rows (:meth:`CFTables.user_vectors`, and
-the same rule in the CKF model), the classic fold-in of item-based CF. A zero item row scores as
-the global prior.
+predicted (:meth:`CFTables.fold_in`, and the same function in the CKF model): with MF's biases and
+the ratings the user gave its history items, a ridge fold-in of a bias and a vector; otherwise
+the mean of its history items' rows (:mod:`ckf_dist.cf.foldin`). A zero item row scores as the
+global prior.
 
 **Sequential backbones** (SASRec, DIN) encode a row's history into its user vector: with a
 history, :meth:`CFTables.user_vectors` and :meth:`CFTables.score_with_history` run the backbone
@@ -136,27 +137,57 @@ class CFTables:
         i = np.concatenate([self.item_emb, self.item_bias[:, None]], 1).astype(np.float32)
         return u, i
 
+    @property
+    def fold_in_ridge(self) -> float:
+        """The fold-in's ridge penalty (``cf.fold_in_ridge`` when the tables were trained)."""
+        from ckf_dist.cf.foldin import DEFAULT_RIDGE
+
+        return float(self.meta.get("fold_in_ridge", DEFAULT_RIDGE))
+
+    def fold_in(self, users: Sequence[int], histories: Sequence[Sequence[int]],
+                ratings: Optional[Sequence[Sequence[Optional[float]]]] = None) -> tuple[np.ndarray, np.ndarray]:
+        """(vectors [n, d], biases [n]) float64 of each row's user: its trained row and bias, or for
+        a user without one, the fold-in from the row's history and the ratings it gave those items
+        (:func:`ckf_dist.cf.foldin.fold_in`: a ridge fold-in on MF with biases, else the mean)."""
+        import torch
+
+        from ckf_dist.cf.foldin import fold_in
+
+        u = np.asarray(users, dtype=np.int64)
+        n, h = len(u), max([1, *(len(x) for x in histories)])
+        ids = np.zeros((n, h), dtype=np.int64)
+        mask = np.zeros((n, h), dtype=bool)
+        rated = np.full((n, h), np.nan)
+        for k, x in enumerate(histories):
+            ids[k, : len(x)], mask[k, : len(x)] = x, True
+            if ratings is not None:
+                rated[k, : len(x)] = [np.nan if r is None else float(r) for r in ratings[k]]
+        t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))  # noqa: E731
+        with_bias = self.item_bias is not None and ratings is not None
+        vec, bias = fold_in(t(self.user_emb[u]), t(self.item_emb[ids]), torch.from_numpy(mask),
+                            t(rated) if with_bias else None, t(self.item_bias[ids]) if with_bias else None,
+                            self.global_bias, self.fold_in_ridge,
+                            t(self.user_bias[u]) if self.user_bias is not None else None)
+        return vec.numpy(), bias.numpy()
+
     def user_vectors(self, users: Sequence[int], histories: Sequence[Sequence[int]],
-                     targets: Optional[Sequence[Sequence[int]]] = None) -> np.ndarray:
-        """[n, d] float64: each user's trained row, or, for a user whose row is all zero (no
-        training interaction), the mean of its history items' rows (zeros if that is empty too).
-        Sequential tables: the backbone's encoding of each history (`targets`, the items of each row,
-        are DIN's attention target; see :mod:`ckf_dist.cf.sequential`)."""
+                     targets: Optional[Sequence[Sequence[int]]] = None,
+                     ratings: Optional[Sequence[Sequence[Optional[float]]]] = None) -> np.ndarray:
+        """[n, d] float64: each user's trained row, or for a user without one (all zero: no training
+        interaction) its fold-in from the row's history (:meth:`fold_in`; `ratings`: the rating of
+        each history item, None where unknown). Sequential tables: the backbone's encoding of each
+        history (`targets`, the items of each row, are DIN's attention target; see
+        :mod:`ckf_dist.cf.sequential`)."""
         if self.sequential:
             from ckf_dist.cf.sequential import encode_rows
 
             return encode_rows(self, histories, targets, self._seq_model())
-        u = np.asarray(users, dtype=np.int64)
-        out = self.user_emb[u].astype(np.float64)
-        unknown = ~np.any(out != 0.0, axis=1)
-        for k in np.flatnonzero(unknown):
-            h = np.asarray(histories[k], dtype=np.int64)
-            if len(h):
-                out[k] = self.item_emb[h].astype(np.float64).mean(0)
-        return out
+        return self.fold_in(users, histories, ratings)[0]
 
-    def score_with_history(self, users: Sequence[int], histories: Sequence[Sequence[int]], items: Any) -> np.ndarray:
-        """Like :meth:`score`, with users folded in from their histories (:meth:`user_vectors`).
+    def score_with_history(self, users: Sequence[int], histories: Sequence[Sequence[int]], items: Any,
+                           ratings: Optional[Sequence[Sequence[Optional[float]]]] = None) -> np.ndarray:
+        """Like :meth:`score`, with users folded in from their histories and the ratings given to
+        them (:meth:`fold_in`).
 
         items: [n] (one per user) or [n, C] (C candidates per user). Sequential tables: the
         backbone's own score after each history (DIN's is not a dot product)."""
@@ -164,18 +195,18 @@ class CFTables:
             from ckf_dist.cf.sequential import score_rows
 
             return score_rows(self, histories, items, self._seq_model())
-        u = np.asarray(users, dtype=np.int64)
         i = np.asarray(items, dtype=np.int64)
-        vec = self.user_vectors(u, histories)  # [n, d]
+        vec, ub = self.fold_in(users, histories, ratings)  # [n, d], [n]
         if i.ndim == 1:
             s = np.einsum("nd,nd->n", vec, self.item_emb[i].astype(np.float64))
-            ub = self.user_bias[u] if self.user_bias is not None else 0.0
         else:
             s = np.einsum("nd,ncd->nc", vec, self.item_emb[i].astype(np.float64))
-            ub = self.user_bias[u][:, None] if self.user_bias is not None else 0.0
+            ub = ub[:, None]
+        if self.user_bias is not None:
+            s = s + ub
         if self.item_bias is not None:
             s = s + self.item_bias[i]
-        return s + ub + self.global_bias
+        return s + self.global_bias
 
     def score(self, users: Any, items: Any) -> np.ndarray:
         """MF-style score e_u . e_i + b_u + b_i + b (biases where present), float64.

@@ -38,6 +38,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from ckf_dist.config import ALL_TASKS, Config
+from ckf_dist.data.samples import history_ratings
 
 KEEP_HEAD = 16
 """Tokens kept at the start of the stretch being truncated (the clause that introduces it)."""
@@ -71,6 +72,7 @@ class Collator:
       prompt_lengths [B] int64: tokens before the first target token
       item_ids [M] int64, item_rows [M] int64: items of all rows in row then prompt order
       history_ids [B, H] int64 (0-padded), history_mask [B, H] bool
+      history_ratings [B, H] float32: the rating given to each history item (NaN: unrated or padding)
       label [B] float32 (NaN where the sample has none); truncated: int
       text_input_ids, text_attention_mask, text_labels, text_prompt_lengths: the twin (optional)
 
@@ -265,10 +267,12 @@ class Collator:
         h = max(1, max(len(x) for x in hist))
         history_ids = torch.zeros((len(samples), h), dtype=torch.long)
         history_mask = torch.zeros((len(samples), h), dtype=torch.bool)
-        for r, x in enumerate(hist):
+        ratings = torch.full((len(samples), h), float("nan"), dtype=torch.float32)
+        for r, (x, given) in enumerate(zip(hist, history_ratings(samples))):
             if x:
                 history_ids[r, : len(x)] = torch.tensor(x, dtype=torch.long)
                 history_mask[r, : len(x)] = True
+                ratings[r, : len(x)] = torch.tensor([float("nan") if v is None else float(v) for v in given], dtype=torch.float32)
         item_ids = [int(i) for s in samples for i in s["items"]]
         item_rows = [r for r, s in enumerate(samples) for _ in s["items"]]
         label = [float("nan") if s.get("label") is None else float(s["label"]) for s in samples]
@@ -286,6 +290,7 @@ class Collator:
             "item_rows": torch.tensor(item_rows, dtype=torch.long),
             "history_ids": history_ids,
             "history_mask": history_mask,
+            "history_ratings": ratings,
             "label": torch.tensor(label, dtype=torch.float32),
             "truncated": n_cut,
             "target_rows": target_rows,

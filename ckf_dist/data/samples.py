@@ -8,6 +8,8 @@ Sample schema (exactly these keys; the CKF model, shards and CF baselines read t
     items        item ids for the placeholders after the user one, in prompt order
     history      history item ids, oldest first (the ones the prompt lists, or for
                  review_rating / explanation the recent train items)
+    history_ratings  the rating the user gave each history item (None: unrated), for the
+                 rating-aware CF fold-in of a user without a trained row (cf/foldin.py)
     prompt       CF prompt (model.placeholder_token marks the CF slots)
     prompt_text  its text-only twin (no placeholder)
     target       answer text
@@ -61,7 +63,7 @@ import logging
 import random
 from collections import Counter
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -78,11 +80,11 @@ from ckf_dist.tasks import (
     yes_no,
 )
 
-__all__ = ["build_samples", "count_placeholders", "SAMPLE_KEYS", "check_sample"]
+__all__ = ["build_samples", "count_placeholders", "SAMPLE_KEYS", "check_sample", "history_ratings"]
 
 log = logging.getLogger(__name__)
 
-SAMPLE_KEYS = ("key", "task", "split", "user", "user_id", "items", "history", "prompt", "prompt_text",
+SAMPLE_KEYS = ("key", "task", "split", "user", "user_id", "items", "history", "history_ratings", "prompt", "prompt_text",
                "target", "label", "candidates", "answer", "warm", "group")
 SPLIT_LEVEL = {"train": 0, "valid": 1, "test": 2, "serve": 2}
 """A row of split S may see earlier rows of splits whose level is <= S's (serving sees everything)."""
@@ -192,9 +194,10 @@ class _Builder:
             return eligible
         return sorted(rng.sample(eligible, n))
 
-    def sample(self, split: str, task: str, user: _User, n: int, items: list[int], history: list[int],
+    def sample(self, split: str, task: str, user: _User, n: int, items: list[int], at: np.ndarray,
                fields: dict, target: str, label: Optional[float], candidates: Optional[list[int]] = None,
                answer: int = -1) -> dict:
+        """One sample; `at`: the positions of its history among the user's interactions."""
         prompt, prompt_text = render(task, fields, self.ph)
         u = user.u
         return {
@@ -204,7 +207,8 @@ class _Builder:
             "user": int(u),
             "user_id": user.raw,
             "items": [int(x) for x in items],
-            "history": [int(x) for x in history],
+            "history": [int(x) for x in user.i[at]],
+            "history_ratings": [None if r != r else float(r) for r in user.rating[at].tolist()],
             "prompt": prompt,
             "prompt_text": prompt_text,
             "target": target,
@@ -226,25 +230,26 @@ class _Builder:
                 hist = user.i[at].tolist()
                 fields = {"history": [self.titles[h] for h, ok in zip(hist, user.liked[at]) if ok],
                           "disliked": [self.titles[h] for h, ok in zip(hist, user.liked[at]) if not ok]}
-                out.append(self.sample(split, "ctr", user, len(out), [item], hist,
+                out.append(self.sample(split, "ctr", user, len(out), [item], at,
                                        {**fields, "title": self.titles[item]}, yes_no(label), label))
                 continue
-            hist = user.i[user.history(p, split, self.d.history_len, user.liked)].tolist()
-            fields = {"history": [self.titles[h] for h in hist]}
-            out.append(self.sample(split, "ctr", user, len(out), [item], hist, {**fields, "title": self.titles[item]},
+            at = user.history(p, split, self.d.history_len, user.liked)
+            fields = {"history": [self.titles[h] for h in user.i[at].tolist()]}
+            out.append(self.sample(split, "ctr", user, len(out), [item], at, {**fields, "title": self.titles[item]},
                                    yes_no(label), label))
             neg = self.negatives(rng, user, 1)
             if neg is None:
                 self.counts[f"ctr/{split}/no_unseen_items"] += 1
                 continue
-            out.append(self.sample(split, "ctr", user, len(out), neg, hist, {**fields, "title": self.titles[neg[0]]},
+            out.append(self.sample(split, "ctr", user, len(out), neg, at, {**fields, "title": self.titles[neg[0]]},
                                    "No", 0.0))
         return out if cap is None else out[:cap]
 
     def topk(self, split: str, user: _User, positions: list[int], rng: random.Random) -> list[dict]:
         out: list[dict] = []
         for p in positions:
-            hist = user.i[user.history(p, split, self.d.history_len, user.liked)].tolist()
+            at = user.history(p, split, self.d.history_len, user.liked)
+            hist = user.i[at].tolist()
             item = int(user.i[p])
             negs = self.negatives(rng, user, self.d.topk_candidates - 1, avoid_titles={self.titles[item]})
             if negs is None:
@@ -253,7 +258,7 @@ class _Builder:
             cands = [item] + negs
             rng.shuffle(cands)
             fields = {"history": [self.titles[h] for h in hist], "candidates": [self.titles[c] for c in cands]}
-            out.append(self.sample(split, "topk", user, len(out), cands, hist, fields, self.titles[item], None,
+            out.append(self.sample(split, "topk", user, len(out), cands, at, fields, self.titles[item], None,
                                    candidates=cands, answer=cands.index(item)))
         return out
 
@@ -265,25 +270,25 @@ class _Builder:
             fields = {"history": [(self.titles[h], d) for h, d in zip(hist, user.rating_text[at].tolist())],
                       "title": self.titles[int(user.i[p])], "scale": self.scale}
             r = float(user.rating[p])
-            out.append(self.sample(split, "rating", user, len(out), [int(user.i[p])], hist, fields, self.scale.answer(r), r))
+            out.append(self.sample(split, "rating", user, len(out), [int(user.i[p])], at, fields, self.scale.answer(r), r))
         return out
 
     def review_rating(self, split: str, user: _User, positions: list[int]) -> list[dict]:
         out: list[dict] = []
         for p in positions:
-            hist = user.i[user.history(p, split, self.d.history_len)].tolist()
+            at = user.history(p, split, self.d.history_len)
             review = " ".join(str(user.review[p]).split()[: self.d.review_words])
             fields = {"title": self.titles[int(user.i[p])], "review": review, "scale": self.scale}
             r = float(user.rating[p])
-            out.append(self.sample(split, "review_rating", user, len(out), [int(user.i[p])], hist, fields,
+            out.append(self.sample(split, "review_rating", user, len(out), [int(user.i[p])], at, fields,
                                    self.scale.answer(r), r))
         return out
 
     def explanation(self, split: str, user: _User, positions: list[int]) -> list[dict]:
         out: list[dict] = []
         for p in positions:
-            hist = user.i[user.history(p, split, self.d.history_len)].tolist()
-            out.append(self.sample(split, "explanation", user, len(out), [int(user.i[p])], hist,
+            at = user.history(p, split, self.d.history_len)
+            out.append(self.sample(split, "explanation", user, len(out), [int(user.i[p])], at,
                                    {"title": self.titles[int(user.i[p])]}, str(user.summary[p]).strip(), None))
         return out
 
@@ -430,6 +435,12 @@ def build_samples(sd: SplitData, cfg: Config, counts: Optional[dict] = None) -> 
     return out
 
 
+def history_ratings(samples: Sequence[Mapping[str, Any]]) -> list[list[Optional[float]]]:
+    """Each sample's ``history_ratings`` (None for an unrated item; all None for samples written
+    without the field), aligned with its ``history``."""
+    return [list(s.get("history_ratings") or [None] * len(s["history"])) for s in samples]
+
+
 def check_sample(sample: dict, placeholder: str) -> None:
     """Raise ValueError unless `sample` has the schema's keys and placeholder invariants."""
     key = sample.get("key")
@@ -472,9 +483,9 @@ def build_topk_request(sd: SplitData, cfg: Config, u: int, candidates: list[int]
     """
     b = _Builder(SampleContext.of(sd, cfg), cfg, Counter())
     user = _serving_user(sd, u)
-    hist = user.i[user.history(len(user.i), "serve", cfg.data.history_len, user.liked)].tolist()
-    fields = {"history": [sd.item_titles[h] for h in hist], "candidates": [sd.item_titles[c] for c in candidates]}
-    s = b.sample("serve", "topk", user, n, candidates, hist, fields, sd.item_titles[candidates[0]], None,
+    at = user.history(len(user.i), "serve", cfg.data.history_len, user.liked)
+    fields = {"history": [sd.item_titles[h] for h in user.i[at].tolist()], "candidates": [sd.item_titles[c] for c in candidates]}
+    s = b.sample("serve", "topk", user, n, candidates, at, fields, sd.item_titles[candidates[0]], None,
                  candidates=list(candidates), answer=0)
     return s
 
@@ -483,5 +494,5 @@ def build_explanation_request(sd: SplitData, cfg: Config, u: int, item: int) -> 
     """An explanation sample for serving (target empty: it is generated)."""
     b = _Builder(SampleContext.of(sd, cfg), cfg, Counter())
     user = _serving_user(sd, u)
-    hist = user.i[user.history(len(user.i), "serve", cfg.data.history_len)].tolist()
-    return b.sample("serve", "explanation", user, 0, [item], hist, {"title": sd.item_titles[item]}, "", None)
+    at = user.history(len(user.i), "serve", cfg.data.history_len)
+    return b.sample("serve", "explanation", user, 0, [item], at, {"title": sd.item_titles[item]}, "", None)

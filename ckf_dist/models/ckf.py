@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
+from ckf_dist.cf.foldin import fold_in
 from ckf_dist.config import ALL_TASKS, Config
 from ckf_dist.fsutil import atomic_write
 from ckf_dist.kernels.multi_lora import resolve_backend
@@ -114,12 +115,19 @@ class CKFModel(nn.Module):
         the row of ``user_emb``.
       item_tokens: ``model.mapping=allmrec``: [I, d'] the items in the joint space of the alignment
         stage, which the item soft tokens are projected from (the CF item table still folds users in).
+      item_bias, global_bias, fold_in_ridge: MF's item biases [I] and global bias, for the
+        rating-aware fold-in of users without a trained row (:mod:`ckf_dist.cf.foldin`); without
+        them users fold in by the mean of their history rows. biases_in_vectors: the CF vectors end
+        with the biases (:meth:`CFTables.model_inputs`, ``model.cf_biases``), where a folded-in
+        user's bias goes.
 
     Build it before ZeRO-3 partitioning (it reads the token-embedding norm once).
     """
 
     def __init__(self, llm: nn.Module, tokenizer, user_emb: torch.Tensor, item_emb: torch.Tensor, cfg: Config,
-                 user_encoder: Optional[nn.Module] = None, item_tokens: Optional[torch.Tensor] = None):
+                 user_encoder: Optional[nn.Module] = None, item_tokens: Optional[torch.Tensor] = None,
+                 item_bias: Optional[torch.Tensor] = None, global_bias: float = 0.0, fold_in_ridge: Optional[float] = None,
+                 biases_in_vectors: bool = False):
         super().__init__()
         user_emb = torch.as_tensor(user_emb, dtype=torch.float32)
         item_emb = torch.as_tensor(item_emb, dtype=torch.float32)
@@ -162,6 +170,13 @@ class CKFModel(nn.Module):
 
         self.register_buffer("user_emb", user_emb, persistent=False)
         self.register_buffer("item_emb", item_emb, persistent=False)
+        if item_bias is not None and tuple(item_bias.shape) != (item_emb.shape[0],):
+            raise ValueError(f"item_bias must be [{item_emb.shape[0]}], got {tuple(item_bias.shape)}")
+        self.register_buffer("item_bias", None if item_bias is None else torch.as_tensor(item_bias, dtype=torch.float32),
+                             persistent=False)
+        self.bias_coordinate = bool(biases_in_vectors and item_bias is not None)
+        self.global_bias = float(global_bias)
+        self.fold_in_ridge = float(cfg.cf.fold_in_ridge if fold_in_ridge is None else fold_in_ridge)
         self.user_encoder = user_encoder
         if user_encoder is not None:
             user_encoder.requires_grad_(False)
@@ -282,7 +297,8 @@ class CKFModel(nn.Module):
         history (e_hist [B, H, d]) when there is one, else the user's row folded in (:meth:`fold_in`)."""
         mask = batch["history_mask"]
         if self.user_encoder is None:
-            return self.fold_in(self.user_emb[batch["user_ids"]], e_hist, mask)
+            return self.fold_in(self.user_emb[batch["user_ids"]], e_hist, mask, batch.get("history_ratings"),
+                                batch["history_ids"])
         return self.user_encoder(e_hist, mask, self.row_items(batch))
 
     def row_items(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -293,14 +309,18 @@ class CKFModel(nn.Module):
         counts = e_i.new_zeros(b).index_add(0, rows, torch.ones_like(rows, dtype=e_i.dtype))
         return sums / counts.clamp_min(1).unsqueeze(1)
 
-    @staticmethod
-    def fold_in(e_u: torch.Tensor, e_hist: torch.Tensor, hist_mask: torch.Tensor) -> torch.Tensor:
-        """Users without a trained CF row (all zero: no training interaction) take the mean of their
-        history items' rows, the rule of :meth:`ckf_dist.cf.tables.CFTables.user_vectors`."""
-        m = hist_mask.to(e_hist.dtype).unsqueeze(-1)
-        mean = (e_hist * m).sum(1) / m.sum(1).clamp_min(1.0)
-        known = (e_u != 0).any(-1, keepdim=True)
-        return torch.where(known, e_u, mean)
+    def fold_in(self, e_u: torch.Tensor, e_hist: torch.Tensor, hist_mask: torch.Tensor,
+                ratings: Optional[torch.Tensor] = None, hist_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """e_u [B, d] rows of the CF user table -> [B, d]: users without a trained row (all zero: no
+        training interaction) folded in from their history (e_hist [B, H, d], hist_mask [B, H]) and
+        the ratings they gave it (ratings [B, H], NaN unknown; hist_ids [B, H]), by the rule of
+        :meth:`ckf_dist.cf.tables.CFTables.fold_in`."""
+        if self.item_bias is None or ratings is None or hist_ids is None:
+            return fold_in(e_u, e_hist, hist_mask)[0]
+        d = e_u.shape[1] - int(self.bias_coordinate)
+        vec, bias = fold_in(e_u[:, :d], e_hist[..., :d], hist_mask, ratings, self.item_bias[hist_ids], self.global_bias,
+                            self.fold_in_ridge, e_u[:, d] if self.bias_coordinate else None)
+        return torch.cat([vec, bias.unsqueeze(-1)], -1) if self.bias_coordinate else vec
 
     def embed(self, input_ids: torch.Tensor, batch: dict[str, Any], cf: Optional[bool] = None) -> torch.Tensor:
         """input_ids [B, L] -> inputs_embeds [B, L, D] with CF vectors at every row's placeholders.

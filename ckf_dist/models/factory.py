@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 
 from ckf_dist.cf.align import load_aligned_items
@@ -39,11 +40,17 @@ class BuiltModel:
 
 def assemble_ckf_model(cfg: Config, llm, tok, user_vecs: torch.Tensor, item_vecs: torch.Tensor,
                        device: torch.device | str = "cpu", user_encoder: Optional[torch.nn.Module] = None,
-                       item_tokens: Optional[torch.Tensor] = None) -> CKFModel:
+                       item_tokens: Optional[torch.Tensor] = None, tables: Optional[CFTables] = None) -> CKFModel:
     """The one CKFModel constructor call: `llm` + `tok` with frozen CF vectors (a sequential
     backbone's encoder, A-LLMRec's aligned items), on `device`. :func:`build_ckf_model` feeds it
-    from a run's files; the GPU benchmark from a random LLaMA."""
-    return CKFModel(llm, tok, user_vecs, item_vecs, cfg, user_encoder=user_encoder, item_tokens=item_tokens).to(device)
+    from a run's files; the GPU benchmark from a random LLaMA. `tables` (MF with biases) gives the
+    rating-aware fold-in its biases and ridge."""
+    fold = {}
+    if tables is not None and tables.item_bias is not None and not tables.sequential:
+        fold = {"item_bias": torch.from_numpy(np.asarray(tables.item_bias, dtype=np.float32)),
+                "global_bias": tables.global_bias, "fold_in_ridge": tables.fold_in_ridge,
+                "biases_in_vectors": bool(cfg.model.cf_biases and tables.user_bias is not None)}
+    return CKFModel(llm, tok, user_vecs, item_vecs, cfg, user_encoder=user_encoder, item_tokens=item_tokens, **fold).to(device)
 
 
 def build_ckf_model(cfg: Config, llm_path: str | Path, cf_path: str | Path, device: torch.device | str = "cpu",
@@ -65,7 +72,7 @@ def build_ckf_model(cfg: Config, llm_path: str | Path, cf_path: str | Path, devi
     if cfg.model.mapping == "allmrec" and cfg.model.needs_mode_stage():
         aligned = torch.from_numpy(load_aligned_items(mode_path, tables.num_items))
     model = assemble_ckf_model(cfg, llm, tok, torch.from_numpy(users), torch.from_numpy(items), device, user_encoder=encoder,
-                               item_tokens=aligned)
+                               item_tokens=aligned, tables=tables)
     sizes = {"num_users": int(users.shape[0]), "num_items": int(items.shape[0])}
     return BuiltModel(model=model, tokenizer=tok, collator=make_collator(cfg, tok, codes=codes, **sizes),
                       eval_collator=make_collator(cfg, tok, text_twin=False, codes=codes, **sizes), tables=tables,

@@ -51,6 +51,9 @@ def test_global_time_protocol_rows_labels_histories_groups():
     assert ctr["valid"] == [(("u1", "d"), 0.0, ["a", "b", "c"], "cold"), (("u2", "b"), 1.0, ["a", "c", "d"], "cold")]
     # the test row of new user u3 at t=10 sees its t=9 test row; no synthetic negative anywhere
     assert ctr["test"] == [(("u3", "a"), 1.0, [], "new"), (("u3", "z"), 1.0, ["a"], "new")]
+    # each history item comes with the rating given to it (the rating-aware fold-in's input)
+    ratings = {raw(s): s["history_ratings"] for s in samples["valid"] + samples["test"] if s["task"] == "ctr"}
+    assert ratings == {("u1", "d"): [5.0, 2.0, 5.0], ("u2", "b"): [4.0, 1.0, 5.0], ("u3", "a"): [], ("u3", "z"): [5.0]}
     assert sum(s["task"] == "ctr" for s in samples["train"]) == 6
     rating = [s for s in samples["test"] if s["task"] == "rating" and raw(s) == ("u3", "z")][0]
     assert rating["label"] == 4.0 and '"Title a", rating: 5' in rating["prompt"]
@@ -114,3 +117,11 @@ def test_csv_split_column_with_new_users_and_items_reports_the_new_group(tmp_pat
     mf_scores = {round(float(tables.score_with_history([s["user"]], [s["history"]], np.array([s["items"][0]]))[0]), 6)
                  for s in test}
     assert len(mf_scores) > 6
+    # with the ratings of their histories, new users who rated their history higher score higher
+    folded = tables.score_with_history([s["user"] for s in test], [s["history"] for s in test],
+                                       np.array([s["items"][0] for s in test]), [s["history_ratings"] for s in test])
+    _, bias = tables.fold_in([s["user"] for s in test], [s["history"] for s in test], [s["history_ratings"] for s in test])
+    rated = [k for k, s in enumerate(test) if s["history_ratings"]]
+    assert len(rated) >= 12
+    assert np.corrcoef([np.mean(test[k]["history_ratings"]) for k in rated], bias[rated])[0, 1] > 0.8 and not np.allclose(folded, [
+        tables.score_with_history([s["user"]], [s["history"]], np.array([s["items"][0]]))[0] for s in test])

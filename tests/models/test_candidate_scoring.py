@@ -45,7 +45,7 @@ def test_new_users_fold_in_from_history_in_tables_and_model():
                  global_bias=3.0)
     vec = t.user_vectors([0, 2, 2], [[1], [1, 4], []])
     np.testing.assert_allclose(vec[0], users[0])  # a known user keeps its row
-    np.testing.assert_allclose(vec[1], items[[1, 4]].mean(0), rtol=1e-6)  # fold-in: mean of history rows
+    np.testing.assert_allclose(vec[1], items[[1, 4]].mean(0), rtol=1e-6)  # no ratings: mean of history rows
     np.testing.assert_allclose(vec[2], 0.0)  # nothing to fold in: the prior
     s = t.score_with_history([2, 0], [[1, 4], [5]], np.array([3, 3]))
     np.testing.assert_allclose(s, [items[[1, 4]].mean(0) @ items[3] + 0.0 + 0.3 + 3.0, users[0] @ items[3] + 0.5 + 0.3 + 3.0],
@@ -53,12 +53,53 @@ def test_new_users_fold_in_from_history_in_tables_and_model():
     cand = t.score_with_history([2], [[1, 4]], np.array([[3, 5]]))
     np.testing.assert_allclose(cand[0], [s[0], items[[1, 4]].mean(0) @ items[5] + 0.5 + 3.0], rtol=1e-5)
     # the model's rule is the same
+    model = CKFModel.__new__(CKFModel)
+    torch.nn.Module.__init__(model)
+    model.item_bias, model.bias_coordinate = None, False
     hist = torch.tensor([[1, 4], [1, 0]])
     mask = torch.tensor([[True, True], [True, False]])
     e_u = torch.from_numpy(users[[2, 0]])
-    out = CKFModel.fold_in(e_u, torch.from_numpy(items)[hist], mask)
+    out = model.fold_in(e_u, torch.from_numpy(items)[hist], mask)
     torch.testing.assert_close(out[0].double(), torch.from_numpy(t.user_vectors([2], [[1, 4]])[0]))
     torch.testing.assert_close(out[1], e_u[1])
+
+
+def test_rated_history_folds_a_new_user_in_by_ridge_regression_in_tables_and_model():
+    """A user without a trained row, with ratings for its history: bias and vector solve
+    (X'X + ridge I) w = X'y with X = [1, e_i] and y = r - b_i - b (hand-built normal equations);
+    unrated history items are left out; the model (biases as the vectors' last coordinate) gives
+    the same user vector and bias."""
+    rng = np.random.default_rng(1)
+    users = rng.normal(size=(3, 2)).astype(np.float32)
+    users[1] = 0.0
+    items = rng.normal(size=(5, 2)).astype(np.float32)
+    ib = np.array([0.2, -0.1, 0.4, 0.0, 0.3], np.float32)
+    t = CFTables(users, items, ["a", "b", "c"], list("vwxyz"), user_bias=np.array([0.5, 0.0, -0.2], np.float32),
+                 item_bias=ib, global_bias=3.5, meta={"fold_in_ridge": 2.0})
+    hist, rated = [0, 2, 3, 4], [5.0, 1.0, None, 4.0]
+    x = np.array([[1.0, *items[0]], [1.0, *items[2]], [1.0, *items[4]]])
+    y = np.array([5.0 - 0.2 - 3.5, 1.0 - 0.4 - 3.5, 4.0 - 0.3 - 3.5])
+    w = np.linalg.solve(x.T @ x + 2.0 * np.eye(3), x.T @ y)
+    vec, bias = t.fold_in([1, 0], [hist, hist], [rated, rated])
+    np.testing.assert_allclose(vec[0], w[1:], rtol=1e-6) and np.testing.assert_allclose(bias[0], w[0], rtol=1e-6)
+    np.testing.assert_allclose(vec[1], users[0]) and np.testing.assert_allclose(bias[1], 0.5)  # trained: unchanged
+    s = t.score_with_history([1], [hist], np.array([1]), [rated])
+    np.testing.assert_allclose(s, [w[1:] @ items[1] + w[0] - 0.1 + 3.5], rtol=1e-6)
+    # a liked history lifts the folded-in user above a disliked one, for every item
+    up = t.score_with_history([1, 1], [[0, 2], [0, 2]], np.array([[0, 1, 2, 3, 4]] * 2), [[5.0, 5.0], [1.0, 1.0]])
+    assert (up[0] > up[1]).all()
+    np.testing.assert_allclose(t.fold_in([1], [hist], [[None] * 4])[0][0], items[hist].mean(0), rtol=1e-6)  # unrated: mean
+
+    u_in, i_in = t.model_inputs()
+    model = CKFModel.__new__(CKFModel)
+    torch.nn.Module.__init__(model)
+    model.item_bias, model.bias_coordinate = torch.from_numpy(ib), True
+    model.global_bias, model.fold_in_ridge = 3.5, 2.0
+    ids = torch.tensor([hist, hist])
+    r = torch.tensor([[5.0, 1.0, float("nan"), 4.0]] * 2)
+    out = model.fold_in(torch.from_numpy(u_in[[1, 2]]), torch.from_numpy(i_in)[ids], torch.ones(2, 4, dtype=torch.bool), r, ids)
+    torch.testing.assert_close(out[0], torch.tensor([*w[1:], w[0]], dtype=torch.float32), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out[1], torch.from_numpy(u_in[2]))
 
 
 def test_model_inputs_append_biases():
