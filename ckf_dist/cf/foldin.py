@@ -49,16 +49,16 @@ def fold_in(e_u: torch.Tensor, e_hist: torch.Tensor, mask: torch.Tensor, ratings
     trained_bias = b_u.float() if b_u is not None else e_u32.new_zeros(e_u32.shape[0])
     vec, bias = mean, e_u32.new_zeros(e_u32.shape[0])
     if ratings is not None and hist_bias is not None:
+        # every row solved (no data-dependent branch: no host read on an accelerator); rows
+        # without a rated history item solve to 0 and keep the mean
         rated = mask & torch.isfinite(ratings)
-        use = (~known) & rated.any(1)
-        if bool(use.any()):
-            w = rated[use].to(torch.float32).unsqueeze(-1)
-            x = torch.cat([torch.ones_like(e_h[use][..., :1]), e_h[use]], -1) * w  # [n, H, d + 1]
-            y = torch.nan_to_num(ratings[use].float() - hist_bias[use].float() - float(global_bias)) * w.squeeze(-1)
-            a = x.transpose(1, 2) @ x + float(ridge) * torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
-            sol = torch.linalg.solve(a, (x.transpose(1, 2) @ y.unsqueeze(-1))).squeeze(-1)  # [n, d + 1]
-            vec, bias = vec.clone(), bias.clone()
-            vec[use], bias[use] = sol[:, 1:], sol[:, 0]
+        w = rated.to(torch.float32).unsqueeze(-1)
+        x = torch.cat([torch.ones_like(e_h[..., :1]), e_h], -1) * w  # [B, H, d + 1]
+        y = torch.nan_to_num(ratings.float() - hist_bias.float() - float(global_bias)) * w.squeeze(-1)
+        a = x.transpose(1, 2) @ x + float(ridge) * torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
+        sol = torch.linalg.solve_ex(a, x.transpose(1, 2) @ y.unsqueeze(-1))[0].squeeze(-1)  # [B, d + 1]; a is SPD
+        use = rated.any(1, keepdim=True)
+        vec, bias = torch.where(use, sol[:, 1:], mean), torch.where(use.squeeze(1), sol[:, 0], bias)
     vec = torch.where(known.unsqueeze(-1), e_u32, vec)
     bias = torch.where(known, trained_bias, bias)
     return vec.to(dtype), bias.to(dtype)
