@@ -71,9 +71,9 @@ from ckf_dist.bench.e2e_recipe import claim_run_dir, measure_ray, measure_recipe
 from ckf_dist.config import ConfigError, load_config
 
 TARGET_RATIO = 1.5
-"""Issue 4 target: ckf_dist tokens/s >= 1.5x the HF + PEFT per-task loop (CPU tiny config)."""
+"""Target: ckf_dist tokens/s >= 1.5x the HF + PEFT per-task loop (CPU tiny config)."""
 TARGET_DATA_WAIT = 0.02
-"""Issue 4 target: data-wait fraction < 2%."""
+"""Target: data-wait fraction < 2%."""
 
 # Settings the bench applies before the user's overrides (which win). None of them changes the
 # training step being measured: they shorten setup (CF grid, tiny pre-training) and keep

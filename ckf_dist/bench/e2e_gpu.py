@@ -22,7 +22,7 @@ from ckf_dist.config import ALL_TASKS, load_config
 from ckf_dist.data.collate import index_fields
 
 TARGET_GPU_TOKENS = 14000
-"""Issue 4 target (one H100, 7B shape, seq 1024): tokens/s/GPU."""
+"""Target (one H100, 7B shape, seq 1024): tokens/s/GPU."""
 
 LLAMA_7B = dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
                 intermediate_size=11008, vocab_size=32000)
