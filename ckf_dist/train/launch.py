@@ -159,11 +159,20 @@ def run_deepspeed_process(run: Run) -> None:
     from ckf_dist.train.rendezvous import init_from_env
 
     cfg = run.cfg
-    if not dist.is_initialized():
+    started = not dist.is_initialized()
+    if started:
         init_from_env("nccl" if cfg.dist.use_gpu else "gloo")
     # the launcher's node rank (CROSS_RANK): hosts may share a name, e.g. several nodes on one machine
     node = f"{socket.gethostname()}/node-{os.environ.get('CROSS_RANK', '0')}"
-    _run_recipe(run, int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), DeepSpeedEngineFactory(), node)
+    try:
+        _run_recipe(run, int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), DeepSpeedEngineFactory(), node)
+        if started:
+            dist.barrier()  # every rank is done before rank 0, which serves the rendezvous store, leaves
+    finally:
+        if started and dist.is_initialized():
+            # an orderly teardown: a process that exits with the group's threads alive can abort
+            # ("terminate called without an active exception")
+            dist.destroy_process_group()
 
 
 def launch(run: Run | Config) -> None:
