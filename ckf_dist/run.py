@@ -69,6 +69,11 @@ def stage_hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+_DIGESTS: dict[tuple, str] = {}
+"""sha256 of raw input files by (path, size, mtime_ns), for this process: every stage key hashes
+the data stage's, so a command computes the fingerprint many times."""
+
+
 def source_fingerprint(cfg: Config, cache: Optional[Path] = None) -> str:
     """Identity of the raw input files: each file's name, size and sha256; synthetic data has none.
 
@@ -95,7 +100,9 @@ def source_fingerprint(cfg: Config, cache: Optional[Path] = None) -> str:
             st = f.stat()
             stamp = [st.st_size, st.st_mtime_ns]
             hit = known.get(str(f))
-            digest = hit[2] if isinstance(hit, list) and len(hit) == 3 and hit[:2] == stamp else sha256_file(f)
+            digest = hit[2] if isinstance(hit, list) and len(hit) == 3 and hit[:2] == stamp else None
+            if digest is None:  # hashed once per process, even before the run directory exists
+                digest = _DIGESTS.get((str(f), *stamp)) or _DIGESTS.setdefault((str(f), *stamp), sha256_file(f))
             seen[str(f)] = [*stamp, digest]
             entries.append([str(f), st.st_size, digest])
     if cache is not None and seen and seen != known and cache.parent.is_dir():
