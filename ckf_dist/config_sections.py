@@ -371,6 +371,12 @@ class TrainConfig:
     """Recompute each decoder layer's activations in backward instead of keeping them (less memory,
     about a third more compute): what a 7B model at long prompts needs. Gradients are unchanged.
     The Multi-LoRA task context of the forward is replayed in the recomputation."""
+    user_fold_in_rate: float = 0.0
+    """Share of training rows whose CF user vector is folded in from the row's history (the rule of
+    cf.fold_in_ridge) instead of read from the user's trained CF row. A trained row was fit on the
+    very interaction being predicted, while at test time a user without one (the `new` group of a
+    global time split) gets the fold-in: training on both teaches the LLM how far each can be
+    trusted. Like dropout, drawn per row at each step; evaluation always uses the trained row."""
     debug_checks: bool = False
     """Also check batch invariants on the device (CF id ranges, placeholder counts, task ids) in the
     model's forward; each check reads the device from the host (a stall per micro-step on a GPU).
@@ -389,6 +395,8 @@ class TrainConfig:
             ("save_every", self.save_every >= 1, self.save_every),
             ("mapper_lr_scale", _pos(self.mapper_lr_scale), self.mapper_lr_scale),
             ("curriculum_midpoint", 0.0 < self.curriculum_midpoint <= 1.0, self.curriculum_midpoint),
+            ("user_fold_in_rate", math.isfinite(self.user_fold_in_rate) and 0.0 <= self.user_fold_in_rate <= 1.0,
+             self.user_fold_in_rate),
             ("micro_batch_size", self.micro_batch_size >= 1, self.micro_batch_size),
             ("grad_accum", self.grad_accum >= 1, self.grad_accum),
         ])

@@ -129,6 +129,7 @@ switching them keeps a finished run fresh (and the keys of runs made before they
 ADDED_KEYS = {
     "cf": ("sasrec_blocks", "sasrec_heads", "seq_dropout", "fold_in_ridge"),
     "model": ("binllm_bits", "binllm_compress", "allmrec_dim", "align_epochs"),
+    "train": ("user_fold_in_rate",),
 }
 """Keys added to a section after runs were made: left out of the stage keys while at their default,
 so those runs stay fresh."""
@@ -144,7 +145,7 @@ def _section_key(cfg: Config, name: str) -> dict:
 def _train_key(cfg: Config) -> dict:
     """train.* as the training key hashes it: with the loader.* keys under their former train.*
     names (a run made before they moved stays fresh), without TRAIN_KEY_IGNORES."""
-    d = {k: v for k, v in to_dict(cfg.train).items() if k not in TRAIN_KEY_IGNORES}
+    d = {k: v for k, v in _section_key(cfg, "train").items() if k not in TRAIN_KEY_IGNORES}
     d.update(data_workers=cfg.loader.workers, shuffle_buffer=cfg.loader.shuffle_buffer, length_group=cfg.loader.length_group)
     return d
 

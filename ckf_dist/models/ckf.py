@@ -297,8 +297,11 @@ class CKFModel(nn.Module):
         history (e_hist [B, H, d]) when there is one, else the user's row folded in (:meth:`fold_in`)."""
         mask = batch["history_mask"]
         if self.user_encoder is None:
-            return self.fold_in(self.user_emb[batch["user_ids"]], e_hist, mask, batch.get("history_ratings"),
-                                batch["history_ids"])
+            e_u = self.user_emb[batch["user_ids"]]
+            rate = self.cfg.train.user_fold_in_rate
+            if self.training and rate > 0.0:  # train.user_fold_in_rate: these rows see the fold-in a new user gets
+                e_u = e_u * (torch.rand(e_u.shape[0], device=e_u.device) >= rate).unsqueeze(-1).to(e_u.dtype)
+            return self.fold_in(e_u, e_hist, mask, batch.get("history_ratings"), batch["history_ids"])
         return self.user_encoder(e_hist, mask, self.row_items(batch))
 
     def row_items(self, batch: dict[str, Any]) -> torch.Tensor:

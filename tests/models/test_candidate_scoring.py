@@ -134,3 +134,29 @@ def test_curriculum_sample_mode_runs_one_path_with_probability_w(build_model, sa
     assert out_c.text_loss is None and out_c.cf_loss is not None
     torch.testing.assert_close(out_t.loss, model._token_nll(batch, text=True)[0].mean())
     torch.testing.assert_close(out_c.loss, model._token_nll(batch)[0].mean())
+
+
+def test_training_rows_see_the_fold_in_at_train_user_fold_in_rate(build_model, sample):
+    """train.user_fold_in_rate: in training, that share of rows gets the fold-in of its history in
+    place of the user's trained row (all rows at 1, none at 0); evaluation always reads the row."""
+    model, tok, cfg = build_model(small_config())
+    rows = [sample("ctr", user=u % 4, n=3, key=f"train/ctr/{u}/1") for u in range(64)]
+    batch = Collator(tok, cfg, model.placeholder_id, text_twin=False)(rows)
+    e_hist = model.item_emb[batch["history_ids"]]
+    trained = model.user_emb[batch["user_ids"]]
+    folded = model.fold_in(torch.zeros_like(trained), e_hist, batch["history_mask"], batch.get("history_ratings"),
+                           batch["history_ids"])
+    assert (trained != 0).any(-1).all() and not torch.allclose(folded, trained)
+    model.cfg.train.user_fold_in_rate = 1.0
+    model.eval()
+    torch.testing.assert_close(model.row_users(batch, e_hist), trained)
+    model.train()
+    torch.testing.assert_close(model.row_users(batch, e_hist), folded)
+    model.cfg.train.user_fold_in_rate = 0.5
+    torch.manual_seed(0)
+    got = model.row_users(batch, e_hist)
+    is_folded = (got == folded).all(-1) & ~(got == trained).all(-1)
+    assert ((got == folded).all(-1) | (got == trained).all(-1)).all()
+    assert 16 < int(is_folded.sum()) < 48
+    model.cfg.train.user_fold_in_rate = 0.0
+    torch.testing.assert_close(model.row_users(batch, e_hist), trained)
