@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from ckf_dist.cli import main
-from ckf_dist.config import ConfigError, save_config
+from ckf_dist.config import ConfigError, load_config, save_config
+from ckf_dist.run import Run
 from ckf_dist.sweep.grid import GridError, load_grid
 from ckf_dist.sweep.report import aggregate, format_cell, mean_sd, results_markdown
 
@@ -329,3 +330,15 @@ def test_smoke_sweep_runs_on_ray_tune_and_resumes(tmp_path, capsys, monkeypatch)
 
     assert main(["sweep", "--grid", SMOKE, "--out", str(out), "--dry-run"]) == 0
     assert "4 done, 0 to run" in capsys.readouterr().out
+
+    # ckf-s0's evaluation stage goes stale (as after a code change): still reported, marked, and due a rerun
+    stage = Run(load_config(out / "ckf-s0" / "config.yaml")).eval_stage()
+    rec = json.loads(stage.record.read_text())
+    stage.record.write_text(json.dumps({**rec, "key": "0" * len(str(rec["key"]))}))
+    before = json.loads((out / "results.json").read_text())
+    assert main(["sweep", "--grid", SMOKE, "--out", str(out), "--report-only"]) == 0
+    assert "3 done, 1 to run" in capsys.readouterr().out
+    res = json.loads((out / "results.json").read_text())
+    assert [t["status"] for t in res["trials"]] == ["stale", "done", "done", "done"]
+    assert res["table"] == before["table"]  # the stale trial's metrics still count
+    assert "Stale: ckf-s0 finished with this config" in (out / "results.md").read_text()

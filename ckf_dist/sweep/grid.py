@@ -260,8 +260,10 @@ def _stages_fresh(cfg: Config) -> Optional[bool]:
 
 def trial_status(cfg: Config, check_stages: bool = True) -> str:
     """"done" when run.dir has metrics.json, its config.yaml equals `cfg` (the trial's resolved
-    config) and its cached stages are fresh; "changed" when a finished run was made with another
-    config or its stages are stale; "partial" when the run was started; "new" otherwise."""
+    config) and its cached stages are fresh; "stale" when it finished with this config but a stage
+    went stale since (the code or the inputs changed: its metrics still report, and the sweep
+    reruns it); "changed" when a finished run was made with another config; "partial" when the
+    run was started; "new" otherwise."""
     run = Run(cfg)
     saved = run.config_file
     if not saved.is_file():
@@ -275,8 +277,12 @@ def trial_status(cfg: Config, check_stages: bool = True) -> str:
     if _comparable(old) != _comparable(cfg):
         return "changed"
     if check_stages and _stages_fresh(cfg) is False:
-        return "changed"
+        return "stale"
     return "done"
+
+
+REPORTED_STATUSES = ("done", "stale")
+"""Trial statuses whose metrics the sweep's report shows (a stale trial's are marked so)."""
 
 
 def config_value(cfg: Config, dotted: str) -> Any:
@@ -298,5 +304,5 @@ def finite(v: Any) -> Optional[float]:
     return None if math.isnan(v) or math.isinf(v) else v
 
 
-__all__ = ["Grid", "GridError", "Trial", "Variant", "load_grid", "trial_status", "config_value", "finite",
+__all__ = ["Grid", "GridError", "Trial", "Variant", "load_grid", "trial_status", "REPORTED_STATUSES", "config_value", "finite",
            "DEFAULT_METRICS"]

@@ -27,7 +27,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from ckf_dist.sweep.grid import TASK_NAMES, Grid, Trial, config_value, finite
+from ckf_dist.sweep.grid import REPORTED_STATUSES, TASK_NAMES, Grid, Trial, config_value, finite
 from ckf_dist.run import Run
 from ckf_dist.fsutil import replace_dir, temp_dir_beside
 
@@ -89,12 +89,12 @@ def read_curves(run_dir: Path) -> dict[str, dict[int, float]]:
 
 def trial_record(trial: Trial, status: str, error: Optional[str] = None) -> dict:
     rd = Path(trial.run_dir)
-    metrics = _read_json(Run.at(rd).metrics_file()) if status == "done" else None
+    metrics = _read_json(Run.at(rd).metrics_file()) if status in REPORTED_STATUSES else None
     rec = {
         "name": trial.name, "variant": trial.variant, "seed": trial.seed, "run_dir": trial.run_dir,
         "status": status, "overrides": trial.overrides,
         "metrics": metrics if isinstance(metrics, dict) else None,
-        "baselines": read_baselines(rd) if status == "done" else None,
+        "baselines": read_baselines(rd) if status in REPORTED_STATUSES else None,
     }
     if error:
         rec["error"] = error
@@ -152,7 +152,7 @@ def aggregate(results: dict) -> list[dict]:
     Row: {"name", "kind": "variant"|"baseline", "seeds": [...], "values": {metric key: [v per seed]}}
     with metric keys `task/metric` and `ctr/<group>/auc`."""
     keys = list(results.get("metrics") or [])
-    done = [t for t in results.get("trials", []) if t.get("status") == "done" and isinstance(t.get("metrics"), dict)]
+    done = [t for t in results.get("trials", []) if t.get("status") in REPORTED_STATUSES and isinstance(t.get("metrics"), dict)]
     group_keys = [f"ctr/{g}/auc" for g in _group_keys([t["metrics"] for t in done]) if g != "all"]
     all_keys = keys + [k for k in group_keys if k not in keys]
     labels = results.get("labels") or {}
@@ -230,7 +230,7 @@ def table_json(rows: list[dict]) -> list[dict]:
 def curve_panels(results: dict, curves: dict[str, dict[str, dict[int, float]]]) -> list[tuple[str, dict[str, tuple[list[int], list[float], list[float], int]]]]:
     """[(metric key, {variant: (steps, mean, sd, n seeds)})], one panel per task: the task's first
     metric of `results["metrics"]` with validation records, else its first recorded metric."""
-    done = [t for t in results.get("trials", []) if t.get("status") == "done" and curves.get(t["name"])]
+    done = [t for t in results.get("trials", []) if t.get("status") in REPORTED_STATUSES and curves.get(t["name"])]
     recorded = {k for t in done for k in curves[t["name"]]}
     tasks: list[str] = []
     for k in sorted(recorded):
@@ -336,7 +336,7 @@ def write_tensorboard(grid: Grid, results: dict, configs: dict[str, Any], tb_roo
 
     from ckf_dist.telemetry.logger import tb_tag
 
-    done = [t for t in results.get("trials", []) if t.get("status") == "done" and isinstance(t.get("metrics"), dict)]
+    done = [t for t in results.get("trials", []) if t.get("status") in REPORTED_STATUSES and isinstance(t.get("metrics"), dict)]
     tb_root.mkdir(parents=True, exist_ok=True)
     keys = grid.overridden_keys()
     metric_tags = [f"test/{k}" for k in results.get("metrics") or []

@@ -24,7 +24,7 @@ from typing import Any, Optional
 
 from ckf_dist.config import Config, ConfigError
 from ckf_dist.run import Run
-from ckf_dist.sweep.grid import Grid, GridError, Trial, load_grid, trial_status
+from ckf_dist.sweep.grid import REPORTED_STATUSES, Grid, GridError, Trial, load_grid, trial_status
 from ckf_dist.sweep.report import (
     aggregate, flat_metrics, plot_validation, read_curves, results_markdown, table_json, trial_record, write_tensorboard,
 )
@@ -258,7 +258,7 @@ def write_outputs(grid: Grid, trials: list[Trial], statuses: dict[str, str], err
     }
     rows = aggregate(results)
     results["table"] = table_json(rows)
-    curves = {t.name: read_curves(Path(t.run_dir)) for t in trials if statuses.get(t.name) == "done"}
+    curves = {t.name: read_curves(Path(t.run_dir)) for t in trials if statuses.get(t.name) in REPORTED_STATUSES}
     png = plot_validation(results, curves, out / "validation.png")
     results["plot"] = str(png) if png else None
     tb = write_tensorboard(grid, results, configs, out / "tb")
@@ -280,6 +280,10 @@ def _markdown(grid: Grid, results: dict, rows: list[dict], png: Optional[Path]) 
               " baselines are scored on the same test rows, one set per seed.", ""]
     lines.append(results_markdown(results, rows))
     lines.append("")
+    stale = [t["name"] for t in results["trials"] if t["status"] == "stale"]
+    if stale:
+        lines += [f"Stale: {', '.join(stale)} finished with this config, but the code or the inputs changed since; "
+                  "their metrics are in the tables above. Rerun the sweep to refresh them.", ""]
     if png is not None:
         lines += [f"![validation metrics against step]({png.name})", ""]
     else:
