@@ -102,9 +102,18 @@ class CFBaseline:
         users = [s["user"] for s in samples]
         histories = [s["history"] for s in samples]
         ratings = history_ratings(samples)
-        if task == "topk":
-            return [self.tables.score_with_history([s["user"]], [s["history"]], np.asarray([s["candidates"]], dtype=np.int64), [r])[0]
-                    for s, r in zip(samples, ratings)]
+        if task == "topk":  # one batched call per candidate count
+            out: list = [None] * len(samples)
+            by_count: dict[int, list[int]] = {}
+            for k, s in enumerate(samples):
+                by_count.setdefault(len(s["candidates"]), []).append(k)
+            for rows in by_count.values():
+                cands = np.asarray([samples[k]["candidates"] for k in rows], dtype=np.int64)
+                scores = self.tables.score_with_history([users[k] for k in rows], [histories[k] for k in rows], cands,
+                                                        [ratings[k] for k in rows])
+                for k, row in zip(rows, scores):
+                    out[k] = row
+            return out
         items = np.array([s["items"][0] for s in samples], dtype=np.int64)
         scores = self.tables.score_with_history(users, histories, items, ratings)
         if task == "ctr":

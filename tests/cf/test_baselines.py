@@ -85,3 +85,27 @@ def test_run_baselines_on_built_samples():
     assert [ln.split(" | ")[0] for ln in lines[2:5]] == ["| popularity", "| mf", "| lightgcn"]
     assert lines[4].endswith("| – | – |")  # lightgcn has no rating metrics
     assert "cold" not in table and baseline_table_markdown(res, "cold").count("|") == table.count("|")
+
+
+def test_cf_baseline_topk_rows_of_any_candidate_count_score_as_alone():
+    """CFBaseline scores topk rows in one call per candidate count; each row's scores equal its
+    own score_with_history (fold-in from its history and ratings), in the rows' order."""
+    from ckf_dist.cf.baselines import CFBaseline
+    from ckf_dist.cf.tables import CFTables
+
+    rng = np.random.default_rng(3)
+    users = rng.normal(size=(3, 4)).astype(np.float32)
+    users[2] = 0.0  # folds in
+    t = CFTables(users, rng.normal(size=(8, 4)).astype(np.float32), list("abc"), list("01234567"),
+                 user_bias=np.array([0.1, -0.2, 0.0], np.float32), item_bias=rng.normal(size=8).astype(np.float32),
+                 global_bias=3.0)
+    rows = [_sample("topk", 0, [1], candidates=[1, 2, 3], history=[4], history_ratings=[5.0]),
+            _sample("topk", 2, [5], candidates=[5, 6], history=[1, 2], history_ratings=[1.0, 4.0]),
+            _sample("topk", 2, [7], candidates=[7, 0, 3], history=[6], history_ratings=[2.0]),
+            _sample("topk", 1, [0], candidates=[0, 4], history=[], history_ratings=[])]
+    got = CFBaseline("mf", t).predict("topk", rows)
+    assert [len(g) for g in got] == [3, 2, 3, 2]
+    for g, s in zip(got, rows):
+        alone = t.score_with_history([s["user"]], [s["history"]], np.asarray([s["candidates"]]), [s["history_ratings"]])[0]
+        np.testing.assert_allclose(g, alone, rtol=1e-6)
+    assert not np.allclose(got[1], t.score_with_history([0], [[1, 2]], np.asarray([[5, 6]]))[0])  # row 1 was folded in
