@@ -347,7 +347,7 @@ def protocol_of(cfg: Config, sd: SplitData) -> dict:
     d = cfg.data
     out = {"split": sd.protocol, "ctr_negatives": resolve_ctr_negatives(d, sd), "like_threshold": d.like_threshold,
            "history_len": d.history_len, "topk_candidates": d.topk_candidates,
-           "topk_score": "mean log-prob per answer token; hr@1 = greedy exact title",
+           "topk_score": f"answer log-prob / tokens ** {cfg.eval.candidate_length_power:g}; hr@1 = greedy exact title",
            "rating_scale": list(sd.rating_scale),
            "rating_score": "expected value over the scale's levels (mae/rmse); most likely level (mae_greedy/rmse_greedy)",
            "cold_threshold": d.cold_threshold, "samples_per_user": d.samples_per_user,

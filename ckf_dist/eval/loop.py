@@ -2,8 +2,9 @@
 
 Per task (the CKF paper, arXiv 2410.20642), on the model's own predictions:
 - ctr: P(Yes) / (P(Yes) + P(No)) at the first answer token -> AUC, UAUC;
-- topk: every candidate title scored by its mean log-probability per answer token (target tokens
-  and EOS; a sum would favour short titles) -> HR@k, NDCG@k; HR@1 by greedy decoding and exact
+- topk: every candidate title scored by its total log-probability as the answer (title tokens and
+  EOS) over n ** eval.candidate_length_power, n its tokens (1: the mean per token; 0: the sum,
+  which favours short titles) -> HR@k, NDCG@k; HR@1 by greedy decoding and exact
   title match (LLaRA's protocol);
 - rating, review_rating: expected value over the rating scale's levels (the headline MAE/RMSE) and
   the most likely level (`mae_greedy`, `rmse_greedy`). On whole-star scales (1..5) each level is
@@ -89,13 +90,14 @@ class Evaluator:
         return expected, greedy
 
     def candidate_scores(self, samples: list[dict]) -> list[list[float]]:
-        """Mean log-probability per answer token (title tokens + EOS) of each candidate's title as
-        the answer, per sample (same order as candidates); a sum would favour short titles."""
+        """Each candidate's score per sample (same order as candidates): the total log-probability
+        of its title as the answer (title tokens + EOS) over n ** eval.candidate_length_power."""
         scores: list[list[float]] = []
+        power = self.cfg.eval.candidate_length_power
         for chunk in _batches(samples, self.bs):
             cands = [[target_token_ids(self.collator.tok, self.titles[c]) for c in s["candidates"]] for s in chunk]
             for row in self.model.candidate_logprobs(self._batch(chunk), cands):
-                scores.append([total / max(1, n) for total, n in row])
+                scores.append([total / max(1, n) ** power for total, n in row])
         return scores
 
     def generate(self, samples: list[dict], max_new_tokens: Optional[int] = None) -> list[str]:

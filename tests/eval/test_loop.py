@@ -265,9 +265,10 @@ def _n_labelled(tok, title):
 
 
 def test_topk_scores_are_mean_logprob_per_token(tok):
-    """Waits for the mean-per-token candidate score in loop.py (a sum fails here)."""
+    """Waits for the mean-per-token candidate score in loop.py at eval.candidate_length_power=1
+    (a sum fails here)."""
     samples, per_token, text = _topk_setup(tok)
-    ev = _evaluator(FakeModel(tok, per_token=per_token, text=text), tok)
+    ev = _evaluator(FakeModel(tok, per_token=per_token, text=text), tok, _cfg(candidate_length_power=1.0))
     scores = ev.candidate_scores(samples)
     assert [len(r) for r in scores] == [4, 4, 2]
     for row, (_, _, cands, _, lp, _) in zip(scores, TOPK):
@@ -277,11 +278,24 @@ def test_topk_scores_are_mean_logprob_per_token(tok):
     assert n_long > n_amp and -0.5 * n_long < -0.8 * n_amp
 
 
+@pytest.mark.parametrize("power", [0.0, 0.25, 0.5])
+def test_topk_scores_divide_the_total_by_tokens_to_the_length_power(tok, power):
+    """score = total log-prob / n ** eval.candidate_length_power (n: title tokens + EOS); the
+    default 0.25 leans less towards short titles than the sum (power 0)."""
+    samples, per_token, text = _topk_setup(tok)
+    ev = _evaluator(FakeModel(tok, per_token=per_token, text=text), tok, _cfg(candidate_length_power=power))
+    scores = ev.candidate_scores(samples)
+    for row, s, (_, _, cands, _, lp, _) in zip(scores, samples, TOPK):
+        n = [_n_labelled(tok, TITLES[c]) for c in cands]
+        assert row == pytest.approx([v * k / k ** power for v, k in zip(lp, n)], abs=1e-5)
+    assert Config().eval.candidate_length_power == 0.25
+
+
 def test_topk_metrics_and_greedy_exact_match(tok):
     """Also needs the mean-per-token candidate score: by the sum the first answer ranks 3rd."""
     samples, per_token, text = _topk_setup(tok)
     model = FakeModel(tok, per_token=per_token, text=text)
-    ev = _evaluator(model, tok)
+    ev = _evaluator(model, tok, _cfg(candidate_length_power=1.0))
     preds = ev.topk(samples)
     # greedy choice: exact title match, case-insensitive -> 1 (the answer), 1 ("amp", not the answer), -1
     assert [p["choice"] for p in preds] == [1, 1, -1]
