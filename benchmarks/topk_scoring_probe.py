@@ -16,10 +16,9 @@ import argparse
 import numpy as np
 
 from ckf_dist.cf.baselines import Popularity
-from ckf_dist.data.collate import target_token_ids
 from ckf_dist.data.shards import read_split
 from ckf_dist.data.table import SplitData
-from ckf_dist.eval.loop import _batches, eval_rows
+from ckf_dist.eval.loop import eval_rows
 from ckf_dist.eval.metrics import task_metrics
 from ckf_dist.eval.serve import load_trained
 from ckf_dist.run import Run
@@ -35,10 +34,7 @@ def main() -> None:
     ev = load_trained(run)
     samples = [s for s in read_split(run.shards_dir, args.split) if s["task"] == "topk"]
     rows = eval_rows(samples, run.cfg)["topk"]
-    raw: list[list[tuple[float, int]]] = []
-    for chunk in _batches(rows, ev.bs):
-        cands = [[target_token_ids(ev.collator.tok, ev.titles[c]) for c in s["candidates"]] for s in chunk]
-        raw += ev.model.candidate_logprobs(ev._batch(chunk), cands)
+    raw = ev.candidate_logprobs(rows)
     pop = Popularity(SplitData.load(run.split_dir))
     print(f"{run.dir}, {args.split}: {len(rows)} topk rows")
     for a in args.alphas:

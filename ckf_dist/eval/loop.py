@@ -89,16 +89,20 @@ class Evaluator:
             greedy += self.levels[logits.argmax(-1)].tolist()
         return expected, greedy
 
-    def candidate_scores(self, samples: list[dict]) -> list[list[float]]:
-        """Each candidate's score per sample (same order as candidates): the total log-probability
-        of its title as the answer (title tokens + EOS) over n ** eval.candidate_length_power."""
-        scores: list[list[float]] = []
-        power = self.cfg.eval.candidate_length_power
+    def candidate_logprobs(self, samples: list[dict]) -> list[list[tuple[float, int]]]:
+        """(total log-probability, tokens) of each candidate's title as the answer (title tokens +
+        EOS), per sample, in candidate order."""
+        out: list[list[tuple[float, int]]] = []
         for chunk in _batches(samples, self.bs):
             cands = [[target_token_ids(self.collator.tok, self.titles[c]) for c in s["candidates"]] for s in chunk]
-            for row in self.model.candidate_logprobs(self._batch(chunk), cands):
-                scores.append([total / max(1, n) ** power for total, n in row])
-        return scores
+            out += self.model.candidate_logprobs(self._batch(chunk), cands)
+        return out
+
+    def candidate_scores(self, samples: list[dict]) -> list[list[float]]:
+        """Each candidate's score per sample (same order as candidates): the total log-probability
+        of its title as the answer over n ** eval.candidate_length_power, n its tokens."""
+        p = self.cfg.eval.candidate_length_power
+        return [[total / max(1, n) ** p for total, n in row] for row in self.candidate_logprobs(samples)]
 
     def generate(self, samples: list[dict], max_new_tokens: Optional[int] = None) -> list[str]:
         n = max_new_tokens or self.cfg.eval.max_new_tokens
