@@ -252,8 +252,9 @@ def test_recommend_scores_equal_candidate_likelihoods(run):
     i = item_ids.index(best["item"])
     req = next(r for r in res["requests"] if i in r["candidates"])
     batch = batch_to(ev.collator([{**req, "target": titles[i]}]), "cpu")
-    n_tokens = int((batch["labels"] != -100).sum())  # title tokens + EOS: the score is their mean log-prob
-    assert float(ev.model.sequence_logprob(batch)[0]) / n_tokens == pytest.approx(best["score"], rel=1e-4)
+    n_tokens = int((batch["labels"] != -100).sum())  # title tokens + EOS
+    power = cfg.cfg.eval.candidate_length_power  # the score: total log-prob / n ** power
+    assert float(ev.model.sequence_logprob(batch)[0]) / n_tokens**power == pytest.approx(best["score"], rel=1e-4)
 
 
 def test_triton_backend_trains_like_torch(run, tmp_path):
