@@ -3,8 +3,8 @@
     python benchmarks/topk_scoring_probe.py RUN_DIR [--split valid|test] [--alphas 0 0.5 1]
 
 Every candidate title is scored by its total log-probability as the answer (title tokens and
-EOS) divided by n ** alpha, n its token count: alpha 1 is the product's rule (the mean per
-token), alpha 0 the sum (which favours short titles). Prints HR@1 / NDCG@10 of each alpha and
+EOS) divided by n ** alpha, n its token count (`eval.candidate_length_power`): alpha 1 is the
+mean per token, alpha 0 the sum (which favours short titles). Prints HR@1 / NDCG@10 of each alpha and
 of the popularity baseline on the same rows (the evaluation's seeded draw of the split's topk
 rows), so a normalisation is chosen on `valid`, never on `test`.
 """
@@ -18,7 +18,7 @@ import numpy as np
 from ckf_dist.cf.baselines import Popularity
 from ckf_dist.data.shards import read_split
 from ckf_dist.data.table import SplitData
-from ckf_dist.eval.loop import eval_rows
+from ckf_dist.eval.loop import eval_rows, length_normalised
 from ckf_dist.eval.metrics import task_metrics
 from ckf_dist.eval.serve import load_trained
 from ckf_dist.run import Run
@@ -38,7 +38,7 @@ def main() -> None:
     pop = Popularity(SplitData.load(run.split_dir))
     print(f"{run.dir}, {args.split}: {len(rows)} topk rows")
     for a in args.alphas:
-        preds = [{"scores": [t / max(1, n) ** a for t, n in r], "choice": -1} for r in raw]
+        preds = [{"scores": row, "choice": -1} for row in length_normalised(raw, a)]
         m = task_metrics("topk", rows, preds)
         print(f"  alpha {a:<5} hr@1(ranking) {m['ndcg@1']:.4f}  ndcg@10 {m['ndcg@10']:.4f}")
     m = task_metrics("topk", rows, [{"scores": list(p), "choice": -1} for p in pop.predict("topk", rows)])

@@ -102,7 +102,10 @@ def source_fingerprint(cfg: Config, cache: Optional[Path] = None) -> str:
             hit = known.get(str(f))
             digest = hit[2] if isinstance(hit, list) and len(hit) == 3 and hit[:2] == stamp else None
             if digest is None:  # hashed once per process, even before the run directory exists
-                digest = _DIGESTS.get((str(f), *stamp)) or _DIGESTS.setdefault((str(f), *stamp), sha256_file(f))
+                key = (str(f), *stamp)
+                if key not in _DIGESTS:
+                    _DIGESTS[key] = sha256_file(f)
+                digest = _DIGESTS[key]
             seen[str(f)] = [*stamp, digest]
             entries.append([str(f), st.st_size, digest])
     if cache is not None and seen and seen != known and cache.parent.is_dir():

@@ -39,6 +39,11 @@ def _first_ids(tokenizer, words: Sequence[str]) -> list[int]:
     return ids
 
 
+def length_normalised(rows: list[list[tuple[float, int]]], power: float) -> list[list[float]]:
+    """(total log-probability, tokens) per candidate -> total / tokens ** power (the topk score)."""
+    return [[total / max(1, n) ** power for total, n in row] for row in rows]
+
+
 def _batches(items: list, size: int):
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -101,8 +106,7 @@ class Evaluator:
     def candidate_scores(self, samples: list[dict]) -> list[list[float]]:
         """Each candidate's score per sample (same order as candidates): the total log-probability
         of its title as the answer over n ** eval.candidate_length_power, n its tokens."""
-        p = self.cfg.eval.candidate_length_power
-        return [[total / max(1, n) ** p for total, n in row] for row in self.candidate_logprobs(samples)]
+        return length_normalised(self.candidate_logprobs(samples), self.cfg.eval.candidate_length_power)
 
     def generate(self, samples: list[dict], max_new_tokens: Optional[int] = None) -> list[str]:
         n = max_new_tokens or self.cfg.eval.max_new_tokens
