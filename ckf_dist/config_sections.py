@@ -90,6 +90,10 @@ class DataConfig:
     """The review_rating prompt keeps the first `review_words` words of the review."""
     title_words: int = 4
     """Pseudo-title length (words) for Amazon items without a metadata title."""
+    title_description: bool = False
+    """Name each item "title, description" (MovieLens: its genres) wherever prompts, answers and
+    outputs name it, instead of the title alone: the item knowledge a pre-trained LLM brings to a
+    title, spelled out for an LLM that has none."""
     shard_multiple: int = 4
     """The number of shards per split is a multiple of this, so many workers each get shards."""
     samples_per_shard: int = 2000

@@ -30,7 +30,8 @@ from ckf_dist.eval.loop import write_metrics
 from ckf_dist.eval.serve import evaluate_run
 from ckf_dist.fsutil import atomic_write_text
 from ckf_dist.models.llm import load_llm
-from ckf_dist.models.text_embed import item_texts, mean_pooled_embeddings
+from ckf_dist.data.splits import item_texts
+from ckf_dist.models.text_embed import mean_pooled_embeddings
 from ckf_dist.models.tiny import INFO_FILE, init_tiny
 from ckf_dist.run import Run, stage_hash
 from ckf_dist.train.launch import launch
@@ -146,7 +147,8 @@ def train_mode_stage(run: Run, force: bool = False) -> dict:
         else:
             device = "cuda" if cfg.dist.use_gpu and torch.cuda.is_available() else "cpu"
             llm, tok = load_llm(run.model_dir, cfg.model.placeholder_token, dtype=torch.float32)
-            text = mean_pooled_embeddings(llm, tok, item_texts(sd.item_titles, sd.item_text), device=device)
+            names = sd.item_titles if cfg.data.title_description else item_texts(sd.item_titles, sd.item_text)
+            text = mean_pooled_embeddings(llm, tok, names, device=device)
             del llm
             aligned, weights, report = train_alignment(sd, tables, text, cfg.model.allmrec_dim, cfg.model.align_epochs,
                                                        cfg.seed, cfg.cf.batch_size, cfg.data.history_len)

@@ -130,6 +130,7 @@ switching them keeps a finished run fresh (and the keys of runs made before they
 
 
 ADDED_KEYS = {
+    "data": ("title_description",),
     "cf": ("sasrec_blocks", "sasrec_heads", "seq_dropout", "fold_in_ridge"),
     "model": ("binllm_bits", "binllm_compress", "allmrec_dim", "align_epochs"),
     "train": ("user_fold_in_rate",),
@@ -631,7 +632,7 @@ class Run:
     def data_stage(self) -> Stage:
         cfg = self.cfg
         source = source_fingerprint(cfg, self.source_digests_file)
-        data = {k: v for k, v in to_dict(cfg.data).items() if k not in DATA_KEY_IGNORES}
+        data = {k: v for k, v in _section_key(cfg, "data").items() if k not in DATA_KEY_IGNORES}
         key = stage_hash([data, cfg.tasks, cfg.seed, cfg.model.placeholder_token, source, SAMPLE_SCHEMA])
         config = {"data": data, "tasks": cfg.tasks, "seed": cfg.seed,
                   "model": {"placeholder_token": cfg.model.placeholder_token}, "source_files": source,

@@ -67,6 +67,7 @@ from ckf_dist.data.splits import (
     global_time_cuts,
     hash_rank,
     id_hashes,
+    item_names,
     resolve_split,
 )
 from ckf_dist.data.table import SPLITS, SplitData
@@ -266,6 +267,7 @@ def _split(ex, cfg: Config, staging: Path, inp: _Input, cuts: Optional[TimeCuts]
             for k, c in r["words"].items():
                 words.setdefault(k, Counter()).update(c)
         titles = finish_titles(titles, inp.text, words, d.title_words, banned)
+    titles = item_names(titles, inp.text, d)
     explicit = ctr_negatives_of(d, inp.kept.has_rating, inp.kept.has_label) == "explicit"
     per_row = len(cfg.tasks) + (0 if explicit else 1)  # sampled ctr adds a negative per row
     return _Users(rows, np.r_[0, np.cumsum([r["users"] for r in parts])].tolist(), titles,

@@ -229,6 +229,17 @@ def finish_titles(titles: list[str], text: list[str], counts: dict[int, Counter]
     return titles
 
 
+def item_texts(titles: Sequence[str], descriptions: Sequence[str]) -> list[str]:
+    """One text per item: "title, description", or the title when the description is empty."""
+    return [f"{t}, {d}".strip() if str(d).strip() else str(t) for t, d in zip(titles, descriptions)]
+
+
+def item_names(titles: list[str], text: list[str], cfg: DataConfig) -> list[str]:
+    """How prompts, answers and outputs name each item: its title, or "title, description" with
+    data.title_description (unique as the titles are)."""
+    return item_texts(titles, text) if cfg.title_description else titles
+
+
 def _positive(inter: pd.DataFrame, like_threshold: float) -> np.ndarray:
     label = inter["label"].to_numpy(dtype=np.float64)
     from_rating = (inter["rating"].to_numpy(dtype=np.float64) >= like_threshold).astype(np.float64)
@@ -348,6 +359,7 @@ def split_dataset(data: RecData, cfg: DataConfig, seed: int) -> SplitData:
     if need:
         banned = frozenset(banned_words(item_ids) | banned_words(user_ids))
         titles = finish_titles(titles, text, train_word_counts(out, need, banned), cfg.title_words, banned)
+    titles = item_names(titles, text, cfg)
     skipped = Counter(data.skipped)
     if dup.any():
         skipped["duplicate"] += int(dup.sum())

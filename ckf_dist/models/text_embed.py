@@ -17,11 +17,6 @@ import numpy as np
 import torch
 
 
-def item_texts(titles: Sequence[str], descriptions: Sequence[str]) -> list[str]:
-    """One text per item: "title, description", or the title when the description is empty."""
-    return [f"{t}, {d}".strip() if str(d).strip() else str(t) for t, d in zip(titles, descriptions)]
-
-
 @torch.no_grad()
 def mean_pooled_embeddings(llm, tokenizer, texts: Sequence[str], batch_size: int = 32,
                            device: torch.device | str = "cpu") -> np.ndarray:

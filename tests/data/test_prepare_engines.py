@@ -91,7 +91,8 @@ def test_global_time_split_cuts_match(tmp_path, ray_cluster):
 
 
 def test_ml100k_local_and_ray_match(tmp_path, ml100k_dir, ray_cluster):
-    over = [f"data.path={ml100k_dir}", "data.samples_per_user=2", "data.samples_per_shard=500"]
+    over = [f"data.path={ml100k_dir}", "data.samples_per_user=2", "data.samples_per_shard=500",
+            "data.title_description=true"]
     config = "configs/ml100k.yaml"
     ref = reference(load_config(config, over), tmp_path / "ref")
     local, _ = staged(config, over, tmp_path / "local", block_mb=0.25)
@@ -100,6 +101,9 @@ def test_ml100k_local_and_ray_match(tmp_path, ml100k_dir, ray_cluster):
     assert_same(tmp_path / "ref", tmp_path / "local", ref, local)
     assert_same(tmp_path / "ref", tmp_path / "ray2", ref, ray2)
     assert ref["dataset"] == "movielens-100k" and ref["splits"]["test"]["samples"] > 0
+    # data.title_description: every engine names items "title, genres"
+    names = set(SplitData.load(tmp_path / "ray2" / "split").item_titles)
+    assert "Toy Story (1995), Animation, Children's, Comedy" in names and "Toy Story (1995)" not in names
 
 
 def test_amazon_pseudo_titles_from_partitions(tmp_path, amazon_mi_file, ray_cluster):

@@ -132,6 +132,11 @@ def test_cold_items_get_ids_and_titles(tmp_path):
     assert set(titles["i6"].lower().split()) <= {"bass", "practice", "amplifier"}  # from its description
     text = dict(zip(sd.item_ids, sd.item_text))
     assert text["i6"] == "bass practice amplifier"
+    # data.title_description: the description follows the title; items without one keep the title
+    named = split_dataset(load_csv(write_csv(tmp_path / "c", rows, items=items)), DataConfig(title_description=True), 0)
+    names = dict(zip(named.item_ids, named.item_titles))
+    assert names["i6"] == titles["i6"] + ", bass practice amplifier"
+    assert names["i2"] == "Named Pick" and names["i5"] == FALLBACK_TITLE
 
 
 def test_split_data_round_trip(tmp_path, shuffled_synthetic):

@@ -201,7 +201,8 @@ def test_allmrec_projects_the_user_vector_and_the_aligned_items_into_a_frozen_ll
 
 def test_text_embeddings_are_the_mean_of_the_last_hidden_states(tiny_dir):
     from ckf_dist.models.llm import load_llm
-    from ckf_dist.models.text_embed import item_texts, mean_pooled_embeddings
+    from ckf_dist.data.splits import item_texts
+    from ckf_dist.models.text_embed import mean_pooled_embeddings
 
     llm, tok = load_llm(tiny_dir, PH)
     texts = item_texts(["guitar string", "warm pedal"], ["", "a loud classic tone"])
