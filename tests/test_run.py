@@ -72,6 +72,9 @@ def test_keys_added_for_the_modes_keep_earlier_runs_fresh():
     assert _keys("cf.sasrec_blocks=3")["cf"] != base["cf"]
     bits = _keys("model.binllm_bits=16")
     assert bits["train"] != base["train"] and bits["cf"] == base["cf"]
+    old_data = {k: v for k, v in to_dict(cfg.data).items() if k not in ADDED_KEYS["data"]}
+    assert _section_key(cfg, "data") == old_data  # data.title_description at its default: earlier runs stay fresh
+    assert _keys("data.title_description=true")["data"] != base["data"]
 
 
 def test_mode_stage_key_follows_what_the_mode_stage_reads():
