@@ -266,12 +266,26 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
+def _into_mapping_field(cfg: Config, parts: list[str], value: Any) -> tuple[list[str], Any]:
+    """A dotted key that reaches into a mapping-valued field (`task_mix.topk=1.5`) sets that one
+    entry and keeps the others: (the field's key parts, the whole updated mapping); any other key as it is."""
+    obj: Any = cfg
+    for i, name in enumerate(parts[:-1]):
+        if not dataclasses.is_dataclass(obj) or name not in {f.name for f in dataclasses.fields(obj)}:
+            break
+        obj = getattr(obj, name)
+        if isinstance(obj, dict) and i == len(parts) - 2:
+            return parts[:-1], {**obj, parts[-1]: value}
+    return parts, value
+
+
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """`key.sub=value` overrides, in order; a key inside a mapping field changes that entry only."""
     for text in overrides:
         key, value = parse_override(text)
+        parts, value = _into_mapping_field(cfg, key.split("."), value)
         nested: dict = {}
         cur = nested
-        parts = key.split(".")
         for p in parts[:-1]:
             cur = cur.setdefault(p, {})
         cur[parts[-1]] = value

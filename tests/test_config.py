@@ -160,3 +160,13 @@ def test_what_each_mapping_reads_and_trains(mapping, prompt, adapters, curriculu
     assert (cfg.model.prompt_kind(), cfg.model.adapter_kind(), cfg.curriculum_on()) == (prompt, adapters, curriculum)
     assert cfg.model.needs_mode_stage() == (mapping in ("binllm", "allmrec"))
     assert load_config(None, ["model.cf_fusion=false"]).model.prompt_kind() == "text"
+
+
+def test_a_dotted_override_changes_one_entry_of_a_mapping_field():
+    """`task_mix.topk=1.5` keeps the config file's other weights; `task_mix={...}` replaces them all."""
+    cfg = load_config("configs/ml100k-quality.yaml", ["task_mix.topk=1.5", "eval.task_caps.ctr=7"])
+    assert cfg.task_mix == {"ctr": 2.0, "rating": 1.5, "topk": 1.5}
+    assert cfg.eval.task_caps == {"topk": 300, "ctr": 7}
+    assert load_config("configs/ml100k-quality.yaml", ["task_mix={topk: 1.5}"]).task_mix == {"topk": 1.5}
+    with pytest.raises(ConfigError, match="task_mix.topk"):
+        load_config("configs/ml100k-quality.yaml", ["task_mix.topk=-1"])
