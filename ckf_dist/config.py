@@ -269,13 +269,12 @@ def parse_override(text: str) -> tuple[str, Any]:
 def _into_mapping_field(cfg: Config, parts: list[str], value: Any) -> tuple[list[str], Any]:
     """A dotted key that reaches into a mapping-valued field (`task_mix.topk=1.5`) sets that one
     entry and keeps the others: (the field's key parts, the whole updated mapping); any other key as it is."""
-    obj: Any = cfg
-    for i, name in enumerate(parts[:-1]):
-        if not dataclasses.is_dataclass(obj) or name not in {f.name for f in dataclasses.fields(obj)}:
-            break
-        obj = getattr(obj, name)
-        if isinstance(obj, dict) and i == len(parts) - 2:
-            return parts[:-1], {**obj, parts[-1]: value}
+    parent: Any = cfg
+    for name in parts[:-2]:
+        parent = getattr(parent, name, None)
+    current = getattr(parent, parts[-2], None) if len(parts) >= 2 and dataclasses.is_dataclass(parent) else None
+    if isinstance(current, dict):
+        return parts[:-1], {**current, parts[-1]: value}
     return parts, value
 
 

@@ -25,12 +25,12 @@ from ckf_dist.cf.tables import load_cf_tables, save_cf_tables
 from ckf_dist.data.prepare import prepare
 from ckf_dist.data.samples import protocol_of
 from ckf_dist.data.shards import load_manifest, read_split, sample_stream, shard_urls, verify_shards
+from ckf_dist.data.splits import item_texts
 from ckf_dist.data.table import SplitData
 from ckf_dist.eval.loop import write_metrics
 from ckf_dist.eval.serve import evaluate_run
 from ckf_dist.fsutil import atomic_write_text
 from ckf_dist.models.llm import load_llm
-from ckf_dist.data.splits import item_texts
 from ckf_dist.models.text_embed import mean_pooled_embeddings
 from ckf_dist.models.tiny import INFO_FILE, init_tiny
 from ckf_dist.run import Run, stage_hash
