@@ -1,12 +1,21 @@
-"""How much ctr signal a prompt carries: a 3-feature logistic regression on a run's ctr rows.
+"""How much ctr signal a run's prompts carry, and how far above its CF backbone a model reading
+them could go: logistic regressions on a run's ctr rows.
 
     python benchmarks/ctr_headroom.py RUN_DIR [--train-rows 30000]
 
 Features of a ctr row (all in its prompt or CF vectors): the log-odds of the item's smoothed
 training positive rate (the popularity baseline's score), the log-odds of the share of liked
-items in the row's history (smoothed towards the global rate), and the history length. Fitted on
-the first `--train-rows` training ctr rows, scored on every test ctr row: an AUC that a model
-reading the same prompt can reach. Needs scikit-learn (the dev extra).
+items in the row's history (smoothed towards the global rate), the history length, and the CF
+backbone's score (`cf.model`'s table, users without a trained row folded in: the CF baseline's
+own ctr score). Two regressions, each scored on every test ctr row:
+
+- prompt statistics: the first three features, fitted on the first `--train-rows` training rows;
+- CF + prompt statistics: all four, fitted on the valid rows (a training row's CF score is
+  in-sample: the vectors were fit on that very rating), against the CF score alone on the same
+  test rows. Their difference is the headroom a model that reads the same prompt and CF vectors
+  has above its CF backbone without learning anything beyond these statistics.
+
+Needs scikit-learn (the dev extra).
 """
 
 from __future__ import annotations
@@ -17,7 +26,9 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from ckf_dist.cf.baselines import Popularity
+from ckf_dist.cf.baselines import CFBaseline, Popularity
+from ckf_dist.cf.tables import load_cf_tables
+from ckf_dist.config import load_config
 from ckf_dist.data.shards import read_split
 from ckf_dist.data.table import SplitData
 from ckf_dist.run import Run
@@ -33,22 +44,37 @@ def features(samples: list[dict], pop: Popularity, label_of: dict, prior: float)
     return np.asarray(rows)
 
 
+def _fit_auc(x_fit: np.ndarray, y_fit: list, x_test: np.ndarray, y_test: list) -> float:
+    model = LogisticRegression(max_iter=1000).fit(x_fit, y_fit)
+    return float(roc_auc_score(y_test, model.predict_proba(x_test)[:, 1]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir")
     ap.add_argument("--train-rows", type=int, default=30000)
     args = ap.parse_args()
     run = Run.at(args.run_dir)
+    cfg = load_config(run.config_file)
     sd = SplitData.load(run.split_dir)
     pop = Popularity(sd)
     label_of = {(u, i): p for u, i, p in zip(sd.inter["u"], sd.inter["i"], sd.inter["pos"])}
     prior = float(sd.part("train")["pos"].mean())
-    train = [s for s in read_split(run.shards_dir, "train") if s["task"] == "ctr"][: args.train_rows]
-    test = [s for s in read_split(run.shards_dir, "test") if s["task"] == "ctr"]
-    model = LogisticRegression().fit(features(train, pop, label_of, prior), [s["label"] for s in train])
-    auc = roc_auc_score([s["label"] for s in test], model.predict_proba(features(test, pop, label_of, prior))[:, 1])
+    rows = {split: [s for s in read_split(run.shards_dir, split) if s["task"] == "ctr"] for split in ("train", "valid", "test")}
+    rows["train"] = rows["train"][: args.train_rows]
+    labels = {split: [s["label"] for s in r] for split, r in rows.items()}
+    x = {split: features(r, pop, label_of, prior) for split, r in rows.items()}
+    auc = _fit_auc(x["train"], labels["train"], x["test"], labels["test"])
     print(f"ctr AUC of item rate + history liked share + history length (logistic regression): {auc:.4f} "
-          f"on {len(test)} test rows")
+          f"on {len(rows['test'])} test rows")
+
+    cf = CFBaseline(cfg.cf.model, load_cf_tables(run.cf_table(cfg.cf.model)))
+    cf_score = {split: np.asarray(cf.predict("ctr", rows[split]))[:, None] for split in ("valid", "test")}
+    cf_auc = float(roc_auc_score(labels["test"], cf_score["test"][:, 0]))
+    stacked = _fit_auc(np.hstack([x["valid"], cf_score["valid"]]), labels["valid"],
+                       np.hstack([x["test"], cf_score["test"]]), labels["test"])
+    print(f"ctr AUC of {cf.name} alone: {cf_auc:.4f}; {cf.name} + the three statistics (logistic regression fitted on "
+          f"{len(rows['valid'])} valid rows): {stacked:.4f} (headroom {stacked - cf_auc:+.4f})")
 
 
 if __name__ == "__main__":

@@ -57,6 +57,11 @@ def _registered_step(run: Path):
     return None if latest is None else int(latest["metrics"]["step"])
 
 
+def _last_loss_step(run: Path) -> int:
+    """Latest step whose training loss rank 0 has logged (after both ranks finished it), or 0."""
+    return max([r["step"] for r in records(run) if "train/loss" in r], default=0)
+
+
 def _train_workers(driver: psutil.Process) -> list[psutil.Process]:
     """Ray Train worker processes of *this* run: descendants of our driver whose title names them."""
     found = []
@@ -112,22 +117,27 @@ def test_killed_worker_resumes_from_registered_checkpoint(prepared, tmp_path):
     killed_pid, killed_at_step, registered_at_kill = None, None, None
     try:
         driver = psutil.Process(proc.pid)
-        # Wait until Ray has registered a checkpoint at step >= 2 and training has gone past it
-        # (so some steps run twice: before the kill and after the resume), then kill one worker.
+        # Wait until Ray has registered a checkpoint at step >= 2 and training has logged a step past
+        # it (so some steps run twice: before the kill and after the resume), then kill one worker.
+        # The victim is frozen (SIGSTOP) before the decision: a frozen worker answers no poll, so
+        # Ray registers no checkpoint it had not already collected; a registration already under
+        # way lands within the pause. Only if a logged step still lies beyond the registered
+        # checkpoint is it killed; otherwise (the registration caught up) it resumes and we wait on.
         while time.time() - t0 < RUN_TIMEOUT_S and proc.poll() is None:
             reg = _registered_step(run)
-            done = max([r["step"] for r in records(run) if "train/loss" in r], default=0)
-            if reg is not None and reg >= 2 and done > reg:
+            done = _last_loss_step(run)
+            if reg is not None and reg >= 2 and done > reg and done % 2 == 1:  # odd: no checkpoint at `done`
                 workers = _train_workers(driver)
                 assert len(workers) == 2, [w.cmdline() for w in workers]
                 victim = sorted(workers, key=lambda p: p.pid)[-1]
-                killed_pid = victim.pid
-                os.kill(killed_pid, signal.SIGKILL)
-                killed_at_step = max(r["step"] for r in records(run) if "train/loss" in r)
-                # a registration already under way when the worker died lands within a poll
+                os.kill(victim.pid, signal.SIGSTOP)
                 time.sleep(1.0)
-                registered_at_kill = _registered_step(run)
-                break
+                reg, done = _registered_step(run), _last_loss_step(run)
+                if reg is not None and done > reg:
+                    killed_pid, killed_at_step, registered_at_kill = victim.pid, done, reg
+                    os.kill(killed_pid, signal.SIGKILL)
+                    break
+                os.kill(victim.pid, signal.SIGCONT)
             time.sleep(0.05)
         assert killed_pid is not None, f"no checkpoint registered at step >= 2 before the run ended:\n{log_path.read_text()[-3000:]}"
         try:
