@@ -21,6 +21,7 @@ date", goes through :class:`Run`; nobody else spells a run-directory file name::
     train/ranks.json, train/config_key
     eval/stage.json                the evaluation stage's record
     metrics.json, metrics.md       test metrics (metrics_valid.* for `ckf eval --split valid`)
+    predictions.jsonl              every scored test row: truth and prediction (predictions_valid.jsonl alike)
     deepspeed.json                 the derived DeepSpeed config
     ray/                           Ray Train storage (unless dist.storage_path)
 
@@ -438,6 +439,11 @@ class Run:
     def metrics_file(self, split: str = "test") -> Path:
         """metrics.json for the test split, metrics_<split>.json otherwise (the .md twin beside)."""
         return self.dir / ("metrics.json" if split == "test" else f"metrics_{split}.json")
+
+    def predictions_file(self, split: str = "test") -> Path:
+        """Every scored row's prediction (JSON lines): predictions.jsonl for the test split,
+        predictions_<split>.jsonl otherwise."""
+        return self.dir / ("predictions.jsonl" if split == "test" else f"predictions_{split}.jsonl")
 
     def metrics_markdown(self, split: str = "test") -> Path:
         return self.metrics_file(split).with_suffix(".md")

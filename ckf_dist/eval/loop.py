@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 import torch
 
 from ckf_dist.config import ALL_TASKS, Config
-from ckf_dist.eval.metrics import task_metrics
+from ckf_dist.eval.metrics import sample_groups, task_metrics
 from ckf_dist.eval.selection import eval_cap, select
 from ckf_dist.fsutil import atomic_write_text
 from ckf_dist.rating_scale import DEFAULT_SCALE, RatingScale
@@ -155,13 +155,15 @@ class Evaluator:
             if was_training:
                 self.model.train()
 
-    def evaluate(self, samples: list[dict], progress: bool = True, during_training: bool = False) -> dict[str, dict]:
-        """Metrics per task on the rows :func:`eval_rows` keeps (caps: :func:`eval_cap`)."""
+    def evaluate(self, samples: list[dict], progress: bool = True, during_training: bool = False,
+                 predictions: Optional[str | Path] = None) -> dict[str, dict]:
+        """Metrics per task on the rows :func:`eval_rows` keeps (caps: :func:`eval_cap`);
+        `predictions`: also write every scored row's prediction there (:func:`write_predictions`)."""
         from tqdm import tqdm
 
         rows = eval_rows(samples, self.cfg, during_training)
         preds = {task: self.predict(task, chunk) for task, chunk in tqdm(rows.items(), desc="eval", disable=not progress, leave=False)}
-        return metrics_of(rows, preds, self.cfg.eval.ks)
+        return metrics_of(rows, preds, self.cfg.eval.ks, predictions)
 
 
 def eval_rows(samples: list[dict], cfg: Config, during_training: bool = False) -> dict[str, list[dict]]:
@@ -172,8 +174,12 @@ def eval_rows(samples: list[dict], cfg: Config, during_training: bool = False) -
     return {t: select(by_task[t], eval_cap(cfg.eval, t, during_training), cfg.seed) for t in ALL_TASKS if t in by_task}
 
 
-def metrics_of(rows: dict[str, list[dict]], preds: dict[str, list], ks: Sequence[int]) -> dict[str, dict]:
-    """Each task's metrics from its rows and their predictions (same order), as :meth:`Evaluator.predict` gives."""
+def metrics_of(rows: dict[str, list[dict]], preds: dict[str, list], ks: Sequence[int],
+               predictions: Optional[str | Path] = None) -> dict[str, dict]:
+    """Each task's metrics from its rows and their predictions (same order), as :meth:`Evaluator.predict` gives;
+    `predictions`: also write them there, one line per row (:func:`write_predictions`)."""
+    if predictions is not None:
+        write_predictions(rows, preds, predictions)
     results: dict[str, dict] = {}
     for task, chunk in rows.items():
         p = preds[task]
@@ -185,6 +191,37 @@ def metrics_of(rows: dict[str, list[dict]], preds: dict[str, list], ks: Sequence
         else:
             results[task] = task_metrics(task, chunk, p, ks)
     return results
+
+
+def prediction_records(rows: dict[str, list[dict]], preds: dict[str, list]) -> list[dict]:
+    """One record per scored row: its task, key, user, user group, the truth the metrics compare
+    against (ctr label, rating, the true candidate's index, the reference summary) and the model's
+    prediction as the metrics read it (ctr P(Yes); rating expected value and greedy level; topk
+    candidate scores and greedy choice, -1 = no exact title; explanation text). Rows in the
+    metrics' order, so two runs of the same protocol and seed pair up by key for paired tests."""
+    out = []
+    for task, chunk in rows.items():
+        for s, p, group in zip(chunk, preds[task], sample_groups(chunk)):
+            rec = {"task": task, "key": s.get("key"), "user": s["user"], "group": group}
+            if task == "ctr":
+                rec.update(label=float(s["label"]), prediction=float(p))
+            elif task in ("rating", "review_rating"):
+                expected, greedy = p
+                truth = s["label"] if s.get("label") is not None else s["target"]
+                rec.update(label=float(truth), prediction=float(expected), greedy=float(greedy))
+            elif task == "topk":
+                rec.update(answer=int(s["answer"]), scores=[float(v) for v in p["scores"]],
+                           choice=None if p.get("choice") is None else int(p["choice"]))
+            else:
+                rec.update(target=str(s["target"]), prediction=str(p))
+            out.append(rec)
+    return out
+
+
+def write_predictions(rows: dict[str, list[dict]], preds: dict[str, list], path: str | Path) -> Path:
+    """The records of :func:`prediction_records` as JSON lines, written atomically."""
+    records = prediction_records(rows, preds)
+    return atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 HEADLINE = {

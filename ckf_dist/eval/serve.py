@@ -45,13 +45,14 @@ def load_trained(run: Run, device: str = "cpu") -> Evaluator:
 
 
 def evaluate_run(run: Run, split: str = "test", device: str = "cpu") -> dict:
-    """Load the final trainable weights into a fresh model and evaluate `split`. A bad shard
+    """Load the final trainable weights into a fresh model and evaluate `split` (each row's
+    prediction to `run.predictions_file(split)`). A bad shard
     (unreadable, or not the sample count of the manifest) stops with one line under
     dist.on_bad_shard=error; under skip it is left out and counted (`bad_shards` in the metrics)."""
     evaluator = load_trained(run, device)
     bad = BadShardCounter(run.cfg.dist.on_bad_shard)
     samples = [s for s in read_split(run.shards_dir, split, bad_shards=bad) if s["task"] in run.cfg.tasks]
-    metrics = evaluator.evaluate(samples)
+    metrics = evaluator.evaluate(samples, predictions=run.predictions_file(split))
     if bad.count:
         log.warning("%s: %d bad %s shard(s) left out of the evaluation", run.dir, bad.count, split)
         metrics["bad_shards"] = bad.count

@@ -12,6 +12,7 @@ shifting the rating predictions (expected value or greedy digit) by +1, reversin
 candidate ranking, scoring candidates by the summed (not mean) log-probability of their title.
 """
 
+import json
 import math
 import random
 
@@ -232,6 +233,26 @@ def test_rating_metrics_by_hand(tok, task):
     assert out["warm"]["mae"] == pytest.approx(1.0) and out["warm"]["n"] == 1
     assert out["cold"]["mae"] == pytest.approx(0.15, abs=1e-5) and out["cold"]["n"] == 1
     assert out["new"]["mae"] == pytest.approx(0.15, abs=1e-5) and out["new"]["n"] == 1
+
+
+def test_predictions_file_holds_each_rows_truth_and_prediction(tok, tmp_path):
+    ctr, ctr_answer = _ctr_setup(tok)
+    rating, rating_answer = _rating_setup(tok)
+    path = tmp_path / "predictions.jsonl"
+    model = FakeModel(tok, answer={**ctr_answer, **rating_answer})
+    _evaluator(model, tok).evaluate(ctr + rating, progress=False, predictions=path)
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    got_ctr = {r["key"]: r for r in recs if r["task"] == "ctr"}
+    assert len(got_ctr) == len(CTR)
+    for s, (u, g, y, ly, ln) in zip(ctr, CTR):
+        r = got_ctr[s["key"]]
+        assert (r["user"], r["group"], r["label"]) == (u, g, float(y))
+        assert r["prediction"] == pytest.approx(_sig(ly - ln), abs=1e-6)
+    got_rating = [r for r in recs if r["task"] == "rating"]
+    assert [r["key"] for r in got_rating] == [s["key"] for s in rating]
+    assert [r["label"] for r in got_rating] == [y for _, _, y, _ in RATING]
+    assert [r["prediction"] for r in got_rating] == pytest.approx(EXPECTED, abs=1e-5)
+    assert [r["greedy"] for r in got_rating] == GREEDY
 
 
 # -- topk ----------------------------------------------------------------------------------------
