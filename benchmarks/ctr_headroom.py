@@ -15,12 +15,19 @@ own ctr score). Two regressions, each scored on every test ctr row:
   test rows. Their difference is the headroom a model that reads the same prompt and CF vectors
   has above its CF backbone without learning anything beyond these statistics.
 
+When the run has scored its valid and test rows (`predictions_valid.jsonl`, written by `ckf eval
+--run RUN_DIR --split valid`, and `predictions.jsonl`), the same stacking with the run's own ctr
+score (its log-odds) on the rows both files share: the model alone, the model + the CF score, and
+all five features. What the model + CF regression adds to the CF score alone is what the model
+knows that its CF backbone does not.
+
 Needs scikit-learn (the dev extra).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -75,6 +82,32 @@ def main() -> None:
                        np.hstack([x["test"], cf_score["test"]]), labels["test"])
     print(f"ctr AUC of {cf.name} alone: {cf_auc:.4f}; {cf.name} + the three statistics (logistic regression fitted on "
           f"{len(rows['valid'])} valid rows): {stacked:.4f} (headroom {stacked - cf_auc:+.4f})")
+    if run.predictions_file("valid").is_file() and run.predictions_file("test").is_file():
+        _stack_with_model(run, rows, x, cf_score, labels, cf.name)
+
+
+def _model_log_odds(path) -> dict[str, float]:
+    with open(path) as f:
+        recs = [json.loads(line) for line in f]
+    return {r["key"]: float(np.log(np.clip(r["prediction"], 1e-6, 1 - 1e-6) / np.clip(1 - r["prediction"], 1e-6, 1)))
+            for r in recs if r["task"] == "ctr"}
+
+
+def _stack_with_model(run: Run, rows: dict, x: dict, cf_score: dict, labels: dict, cf_name: str) -> None:
+    """The run's own ctr score stacked with the CF score and the statistics, on the rows it scored."""
+    cols = {}
+    for split, path in (("valid", run.predictions_file("valid")), ("test", run.predictions_file("test"))):
+        model = _model_log_odds(path)
+        keep = [k for k, s in enumerate(rows[split]) if s["key"] in model]
+        own = np.asarray([model[rows[split][k]["key"]] for k in keep])[:, None]
+        cols[split] = (np.hstack([x[split][keep], cf_score[split][keep], own]), [labels[split][k] for k in keep])
+    (xv, yv), (xt, yt) = cols["valid"], cols["test"]
+    alone, cf_alone = float(roc_auc_score(yt, xt[:, 4])), float(roc_auc_score(yt, xt[:, 3]))
+    with_cf = _fit_auc(xv[:, 3:], yv, xt[:, 3:], yt)
+    everything = _fit_auc(xv, yv, xt, yt)
+    print(f"on the {len(yt)} test rows the run scored ({len(yv)} valid rows to fit): the run's model {alone:.4f}, "
+          f"{cf_name} {cf_alone:.4f}; model + {cf_name} {with_cf:.4f} ({with_cf - cf_alone:+.4f} over {cf_name}); "
+          f"model + {cf_name} + the three statistics {everything:.4f}")
 
 
 if __name__ == "__main__":
