@@ -217,6 +217,10 @@ class ModelConfig:
     """Hidden size of the 2-layer MetaNet d -> h -> d*d (mapping=ckf) and of CoRA's query generator (mapping=cora)."""
     projection: Literal["mlp", "linear"] = "mlp"
     """Projection from the CF size to the LLM hidden size."""
+    token_norm: Literal["row", "table"] = "row"
+    """Norm of a soft token: row = every token at the LLM's mean token-embedding norm; table = that norm times
+    the CF vector's own length over the mean length of its table's rows (keeps what a vector's length says
+    in a dot-product CF model). See :mod:`ckf_dist.modules.meta_net`."""
     max_length: int = 256
     """Maximum tokens per sample (prompt + target); longer prompts are truncated on the left of the history."""
     placeholder_token: str = "<|cf|>"

@@ -101,6 +101,15 @@ def _token_norm(embedding: nn.Module, exclude: int) -> float:
         return float(norms[keep].mean())
 
 
+def _mean_row_norm(table: torch.Tensor, what: str) -> float:
+    """Mean L2 norm of a CF table's non-zero rows (rows without training data are all zero)."""
+    norms = torch.as_tensor(table).detach().float().norm(dim=1)
+    norms = norms[norms > 0]
+    if norms.numel() == 0:
+        raise ValueError(f"model.token_norm=table: the CF {what} table has no non-zero row")
+    return float(norms.mean())
+
+
 class CKFModel(nn.Module):
     """Frozen HF causal LM + Multi-LoRA + CF mapping.
 
@@ -191,7 +200,12 @@ class CKFModel(nn.Module):
         if self.soft_tokens:
             self.token_norm = _token_norm(emb, self.placeholder_id)
             item_dim = None if item_tokens is None else int(item_tokens.shape[1])
-            self.mapper = CFMapper(user_emb.shape[1], self.hidden_size, cfg.model, self.token_norm, item_dim=item_dim)
+            ref_norms = None
+            if cfg.model.token_norm == "table":
+                items = item_emb if item_tokens is None else self.item_tokens
+                ref_norms = (_mean_row_norm(user_emb, "users"), _mean_row_norm(items, "items"))
+            self.mapper = CFMapper(user_emb.shape[1], self.hidden_size, cfg.model, self.token_norm, item_dim=item_dim,
+                                   ref_norms=ref_norms)
         elif self.row_adapters:
             self.mapper = CoRAGenerator(user_emb.shape[1], cfg.model.meta_hidden, cfg.lora.task.r)
         self._backends: dict[str, str] = {}

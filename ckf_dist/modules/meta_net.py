@@ -29,7 +29,11 @@ A vector much larger than them dominates every attention score and the first RMS
 CF tables have arbitrary scale (MF embeddings ~0.1-1 per coordinate, depending on weight decay),
 so the projection ends with an RMS normalisation times ``target_norm / sqrt(D)`` and a learned
 per-channel gain (init 1): every soft token starts with the L2 norm of an average token
-embedding of this LLM (``target_norm``), whatever the CF table's scale.
+embedding of this LLM (``target_norm``), whatever the CF table's scale. That normalisation drops
+each row's own magnitude, which a dot-product CF model scores with (the length of a user or item
+vector is part of u . i); ``model.token_norm=table`` puts it back: the token's norm is
+``target_norm`` times the input's L2 norm over the mean norm of the CF table's rows (``ref_norm``),
+so tokens are at the LLM's scale on average and keep their relative lengths.
 """
 
 from __future__ import annotations
@@ -80,11 +84,15 @@ class ScaledProjection(nn.Module):
     """d -> D projection whose output starts at the LLM's token-embedding norm.
 
     kind "mlp": Linear(d, D) - GELU - Linear(D, D); kind "linear": Linear(d, D). Then
-    y = gain ⊙ h / rms(h) * target_norm / sqrt(D)  (so ||y|| = target_norm while gain = 1).
+    y = gain ⊙ h / rms(h) * target_norm / sqrt(D)  (so ||y|| = target_norm while gain = 1),
+    times ||x|| / ref_norm when `ref_norm` is given (``model.token_norm=table``).
     """
 
-    def __init__(self, d: int, hidden: int, kind: str, target_norm: float):
+    def __init__(self, d: int, hidden: int, kind: str, target_norm: float, ref_norm: Optional[float] = None):
         super().__init__()
+        if ref_norm is not None and not (math.isfinite(ref_norm) and ref_norm > 0):
+            raise ValueError(f"ref_norm must be a positive finite norm, got {ref_norm}")
+        self.ref_norm = ref_norm
         if kind == "mlp":
             self.net = nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, hidden))
         elif kind == "linear":
@@ -98,6 +106,8 @@ class ScaledProjection(nn.Module):
         """x: [N, d] -> [N, D]."""
         h = self.net(x)
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
+        if self.ref_norm is not None:
+            h = h * (torch.sqrt(x.pow(2).sum(-1, keepdim=True) + 1e-12) / self.ref_norm)  # eps: finite gradient at 0
         return h * self.gain * self.out_scale
 
 
@@ -162,26 +172,31 @@ class CFMapper(nn.Module):
       cfg: ModelConfig (mapping, meta_net, meta_lambda, pooling, meta_hidden, projection).
       target_norm: mean L2 norm of the LLM's token embeddings (see the module docstring).
       item_dim: size of the item vectors when it differs from d (allmrec: the joint space).
+      ref_norms: (users', items') mean row norms of the CF tables for ``model.token_norm=table``
+        (None: every token normalised to target_norm).
     Holds no parameters of its own: only submodules that are called (ZeRO-3 hooks fire).
     ``backend`` ("torch" | "triton") is the meta_proj backend, forwarded to the bridge.
     """
 
-    def __init__(self, d: int, hidden: int, cfg: ModelConfig, target_norm: float, item_dim: Optional[int] = None):
+    def __init__(self, d: int, hidden: int, cfg: ModelConfig, target_norm: float, item_dim: Optional[int] = None,
+                 ref_norms: Optional[tuple[float, float]] = None):
         super().__init__()
         self.d = d
         self.mapping = cfg.mapping
+        user_ref, item_ref = ref_norms if ref_norms is not None else (None, None)
         if cfg.mapping == "collm":
-            self.shared_proj = ScaledProjection(d, hidden, "mlp", target_norm)
+            shared_ref = None if ref_norms is None else (user_ref + item_ref) / 2
+            self.shared_proj = ScaledProjection(d, hidden, "mlp", target_norm, shared_ref)
             return
         if cfg.mapping == "allmrec":  # F_U and F_I: 2-layer MLPs, as in A-LLMRec
-            self.user_proj = ScaledProjection(d, hidden, "mlp", target_norm)
-            self.item_proj = ScaledProjection(item_dim or d, hidden, "mlp", target_norm)
+            self.user_proj = ScaledProjection(d, hidden, "mlp", target_norm, user_ref)
+            self.item_proj = ScaledProjection(item_dim or d, hidden, "mlp", target_norm, item_ref)
             return
         if cfg.mapping != "ckf":
             raise ValueError(f"unknown soft-token mapping {cfg.mapping!r} (ckf, collm, allmrec)")
-        self.bridge = PersonalBridge(d, cfg)
-        self.user_proj = ScaledProjection(d, hidden, cfg.projection, target_norm)
-        self.item_proj = ScaledProjection(d, hidden, cfg.projection, target_norm)
+        self.bridge = PersonalBridge(d, cfg)  # starts at the identity: u' = e_u, so e_u's norms serve
+        self.user_proj = ScaledProjection(d, hidden, cfg.projection, target_norm, user_ref)
+        self.item_proj = ScaledProjection(d, hidden, cfg.projection, target_norm, item_ref)
 
     @property
     def backend(self) -> str:

@@ -100,6 +100,37 @@ def test_projection_output_has_the_token_embedding_norm(kind, input_scale):
     torch.testing.assert_close(y.norm(dim=-1), torch.full((16,), 0.37), rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.parametrize("kind", ["mlp", "linear"])
+def test_table_token_norm_keeps_each_rows_relative_length(kind):
+    torch.manual_seed(0)
+    x = torch.randn(16, D)
+    lengths = x.norm(dim=-1)
+    row = ScaledProjection(D, HID, kind, target_norm=0.37)
+    table = ScaledProjection(D, HID, kind, target_norm=0.37, ref_norm=2.0)
+    table.load_state_dict(row.state_dict())
+    # same direction as the row-normalised token, length 0.37 * ||x|| / 2
+    torch.testing.assert_close(table(x), row(x) * (lengths / 2.0)[:, None], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(table(x).norm(dim=-1), 0.37 * lengths / 2.0, rtol=1e-3, atol=1e-5)
+    # a zero row (no training data) gets a (near) zero token and finite gradients
+    z = torch.zeros(2, D, requires_grad=True)
+    table(z).sum().backward()
+    assert table(z.detach()).norm() < 1e-5 and torch.isfinite(z.grad).all()
+    with pytest.raises(ValueError, match="ref_norm"):
+        ScaledProjection(D, HID, kind, target_norm=0.37, ref_norm=0.0)
+
+
+def test_mapper_table_norm_scales_users_and_items_by_their_own_tables():
+    torch.manual_seed(0)
+    cfg = ModelConfig(meta_hidden=H, token_norm="table")
+    m = CFMapper(D, HID, cfg, target_norm=0.7, ref_norms=(2.0, 4.0))
+    e = torch.randn(4, D)
+    _, hist, mask = _inputs()
+    users, items = m(e, hist, mask, e)
+    u_prime = m.bridge(e, hist, mask)
+    torch.testing.assert_close(users.norm(dim=-1), 0.7 * u_prime.norm(dim=-1) / 2.0, rtol=1e-3, atol=1e-5)
+    torch.testing.assert_close(items.norm(dim=-1), 0.7 * e.norm(dim=-1) / 4.0, rtol=1e-3, atol=1e-5)
+
+
 def test_attention_pooling_starts_as_mean_and_respects_the_mask():
     e_u, hist, mask = _inputs()
     mean = HistoryPooling(D, "mean")
