@@ -42,6 +42,8 @@ def test_workers_give_the_single_process_metrics_exactly(tmp_path, monkeypatch):
     assert main(["train", "--config", "configs/quickstart.yaml", f"run.dir={run_dir}", *SMALL]) == 0
     run = Run.open(run_dir)
     single = evaluate_run(run, "test")
+    single_rows = [json.loads(line) for line in run.predictions_file("test").read_text().splitlines()]
+    assert len(single_rows) == sum(single[t]["n"] for t in single)
     assert set(single) == {"ctr", "topk", "rating", "review_rating", "explanation"}
     assert single["ctr"]["n"] > 10 and single["ctr"]["uauc_users"] > 0
     import ray
@@ -53,6 +55,12 @@ def test_workers_give_the_single_process_metrics_exactly(tmp_path, monkeypatch):
         for workers in (1, 2):
             got = evaluate_run_distributed(run, "test", workers)
             assert same_metrics(got, single), (workers, got, single)
+            # the same rows in the same order, each with the same prediction
+            rows = [json.loads(line) for line in run.predictions_file("test").read_text().splitlines()]
+            assert [(r["task"], r["key"]) for r in rows] == [(r["task"], r["key"]) for r in single_rows]
+            for r, s in zip(rows, single_rows):
+                if isinstance(s.get("prediction"), float):
+                    assert r["prediction"] == pytest.approx(s["prediction"], rel=1e-5, abs=1e-6), (r, s)
     finally:
         if started:
             ray.shutdown()
