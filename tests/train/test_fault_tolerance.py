@@ -6,9 +6,10 @@ Ray registers checkpoints asynchronously: every rank's report is queued in the w
 controller collects the queues on its health-check poll, registering a checkpoint once all ranks
 reported it. A worker killed before the poll takes its queued reports with it, so the newest
 checkpoints written before a kill may be lost. The test reads what Ray registered from its
-checkpoint-manager snapshot (storage_path/train/checkpoint_manager_snapshot.json), kills a worker
-once a checkpoint at step >= 2 is registered, and asserts the run resumed at exactly the last
-registered step. Only processes of this test's own run are touched (descendants of the driver it
+checkpoint-manager snapshot (storage_path/train/checkpoint_manager_snapshot.json), freezes a worker
+once a checkpoint at step >= 2 is registered and a later step is logged, kills it only if a logged
+step still lies past the registered checkpoint after the freeze, and asserts the run resumed at
+exactly the last registered step and ran the steps after it again with the same losses. Only processes of this test's own run are touched (descendants of the driver it
 started, found by pid); Ray runs in a private temp dir (RAY_TMPDIR) so it never meets another
 cluster on the machine.
 """
