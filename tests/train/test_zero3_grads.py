@@ -68,9 +68,10 @@ print("grads equal:", len(named))
 # scale: the gathered ZeRO-3 weights live in other buffers, and CPU GEMMs round differently with
 # another memory layout; CoRA's generated adapters (every row's factors a product of gathered
 # weights, through attention) amplify that rounding to ~1e-4 of the scale (measured), DIN's
-# unnormalised pooling to ~1e-6.
+# unnormalised pooling to ~1e-6; BinLLM's shared LoRA on q/k/v/o to ~7e-7 (measured on an AMD EPYC
+# CPU build of torch 2.13: elements near zero then miss the elementwise atol).
 @pytest.mark.parametrize("checkpointing, mode, cf, tol", [
-    (False, "ckf", "mf", 0), (True, "ckf", "mf", 0), (False, "binllm", "mf", 0), (False, "cora", "mf", 2e-3),
+    (False, "ckf", "mf", 0), (True, "ckf", "mf", 0), (False, "binllm", "mf", 1e-5), (False, "cora", "mf", 2e-3),
     (True, "cora", "mf", 2e-3), (False, "allmrec", "mf", 0), (False, "ckf", "sasrec", 0), (False, "ckf", "din", 1e-5)],
     ids=["plain", "activation_checkpointing", "binllm", "cora", "cora-activation_checkpointing", "allmrec", "sasrec", "din"])
 def test_zero3_step_gradients_equal_the_local_engine(checkpointing, mode, cf, tol):
