@@ -35,7 +35,6 @@ from sklearn.metrics import roc_auc_score
 
 from ckf_dist.cf.baselines import CFBaseline, Popularity
 from ckf_dist.cf.tables import load_cf_tables
-from ckf_dist.config import load_config
 from ckf_dist.data.shards import read_split
 from ckf_dist.data.table import SplitData
 from ckf_dist.run import Run
@@ -61,8 +60,8 @@ def main() -> None:
     ap.add_argument("run_dir")
     ap.add_argument("--train-rows", type=int, default=30000)
     args = ap.parse_args()
-    run = Run.at(args.run_dir)
-    cfg = load_config(run.config_file)
+    run = Run.open(args.run_dir)
+    cfg = run.cfg
     sd = SplitData.load(run.split_dir)
     pop = Popularity(sd)
     label_of = {(u, i): p for u, i, p in zip(sd.inter["u"], sd.inter["i"], sd.inter["pos"])}
@@ -89,8 +88,8 @@ def main() -> None:
 def _model_log_odds(path) -> dict[str, float]:
     with open(path) as f:
         recs = [json.loads(line) for line in f]
-    return {r["key"]: float(np.log(np.clip(r["prediction"], 1e-6, 1 - 1e-6) / np.clip(1 - r["prediction"], 1e-6, 1)))
-            for r in recs if r["task"] == "ctr"}
+    p = {r["key"]: float(np.clip(r["prediction"], 1e-6, 1 - 1e-6)) for r in recs if r["task"] == "ctr"}
+    return {k: float(np.log(v / (1 - v))) for k, v in p.items()}
 
 
 def _stack_with_model(run: Run, rows: dict, x: dict, cf_score: dict, labels: dict, cf_name: str) -> None:
