@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 
 from ckf_dist.data.shards import read_split
-from ckf_dist.eval.loop import eval_rows, metrics_of
+from ckf_dist.eval.loop import eval_rows, record_and_score
 from ckf_dist.run import Run
 
 
@@ -51,7 +51,7 @@ def evaluate_run_distributed(run: Run, split: str, workers: int) -> dict:
     items = [{"task": task, "start": j, "rows": json.dumps(chunk[j : j + bs])}
              for task, chunk in rows.items() for j in range(0, len(chunk), bs)]
     if not items:
-        return metrics_of(rows, {t: [] for t in rows}, cfg.eval.ks, run.predictions_file(split))
+        return record_and_score(rows, {t: [] for t in rows}, cfg.eval.ks, run.predictions_file(split))
     started = init_ray(cfg)
     try:
         use_gpu = cfg.dist.use_gpu
@@ -70,4 +70,4 @@ def evaluate_run_distributed(run: Run, split: str, workers: int) -> dict:
     for t, chunk in rows.items():  # every row scored exactly once
         if len(preds[t]) != len(chunk):
             raise RuntimeError(f"{t}: {len(preds[t])} predictions for {len(chunk)} rows")
-    return metrics_of(rows, preds, cfg.eval.ks, run.predictions_file(split))
+    return record_and_score(rows, preds, cfg.eval.ks, run.predictions_file(split))

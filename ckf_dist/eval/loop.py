@@ -163,7 +163,9 @@ class Evaluator:
 
         rows = eval_rows(samples, self.cfg, during_training)
         preds = {task: self.predict(task, chunk) for task, chunk in tqdm(rows.items(), desc="eval", disable=not progress, leave=False)}
-        return metrics_of(rows, preds, self.cfg.eval.ks, predictions)
+        if predictions is None:
+            return metrics_of(rows, preds, self.cfg.eval.ks)
+        return record_and_score(rows, preds, self.cfg.eval.ks, predictions)
 
 
 def eval_rows(samples: list[dict], cfg: Config, during_training: bool = False) -> dict[str, list[dict]]:
@@ -174,12 +176,8 @@ def eval_rows(samples: list[dict], cfg: Config, during_training: bool = False) -
     return {t: select(by_task[t], eval_cap(cfg.eval, t, during_training), cfg.seed) for t in ALL_TASKS if t in by_task}
 
 
-def metrics_of(rows: dict[str, list[dict]], preds: dict[str, list], ks: Sequence[int],
-               predictions: Optional[str | Path] = None) -> dict[str, dict]:
-    """Each task's metrics from its rows and their predictions (same order), as :meth:`Evaluator.predict` gives;
-    `predictions`: also write them there, one line per row (:func:`write_predictions`)."""
-    if predictions is not None:
-        write_predictions(rows, preds, predictions)
+def metrics_of(rows: dict[str, list[dict]], preds: dict[str, list], ks: Sequence[int]) -> dict[str, dict]:
+    """Each task's metrics from its rows and their predictions (same order), as :meth:`Evaluator.predict` gives."""
     results: dict[str, dict] = {}
     for task, chunk in rows.items():
         p = preds[task]
@@ -222,6 +220,15 @@ def write_predictions(rows: dict[str, list[dict]], preds: dict[str, list], path:
     """The records of :func:`prediction_records` as JSON lines, written atomically."""
     records = prediction_records(rows, preds)
     return atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def record_and_score(rows: dict[str, list[dict]], preds: dict[str, list], ks: Sequence[int],
+                     predictions: str | Path) -> dict[str, dict]:
+    """What an evaluation of a split does with its predictions, on the local and the Ray Data path alike:
+    write every scored row's prediction to `predictions` (:func:`write_predictions`), then return the
+    metrics (:func:`metrics_of`)."""
+    write_predictions(rows, preds, predictions)
+    return metrics_of(rows, preds, ks)
 
 
 HEADLINE = {
