@@ -525,3 +525,7 @@ class KernelsConfig:
 class RunConfig:
     dir: str = "runs/quickstart"
     """Run directory: caches every stage's outputs, checkpoints and metrics."""
+    cache_dir: str = ""
+    """Folder shared by runs for what does not depend on the run itself: the embedded LLM's
+    pre-training. A run whose LLM stage has the same key and data as one already there copies it
+    instead of pre-training again. Empty = off; `ckf sweep` sets <out>/cache for its trials."""

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
@@ -52,6 +54,33 @@ def replace_dir(tmp: str | Path, final: str | Path) -> Path:
     if old.exists():
         shutil.rmtree(old)
     return final
+
+
+def copy_dir(src: str | Path, final: str | Path, ignore: tuple[str, ...] = (), manifest: bool = False) -> Path:
+    """Copy the folder `src` to `final` through a temporary sibling (:func:`replace_dir`), leaving out
+    top-level entries named in `ignore`; `manifest`: write the copy's manifest (:func:`write_manifest`)
+    before it takes `final`'s place. `final` is the whole copy or what it was before."""
+    src = Path(src)
+    tmp = temp_dir_beside(final)
+    shutil.copytree(src, tmp, dirs_exist_ok=True, ignore=lambda d, names: [n for n in names if Path(d) == src and n in ignore])
+    if manifest:
+        write_manifest(tmp)
+    return replace_dir(tmp, final)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive OS lock (``flock``) on the file `path` (created if missing) for the block;
+    waits while another process holds it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 # ------------------------------------------------------------------------------------------------

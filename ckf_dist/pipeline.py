@@ -29,7 +29,7 @@ from ckf_dist.data.splits import item_texts
 from ckf_dist.data.table import SplitData
 from ckf_dist.eval.loop import write_metrics
 from ckf_dist.eval.serve import evaluate_run
-from ckf_dist.fsutil import atomic_write_text
+from ckf_dist.fsutil import atomic_write_text, copy_dir, exclusive_lock, verify_manifest
 from ckf_dist.models.llm import load_llm
 from ckf_dist.models.text_embed import mean_pooled_embeddings
 from ckf_dist.models.tiny import INFO_FILE, init_tiny
@@ -114,11 +114,23 @@ def ensure_tiny(run: Run, force: bool = False) -> Path:
     out = run.llm_dir
 
     def build(folder: Path) -> dict:
-        texts = pretraining_texts(run)
         # init_tiny writes atomically into `out`; keep the stage record outside the model files.
         stage.clear_record()
         shutil.rmtree(out, ignore_errors=True)
-        init_tiny(texts, cfg, out)
+        entry = run.llm_cache_entry()
+        if entry is None:
+            init_tiny(pretraining_texts(run), cfg, out)
+        else:  # one pre-training per inputs: a run with the same ones waits for it, then copies
+            with exclusive_lock(entry.parent / f"{entry.name}.lock"):
+                problem = verify_manifest(entry) if entry.exists() else "absent"
+                if problem is None:
+                    copy_dir(entry, out, ignore=("manifest.json",))
+                    log.info("stage llm: copied from %s (pre-trained by a run with the same data, tiny.* and seed)", entry)
+                else:
+                    if problem != "absent":
+                        log.warning("stage llm: cache entry %s: %s; pre-training again", entry, problem)
+                    init_tiny(pretraining_texts(run), cfg, out)
+                    copy_dir(out, entry, ignore=("stage.json",), manifest=True)
         info = out / INFO_FILE
         return json.loads(info.read_text()) if info.exists() else {}
 

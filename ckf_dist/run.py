@@ -514,6 +514,17 @@ class Run:
         """Where the embedded tiny LLM is written."""
         return self.dir / "llm"
 
+    def llm_cache_entry(self) -> Optional[Path]:
+        """run.cache_dir/llm/<LLM stage key>-<data stage output digest>: the one pre-trained copy of
+        the embedded LLM that runs with the same inputs (data, tiny.*, seed) share; None when
+        run.cache_dir is unset or the data stage has no recorded output."""
+        if not self.cfg.run.cache_dir:
+            return None
+        data = self.data_stage().output()
+        if data is None:
+            return None
+        return Path(self.cfg.run.cache_dir) / "llm" / f"{self.llm_stage().key}-{data}"
+
     @property
     def model_dir(self) -> Path:
         """The base LLM the run trains on: model.path, or the embedded one."""

@@ -41,7 +41,7 @@ def test_smoke_grid_trials_and_commands():
     assert [t.name for t in trials] == ["ckf-s0", "ckf-s1", "collm-s0", "collm-s1"]
     t = trials[2]
     assert t.overrides[: len(g.overrides)] == g.overrides  # global first, then the variant's
-    assert t.overrides[-3:] == ["model.mapping=collm", "seed=0", "run.dir=/tmp/x/collm-s0"]
+    assert t.overrides[-4:] == ["model.mapping=collm", "run.cache_dir=/tmp/x/cache", "seed=0", "run.dir=/tmp/x/collm-s0"]
     cfg = g.resolve(t)
     assert cfg.model.mapping == "collm" and cfg.seed == 0 and cfg.dist.launcher == "local" and str(cfg.run_dir) == "/tmp/x/collm-s0"
     assert g.trials(["dist.use_gpu=true"])[0].overrides[0] == "dist.use_gpu=true"
@@ -112,7 +112,8 @@ def test_cli_bad_grid_exits_2_with_one_line(tmp_path, capsys):
 def test_dry_run_lists_trials_and_runs_nothing(tmp_path, capsys):
     assert main(["sweep", "--grid", SMOKE, "--out", str(tmp_path / "s"), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "4 trials" in out and "0 done, 4 to run" in out and "collm-s1" in out and "model.mapping=collm seed=1" in out
+    assert "4 trials" in out and "0 done, 4 to run" in out and "collm-s1" in out
+    assert f"model.mapping=collm run.cache_dir={tmp_path / 's' / 'cache'} seed=1" in out
     assert not (tmp_path / "s").exists()
 
 

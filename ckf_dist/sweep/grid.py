@@ -16,7 +16,8 @@ A grid is a YAML mapping::
     max_concurrent: 4
 
 A trial is one (variant, seed): `ckf train --config CONFIG <overrides> <variant overrides>
-seed=S run.dir=<out>/<variant>-s<seed>`. Every variant's overrides are checked against the config
+run.cache_dir=<out>/cache seed=S run.dir=<out>/<variant>-s<seed>` (the cache: trials with the same
+data, tiny.* and seed pre-train the embedded LLM once; an override of run.cache_dir wins). Every variant's overrides are checked against the config
 schema when the grid is loaded; a bad grid stops with one line naming the grid file and the key.
 """
 
@@ -72,7 +73,7 @@ class Trial:
     name: str
     run_dir: str
     overrides: list[str]
-    """Everything after `--config`: global, variant, then `seed=` and `run.dir=`."""
+    """Everything after `--config`: global, variant, `run.cache_dir=` (unless set), then `seed=` and `run.dir=`."""
 
     def command(self, config: str) -> list[str]:
         return ["ckf", "train", "--config", config, *self.overrides]
@@ -99,7 +100,10 @@ class Grid:
             for s in v.seeds:
                 name = f"{v.name}-s{s}"
                 run_dir = str(self.out / name)
-                ov = [*(extra or []), *self.overrides, *v.overrides, f"seed={s}", f"run.dir={run_dir}"]
+                ov = [*(extra or []), *self.overrides, *v.overrides]
+                if not any(o.split("=", 1)[0].strip() == "run.cache_dir" for o in ov):  # trials share pre-training
+                    ov.append(f"run.cache_dir={self.out / 'cache'}")
+                ov += [f"seed={s}", f"run.dir={run_dir}"]
                 out.append(Trial(v.name, s, name, run_dir, ov))
         return out
 

@@ -1,0 +1,89 @@
+"""run.cache_dir: runs with the same data, tiny.* and seed pre-train the embedded LLM once and copy it."""
+
+import json
+
+import pytest
+
+from ckf_dist import pipeline
+from ckf_dist.config import load_config
+from ckf_dist.fsutil import verify_manifest
+from ckf_dist.run import Run
+
+SMALL = [
+    "data.synthetic.num_users=30", "data.synthetic.num_items=20", "data.samples_per_user=1",
+    "data.topk_candidates=4", "data.history_len=4", "cf.dim=8",
+    "tiny.pretrain_steps=3", "tiny.prompt_texts=20", "tiny.hidden_size=32", "tiny.intermediate_size=64",
+    "tiny.num_layers=1", "tiny.vocab_size=600",
+]
+
+
+def _run(tmp_path, name: str, *extra: str) -> Run:
+    cfg = load_config("configs/quickstart.yaml", [*SMALL, f"run.dir={tmp_path / name}",
+                                                  f"run.cache_dir={tmp_path / 'cache'}", *extra])
+    return Run(cfg)
+
+
+def _files(folder) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != "stage.json"}
+
+
+@pytest.fixture
+def pretrainings(monkeypatch):
+    """Count the pre-trainings ensure_tiny starts."""
+    calls = []
+    real = pipeline.init_tiny
+
+    def counted(texts, cfg, out):
+        calls.append(str(out))
+        return real(texts, cfg, out)
+
+    monkeypatch.setattr(pipeline, "init_tiny", counted)
+    return calls
+
+
+def test_second_run_copies_the_first_runs_pretraining(tmp_path, pretrainings):
+    a, b = _run(tmp_path, "a"), _run(tmp_path, "b")
+    pipeline.ensure_tiny(a)
+    entry = a.llm_cache_entry()
+    assert entry is not None and entry.parent.parent == tmp_path / "cache"
+    assert verify_manifest(entry) is None
+    pipeline.ensure_tiny(b)
+    assert len(pretrainings) == 1  # b copied
+    assert b.llm_cache_entry() == entry
+    assert _files(b.llm_dir) == _files(a.llm_dir) and _files(a.llm_dir)
+    assert b.llm_stage().fresh() and b.llm_stage().output() == a.llm_stage().output()
+    assert json.loads((b.llm_dir / "ckf_tiny.json").read_text())["steps"] == 3
+
+
+def test_another_seed_or_tiny_setting_gets_its_own_entry(tmp_path, pretrainings):
+    a = _run(tmp_path, "a")
+    pipeline.ensure_tiny(a)
+    for name, extra in (("s1", "seed=1"), ("steps", "tiny.pretrain_steps=2")):
+        r = _run(tmp_path, name, extra)
+        pipeline.ensure_tiny(r)
+        assert r.llm_cache_entry() != a.llm_cache_entry()
+    assert len(pretrainings) == 3
+    assert len([p for p in (tmp_path / "cache" / "llm").iterdir() if p.is_dir()]) == 3
+
+
+def test_a_damaged_entry_is_pretrained_again_and_repaired(tmp_path, pretrainings, caplog):
+    a = _run(tmp_path, "a")
+    pipeline.ensure_tiny(a)
+    entry = a.llm_cache_entry()
+    weights = entry / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    c = _run(tmp_path, "c")
+    with caplog.at_level("WARNING"):
+        pipeline.ensure_tiny(c)
+    assert len(pretrainings) == 2 and "model.safetensors" in caplog.text
+    assert verify_manifest(entry) is None
+    assert _files(c.llm_dir) == _files(a.llm_dir)  # the same seed and inputs give the same model
+
+
+def test_without_cache_dir_nothing_is_shared(tmp_path, pretrainings):
+    cfg = load_config("configs/quickstart.yaml", [*SMALL, f"run.dir={tmp_path / 'a'}"])
+    r = Run(cfg)
+    assert r.llm_cache_entry() is None
+    pipeline.ensure_tiny(r)
+    assert len(pretrainings) == 1 and not (tmp_path / "cache").exists()
