@@ -107,27 +107,30 @@ def pretraining_texts(run: Run) -> list[str]:
 
 
 def ensure_tiny(run: Run, force: bool = False) -> Path:
-    """The embedded LLM, pre-trained on training-split text only (:func:`pretraining_texts`)."""
+    """The embedded LLM, pre-trained on training-split text only (:func:`pretraining_texts`); with
+    run.cache_dir, pre-trained once per inputs and copied by every run with the same ones
+    (:meth:`Run.llm_cache_entry`)."""
     cfg = run.cfg
     prepare_data(run)
     stage = run.llm_stage()
     out = run.llm_dir
+    entry = run.llm_cache_entry()
+    lock = None if entry is None else entry.parent / f"{entry.name}.lock"
 
     def build(folder: Path) -> dict:
         # init_tiny writes atomically into `out`; keep the stage record outside the model files.
         stage.clear_record()
         shutil.rmtree(out, ignore_errors=True)
-        entry = run.llm_cache_entry()
         if entry is None:
             init_tiny(pretraining_texts(run), cfg, out)
-        else:  # one pre-training per inputs: a run with the same ones waits for it, then copies
-            with exclusive_lock(entry.parent / f"{entry.name}.lock"):
-                problem = verify_manifest(entry) if entry.exists() else "absent"
-                if problem is None:
+        else:  # a run with the same inputs waits for the one pre-training them, then copies
+            with exclusive_lock(lock):
+                problem = verify_manifest(entry) if entry.exists() else None
+                if entry.exists() and problem is None:
                     copy_dir(entry, out, ignore=("manifest.json",))
                     log.info("stage llm: copied from %s (pre-trained by a run with the same data, tiny.* and seed)", entry)
                 else:
-                    if problem != "absent":
+                    if problem is not None:
                         log.warning("stage llm: cache entry %s: %s; pre-training again", entry, problem)
                     init_tiny(pretraining_texts(run), cfg, out)
                     copy_dir(out, entry, ignore=("stage.json",), manifest=True)
@@ -135,6 +138,10 @@ def ensure_tiny(run: Run, force: bool = False) -> Path:
         return json.loads(info.read_text()) if info.exists() else {}
 
     stage.run(build, force)
+    if entry is not None and not entry.exists():  # built before run.cache_dir was set: share it now
+        with exclusive_lock(lock):
+            if not entry.exists():
+                copy_dir(out, entry, ignore=("stage.json",), manifest=True)
     return out
 
 

@@ -87,3 +87,14 @@ def test_without_cache_dir_nothing_is_shared(tmp_path, pretrainings):
     assert r.llm_cache_entry() is None
     pipeline.ensure_tiny(r)
     assert len(pretrainings) == 1 and not (tmp_path / "cache").exists()
+
+
+def test_a_run_built_before_the_cache_was_set_shares_its_model(tmp_path, pretrainings):
+    cfg = load_config("configs/quickstart.yaml", [*SMALL, f"run.dir={tmp_path / 'a'}"])
+    pipeline.ensure_tiny(Run(cfg))
+    a = _run(tmp_path, "a")  # the same run dir, now with run.cache_dir
+    pipeline.ensure_tiny(a)
+    assert len(pretrainings) == 1 and verify_manifest(a.llm_cache_entry()) is None
+    b = _run(tmp_path, "b")
+    pipeline.ensure_tiny(b)
+    assert len(pretrainings) == 1 and _files(b.llm_dir) == _files(a.llm_dir)
