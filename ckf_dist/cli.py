@@ -265,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as the cores / GPUs allow)")
     p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (default 1 for dist.launcher=local)")
     p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, fractions allowed (default 1 when CUDA is visible, else 0)")
+    p.add_argument("--seeds", help="comma-separated seeds for every variant, in place of the grid's (e.g. 0,1,2)")
+    p.add_argument("--variants", help="comma-separated variant names: run and report only these")
     p.add_argument("--dry-run", action="store_true", help="list the trials, their status and commands; run nothing")
     p.add_argument("--report-only", action="store_true", help="only rebuild results.md/json, the plot and tb/ from finished trials")
     p.set_defaults(func=_resolve("ckf_dist.sweep:cmd_sweep", _not_yet("sweep")))

@@ -349,3 +349,23 @@ def test_smoke_sweep_runs_on_ray_tune_and_resumes(tmp_path, capsys, monkeypatch)
     assert [t["status"] for t in res["trials"]] == ["stale", "done", "done", "done"]
     assert res["table"] == before["table"]  # the stale trial's metrics still count
     assert "Stale: ckf-s0 finished with this config" in (out / "results.md").read_text()
+
+
+def test_select_seeds_and_variants():
+    g = load_grid(SMOKE, out="/tmp/x").select(seeds=[3, 4], variants=["collm"])
+    assert [t.name for t in g.trials()] == ["collm-s3", "collm-s4"]
+    assert g.trials()[0].overrides[-2:] == ["seed=3", "run.dir=/tmp/x/collm-s3"]
+    assert [t.name for t in load_grid(SMOKE, out="/tmp/x").select(seeds=[5]).trials()] == ["ckf-s5", "collm-s5"]
+    with pytest.raises(GridError, match="unknown variant 'nope'.*ckf, collm"):
+        load_grid(SMOKE).select(variants=["nope"])
+    with pytest.raises(GridError, match="--seeds"):
+        load_grid(SMOKE).select(seeds=[1, 1])
+
+
+def test_cli_seeds_and_variants_flags(tmp_path, capsys):
+    assert main(["sweep", "--grid", SMOKE, "--out", str(tmp_path / "s"), "--seeds", "7,8", "--variants", "ckf", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "2 trials" in out and "ckf-s7" in out and "ckf-s8" in out and "collm" not in out.split("folder")[1]
+    assert main(["sweep", "--grid", SMOKE, "--seeds", "a,b", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "--seeds" in err and len(err.splitlines()) == 1

@@ -24,6 +24,7 @@ schema when the grid is loaded; a bad grid stops with one line naming the grid f
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import re
@@ -106,6 +107,21 @@ class Grid:
                 ov += [f"seed={s}", f"run.dir={run_dir}"]
                 out.append(Trial(v.name, s, name, run_dir, ov))
         return out
+
+    def select(self, seeds: Optional[list[int]] = None, variants: Optional[list[str]] = None) -> "Grid":
+        """This grid with `seeds` in place of every variant's seeds and only the named `variants` (grid
+        order kept): `ckf sweep --seeds` / `--variants`, a 3-seed run of a 1-seed grid or a subset
+        without editing the file."""
+        if variants:
+            unknown = [v for v in variants if v not in self.variants]
+            if unknown:
+                raise GridError(f"{self.path}: --variants: unknown variant '{unknown[0]}' "
+                                f"(the grid has {', '.join(self.variants)})")
+        if seeds is not None and (not seeds or len(set(seeds)) != len(seeds)):
+            raise GridError(f"{self.path}: --seeds: expected distinct integer seeds, got {seeds!r}")
+        chosen = {n: Variant(n, v.overrides, list(seeds) if seeds is not None else v.seeds, v.label)
+                  for n, v in self.variants.items() if not variants or n in variants}
+        return dataclasses.replace(self, variants=chosen, seeds=list(seeds) if seeds is not None else self.seeds)
 
     def resolve(self, trial: Trial) -> Config:
         try:

@@ -303,8 +303,21 @@ def _markdown(grid: Grid, results: dict, rows: list[dict], png: Optional[Path]) 
 # The command
 
 
+def _int_list(text: Optional[str], flag: str) -> Optional[list[int]]:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise GridError(f"{flag}: expected comma-separated integers, got {text!r}") from None
+
+
+def _name_list(text: Optional[str]) -> Optional[list[str]]:
+    return None if text is None else [x.strip() for x in text.split(",") if x.strip()]
+
+
 def cmd_sweep(args) -> int:
-    grid = load_grid(args.grid, out=args.out)
+    grid = load_grid(args.grid, out=args.out).select(_int_list(args.seeds, "--seeds"), _name_list(args.variants))
     base_trials = grid.trials()
     configs0 = {t.name: grid.resolve(t) for t in base_trials}
     address = os.environ.get("RAY_ADDRESS") or next((c.dist.ray_address for c in configs0.values() if c.dist.ray_address), None)
