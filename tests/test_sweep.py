@@ -369,3 +369,17 @@ def test_cli_seeds_and_variants_flags(tmp_path, capsys):
     assert main(["sweep", "--grid", SMOKE, "--seeds", "a,b", "--dry-run"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "--seeds" in err and len(err.splitlines()) == 1
+
+
+def test_trial_status_ignores_the_cache_folder_but_not_a_real_change(tmp_path):
+    """A trial finished before the sweep set run.cache_dir stays done; another train.steps is a change."""
+    from ckf_dist.sweep.grid import trial_status
+
+    old = load_config("configs/quickstart.yaml", [f"run.dir={tmp_path / 't'}"])
+    save_config(old, Run(old).config_file)
+    assert trial_status(old, check_stages=False) == "partial"
+    Run(old).metrics_file().write_text("{}")
+    with_cache = load_config("configs/quickstart.yaml", [f"run.dir={tmp_path / 't'}", f"run.cache_dir={tmp_path / 'c'}"])
+    assert trial_status(with_cache, check_stages=False) == "done"
+    other = load_config("configs/quickstart.yaml", [f"run.dir={tmp_path / 't'}", "train.steps=7"])
+    assert trial_status(other, check_stages=False) == "changed"

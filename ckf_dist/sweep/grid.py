@@ -264,8 +264,11 @@ def load_grid(path: str | Path, out: Optional[str | Path] = None) -> Grid:
 
 
 def _comparable(cfg: Config) -> dict:
+    """The config as trial_status compares it: run.dir resolved, run.cache_dir left out (where shared
+    pre-training is kept changes no result; trials finished before the sweep set it stay done)."""
     d = to_dict(cfg)
     d["run"]["dir"] = str(Path(d["run"]["dir"]).resolve())
+    d["run"].pop("cache_dir", None)
     return json.loads(json.dumps(d, sort_keys=True, default=str))
 
 
