@@ -115,33 +115,30 @@ def ensure_tiny(run: Run, force: bool = False) -> Path:
     stage = run.llm_stage()
     out = run.llm_dir
     entry = run.llm_cache_entry()
-    lock = None if entry is None else entry.parent / f"{entry.name}.lock"
 
     def build(folder: Path) -> dict:
         # init_tiny writes atomically into `out`; keep the stage record outside the model files.
         stage.clear_record()
         shutil.rmtree(out, ignore_errors=True)
-        if entry is None:
+        problem = "no run.cache_dir" if entry is None else verify_manifest(entry)
+        if problem is None:
+            copy_dir(entry, out, ignore=("manifest.json",))
+            log.info("stage llm: copied from %s (pre-trained by a run with the same data, tiny.* and seed)", entry)
+        else:
+            if entry is not None and entry.exists():
+                log.warning("stage llm: cache entry %s: %s; pre-training again", entry, problem)
             init_tiny(pretraining_texts(run), cfg, out)
-        else:  # a run with the same inputs waits for the one pre-training them, then copies
-            with exclusive_lock(lock):
-                problem = verify_manifest(entry) if entry.exists() else None
-                if entry.exists() and problem is None:
-                    copy_dir(entry, out, ignore=("manifest.json",))
-                    log.info("stage llm: copied from %s (pre-trained by a run with the same data, tiny.* and seed)", entry)
-                else:
-                    if problem is not None:
-                        log.warning("stage llm: cache entry %s: %s; pre-training again", entry, problem)
-                    init_tiny(pretraining_texts(run), cfg, out)
-                    copy_dir(out, entry, ignore=("stage.json",), manifest=True)
         info = out / INFO_FILE
         return json.loads(info.read_text()) if info.exists() else {}
 
-    stage.run(build, force)
-    if entry is not None and not entry.exists():  # built before run.cache_dir was set: share it now
-        with exclusive_lock(lock):
-            if not entry.exists():
-                copy_dir(out, entry, ignore=("stage.json",), manifest=True)
+    if entry is None:
+        stage.run(build, force)
+        return out
+    # The lock covers the pre-training, so a run with the same inputs waits for it and then copies.
+    with exclusive_lock(entry.parent / f"{entry.name}.lock"):
+        stage.run(build, force)
+        if verify_manifest(entry) is not None:  # pre-trained here, or built before run.cache_dir was set
+            copy_dir(out, entry, ignore=("stage.json",), manifest=True)
     return out
 
 
