@@ -526,6 +526,7 @@ class RunConfig:
     dir: str = "runs/quickstart"
     """Run directory: caches every stage's outputs, checkpoints and metrics."""
     cache_dir: str = ""
-    """Folder shared by runs for what does not depend on the run itself: the embedded LLM's
-    pre-training. A run whose LLM stage has the same key and data as one already there copies it
-    instead of pre-training again. Empty = off; `ckf sweep` sets <out>/cache for its trials."""
+    """Folder shared by runs for what does not depend on the run itself: the CF tables (cf stage)
+    and the embedded LLM's pre-training (llm stage). A run whose stage has the same key and inputs
+    as one already there copies it instead of building it again. Empty = off; `ckf sweep` sets
+    <out>/cache for its trials."""

@@ -14,6 +14,7 @@ import logging
 import random
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -33,7 +34,7 @@ from ckf_dist.fsutil import atomic_write_text, copy_dir, exclusive_lock, verify_
 from ckf_dist.models.llm import load_llm
 from ckf_dist.models.text_embed import mean_pooled_embeddings
 from ckf_dist.models.tiny import INFO_FILE, init_tiny
-from ckf_dist.run import Run, stage_hash
+from ckf_dist.run import Run, Stage, stage_hash
 from ckf_dist.train.launch import launch
 
 log = logging.getLogger(__name__)
@@ -56,32 +57,35 @@ def prepare_data(run: Run, force: bool = False) -> dict:
 
 
 def train_cf_stage(run: Run, force: bool = False) -> dict:
-    """Train the CF backbone (and the other CF baselines), evaluate baselines; cached in run.dir/cf."""
+    """Train the CF backbone (and the other CF baselines), evaluate baselines; cached in run.dir/cf
+    (and shared through run.cache_dir, :func:`run_cached`)."""
     cfg = run.cfg
     prepare_data(run)
     stage = run.cf_stage()
 
-    def build(folder: Path) -> dict:
+    def build(folder: Path) -> None:
         sd = SplitData.load(run.split_dir, columns=[*SPLIT_COLUMNS, "summary"])  # summaries: the explanation baseline
         samples = {s: read_split(run.shards_dir, s) for s in ("valid", "test")}
         names = list(dict.fromkeys([cfg.cf.model, *cfg.cf.baselines]))
         tables, reports = {}, {}
         for name in names:
             t, report = train_cf(sd, cfg.cf, cfg.seed, name, history_len=cfg.data.history_len)
-            save_cf_tables(
+            save_cf_tables(  # no timings in the tables: equal inputs give byte-equal files (the stage's lineage)
                 run.cf_table(name), t.user_emb, t.item_emb, t.user_ids, t.item_ids,
-                extra={**t.meta, **{k: v for k, v in report.items() if k != "grid"}},
+                extra={**t.meta, **{k: v for k, v in report.items() if k not in ("grid", "seconds")}},
                 user_bias=t.user_bias, item_bias=t.item_bias, global_bias=t.global_bias, encoder=t.encoder or None,
             )
             tables[name], reports[name] = t, report
         results = {split: run_baselines(sd, samples, cfg, cfg.seed, split=split, tables=tables) for split in ("valid", "test")}
         atomic_write_text(run.baselines_json, json.dumps({"results": results, "training": reports}, indent=2, default=str))
-        table = baseline_table_markdown(results["test"])
-        atomic_write_text(run.baselines_markdown, table + "\n")
-        return {"backbone": str(run.cf_table()), "table": table,
-                "weight_decay": {n: r["weight_decay"] for n, r in reports.items()}}
+        atomic_write_text(run.baselines_markdown, baseline_table_markdown(results["test"]) + "\n")
 
-    return stage.run(build, force)
+    def summarize(folder: Path) -> dict:
+        training = json.loads(run.baselines_json.read_text())["training"]
+        return {"backbone": str(run.cf_table()), "table": run.baselines_markdown.read_text().rstrip("\n"),
+                "weight_decay": {n: r["weight_decay"] for n, r in training.items()}}
+
+    return run_cached(run, stage, build, summarize, force)
 
 
 def pretraining_texts(run: Run) -> list[str]:
@@ -108,38 +112,51 @@ def pretraining_texts(run: Run) -> list[str]:
 
 def ensure_tiny(run: Run, force: bool = False) -> Path:
     """The embedded LLM, pre-trained on training-split text only (:func:`pretraining_texts`); with
-    run.cache_dir, pre-trained once per inputs and copied by every run with the same ones
-    (:meth:`Run.llm_cache_entry`)."""
+    run.cache_dir, pre-trained once per data, tiny.* and seed and copied by the other runs (:func:`run_cached`)."""
     cfg = run.cfg
     prepare_data(run)
-    stage = run.llm_stage()
-    out = run.llm_dir
-    entry = run.llm_cache_entry()
 
-    def build(folder: Path) -> dict:
-        # init_tiny writes atomically into `out`; keep the stage record outside the model files.
-        stage.clear_record()
-        shutil.rmtree(out, ignore_errors=True)
-        problem = "no run.cache_dir" if entry is None else verify_manifest(entry)
-        if problem is None:
-            copy_dir(entry, out, ignore=("manifest.json",))
-            log.info("stage llm: copied from %s (pre-trained by a run with the same data, tiny.* and seed)", entry)
-        else:
-            if entry is not None and entry.exists():
-                log.warning("stage llm: cache entry %s: %s; pre-training again", entry, problem)
-            init_tiny(pretraining_texts(run), cfg, out)
-        info = out / INFO_FILE
+    def build(folder: Path) -> None:
+        init_tiny(pretraining_texts(run), cfg, folder)  # writes atomically into the stage folder
+
+    def summarize(folder: Path) -> dict:
+        info = folder / INFO_FILE
         return json.loads(info.read_text()) if info.exists() else {}
 
+    run_cached(run, run.llm_stage(), build, summarize, force)
+    return run.llm_dir
+
+
+def run_cached(run: Run, stage: Stage, build: Callable[[Path], None], summarize: Callable[[Path], dict],
+               force: bool = False) -> dict:
+    """Run `stage`: `build(folder)` writes its files, `summarize(folder)` reads its summary back
+    from them. With run.cache_dir, a stage is built once per key and inputs
+    (:meth:`Run.stage_cache_entry`) and copied by every other run that needs it: the entry is
+    written whole with a sha256 manifest; a run that finds it damaged builds again and replaces
+    it; a stage built before run.cache_dir was set publishes itself. The entry's lock covers the
+    build, so a run with the same inputs waits for it, then copies."""
+    entry = run.stage_cache_entry(stage)
+
+    def build_or_copy(folder: Path) -> dict:
+        problem = "no run.cache_dir" if entry is None else verify_manifest(entry)
+        if problem is None:
+            copy_dir(entry, folder, ignore=("manifest.json",))
+            log.info("stage %s: copied from %s (built by a run with the same inputs)", stage.name, entry)
+        else:
+            if entry is not None and entry.exists():
+                log.warning("stage %s: cache entry %s: %s; building again", stage.name, entry, problem)
+            shutil.rmtree(folder, ignore_errors=True)  # the folder holds only what this build writes
+            folder.mkdir(parents=True)
+            build(folder)
+        return summarize(folder)
+
     if entry is None:
-        stage.run(build, force)
-        return out
-    # The lock covers the pre-training, so a run with the same inputs waits for it and then copies.
+        return stage.run(build_or_copy, force)
     with exclusive_lock(entry.parent / f"{entry.name}.lock"):
-        stage.run(build, force)
-        if verify_manifest(entry) is not None:  # pre-trained here, or built before run.cache_dir was set
-            copy_dir(out, entry, ignore=("stage.json",), manifest=True)
-    return out
+        summary = stage.run(build_or_copy, force)
+        if verify_manifest(entry) is not None:  # built here, or before run.cache_dir was set
+            copy_dir(stage.folder, entry, ignore=(stage.record.name,), manifest=True)
+    return summary
 
 
 def train_mode_stage(run: Run, force: bool = False) -> dict:

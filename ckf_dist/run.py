@@ -29,7 +29,9 @@ Stages (data -> cf -> llm -> mode -> train -> eval) each own a folder and a key:
 sections the stage depends on plus the keys of the stages it reads. Each record also keeps the
 lineage of the build: the digest of the stage's own outputs and those of the upstream outputs it
 consumed. A stage is fresh when its recorded key equals the current one and every upstream stage
-still holds the outputs it was built from; a fresh stage is skipped. The runners (what each stage
+still holds the outputs it was built from; a fresh stage is skipped. With `run.cache_dir`, the
+cf and llm stages are built once per key and inputs and copied by the runs that share them
+(:meth:`Run.stage_cache_entry`). The runners (what each stage
 does) live in :mod:`ckf_dist.pipeline`; this module imports only the config and file helpers.
 
 **Lock.** A command that writes into a run directory holds an exclusive OS lock (``flock``) on
@@ -514,17 +516,6 @@ class Run:
         """Where the embedded tiny LLM is written."""
         return self.dir / "llm"
 
-    def llm_cache_entry(self) -> Optional[Path]:
-        """run.cache_dir/llm/<LLM stage key>-<data stage output digest>: the one pre-trained copy of
-        the embedded LLM that runs with the same inputs (data, tiny.*, seed) share; None when
-        run.cache_dir is unset or the data stage has no recorded output."""
-        if not self.cfg.run.cache_dir:
-            return None
-        data = self.data_stage().output()
-        if data is None:
-            return None
-        return Path(self.cfg.run.cache_dir) / "llm" / f"{self.llm_stage().key}-{data}"
-
     @property
     def model_dir(self) -> Path:
         """The base LLM the run trains on: model.path, or the embedded one."""
@@ -658,6 +649,18 @@ class Run:
                      outputs=lambda: [*sorted(p for p in self.split_dir.rglob("*") if p.is_file()),
                                       self.shards_dir / "manifest.json"])
 
+    def stage_cache_entry(self, stage: Stage) -> Optional[Path]:
+        """run.cache_dir/<stage>/<stage key>-<digest of its inputs>: the one built copy of a stage
+        (the CF tables, the embedded LLM) that every run with the same config sections and the same
+        upstream outputs shares; None when run.cache_dir is unset or an upstream stage has no
+        recorded output."""
+        if not self.cfg.run.cache_dir:
+            return None
+        inputs = {name: up.output() for name, up in stage.upstream.items()}
+        if any(v is None for v in inputs.values()):
+            return None
+        return Path(self.cfg.run.cache_dir) / stage.name / f"{stage.key}-{stage_hash(inputs)}"
+
     def cf_stage(self) -> Stage:
         cfg = self.cfg
         data = self.data_stage()
@@ -665,7 +668,7 @@ class Run:
         config = {**data.config, "cf": _section_key(cfg, "cf"),
                   "eval": {"ks": cfg.eval.ks, "max_samples_per_task": cfg.eval.max_samples_per_task, "task_caps": cfg.eval.task_caps}}
         return Stage("cf", self.cf_dir, key, config, {"data": data},
-                     outputs=lambda: [*sorted(self.cf_dir.glob("*.safetensors")), self.baselines_json])
+                     outputs=lambda: sorted(self.cf_dir.glob("*.safetensors")))  # what later stages read
 
     def llm_stage(self) -> Stage:
         cfg = self.cfg

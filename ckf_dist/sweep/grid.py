@@ -17,7 +17,7 @@ A grid is a YAML mapping::
 
 A trial is one (variant, seed): `ckf train --config CONFIG <overrides> <variant overrides>
 run.cache_dir=<out>/cache seed=S run.dir=<out>/<variant>-s<seed>` (the cache: trials with the same
-data, tiny.* and seed pre-train the embedded LLM once; an override of run.cache_dir wins). Every variant's overrides are checked against the config
+inputs train the CF tables and pre-train the embedded LLM once; an override of run.cache_dir wins). Every variant's overrides are checked against the config
 schema when the grid is loaded; a bad grid stops with one line naming the grid file and the key.
 """
 
