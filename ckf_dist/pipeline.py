@@ -136,6 +136,7 @@ def run_cached(run: Run, stage: Stage, build: Callable[[Path], None], summarize:
     it; a stage built before run.cache_dir was set publishes itself. The entry's lock covers the
     build, so a run with the same inputs waits for it, then copies."""
     entry = run.stage_cache_entry(stage)
+    built: list[bool] = []  # set when build_or_copy built rather than copied
 
     def build_or_copy(folder: Path) -> dict:
         problem = "no run.cache_dir" if entry is None else verify_manifest(entry)
@@ -148,13 +149,14 @@ def run_cached(run: Run, stage: Stage, build: Callable[[Path], None], summarize:
             shutil.rmtree(folder, ignore_errors=True)  # the folder holds only what this build writes
             folder.mkdir(parents=True)
             build(folder)
+            built.append(True)
         return summarize(folder)
 
-    if entry is None:
+    if entry is None or (not force and stage.fresh() and entry.is_dir()):  # nothing to build or share
         return stage.run(build_or_copy, force)
     with exclusive_lock(entry.parent / f"{entry.name}.lock"):
         summary = stage.run(build_or_copy, force)
-        if verify_manifest(entry) is not None:  # built here, or before run.cache_dir was set
+        if built or not entry.is_dir():  # built here, or before run.cache_dir was set
             copy_dir(stage.folder, entry, ignore=(stage.record.name,), manifest=True)
     return summary
 

@@ -247,7 +247,10 @@ def train_cf(
     grid: list[dict] = []
     best: Optional[tuple[torch.nn.Module, dict]] = None
     hist = row_histories(split_data, history_len) if sequential else None
-    with torch_threads(threads):
+    # torch's global RNG (dropout) seeded from `seed` and restored after: the tables do not depend
+    # on what ran before in the process, so equal inputs give equal tables (the cf stage's lineage)
+    with torch_threads(threads), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
         for wd in cfg.weight_decays:
             if sequential:
                 model, rec = fit_sequential(model_name, split_data, data, cfg, float(wd), seed, history_len, hist)

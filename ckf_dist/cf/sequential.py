@@ -263,15 +263,7 @@ def fit_sequential(kind: str, sd: SplitData, data: PairData, cfg: CFConfig, wd: 
     """Train one weight decay with early stopping (module docstring); returns the best-epoch model
     and its record (weight_decay, valid_score, best_epoch, epochs_run, stopped_early, seconds, history).
     `data`: the BPR view of `sd` (negatives, validation pairs); `hist`: :func:`row_histories`.
-    Dropout draws from torch's global RNG, seeded here from `seed` (and restored after): the tables
-    do not depend on what ran before in the process."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return _fit_sequential(kind, sd, data, cfg, wd, seed, history_len, hist)
-
-
-def _fit_sequential(kind: str, sd: SplitData, data: PairData, cfg: CFConfig, wd: float, seed: int, history_len: int,
-                    hist: tuple[np.ndarray, np.ndarray]) -> tuple[SequentialCF, dict]:
+    Dropout draws from torch's global RNG, which :func:`ckf_dist.cf.fit.train_cf` seeds."""
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     model = SequentialCF(kind, sd.num_items, cfg.dim, history_len, cfg.sasrec_blocks, cfg.sasrec_heads, cfg.seq_dropout, gen)
