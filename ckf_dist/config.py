@@ -102,6 +102,9 @@ class Config:
                 raise ConfigError(f"{source}: key 'task_mix.{t}': invalid weight {w!r} (finite, >= 0)")
         if not any(self.task_mix.get(t, 1.0) > 0 for t in self.tasks):
             raise ConfigError(f"{source}: key 'task_mix': every task of 'tasks' has weight 0; nothing would be trained")
+        if self.cf.cross_fit and self.model.mapping in ("binllm", "allmrec"):
+            raise ConfigError(f"{source}: key 'cf.cross_fit': model.mapping={self.model.mapping} reads the full model's "
+                              "codes or aligned items in training; cross-fitting serves the vector modes (ckf, collm, cora)")
         # each section checks its own fields (and those that depend on each other) beside them
         for name in SECTIONS:
             for key, problem in getattr(self, name).problems()[:1]:

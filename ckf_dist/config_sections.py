@@ -177,6 +177,11 @@ class CFConfig:
     """Ridge penalty of the rating-aware fold-in of a user without a trained row (MF with biases: a
     bias and a vector fitted to the ratings of the row's history; see ckf_dist.cf.foldin). Larger
     pulls a short history's user towards the average user."""
+    cross_fit: int = 0
+    """Out-of-fold CF vectors for the LLM's training rows: K >= 2 folds of the training interactions,
+    K more fits of the backbone (mf, lightgcn), each without one fold; a training row reads the fit
+    that did not see its own interaction, evaluation the fit on all of them. 0 = off: training rows
+    read CF vectors fit on their own labels (in-sample; see ckf_dist.data.folds)."""
 
     def problems(self) -> list[tuple[str, str]]:
         out = _invalid([("dim", self.dim >= 1, self.dim),
@@ -187,7 +192,10 @@ class CFConfig:
                         ("sasrec_blocks", self.sasrec_blocks >= 1, self.sasrec_blocks),
                         ("sasrec_heads", self.sasrec_heads >= 1 and self.dim % max(1, self.sasrec_heads) == 0, self.sasrec_heads),
                         ("seq_dropout", math.isfinite(self.seq_dropout) and 0.0 <= self.seq_dropout < 1.0, self.seq_dropout),
-                        ("fold_in_ridge", math.isfinite(self.fold_in_ridge) and self.fold_in_ridge > 0, self.fold_in_ridge)])
+                        ("fold_in_ridge", math.isfinite(self.fold_in_ridge) and self.fold_in_ridge > 0, self.fold_in_ridge),
+                        ("cross_fit", self.cross_fit == 0 or self.cross_fit >= 2, self.cross_fit)])
+        if self.cross_fit and self.model in SEQUENTIAL_CF:
+            out.append(("cross_fit", f"{self.model} encodes histories and has no tables to cross-fit (cf.model: mf, lightgcn)"))
         out += [("baselines", f"unknown model {n!r} (mf, lightgcn, sasrec, din)") for n in self.baselines
                 if n not in CF_MODELS][:1]
         return out

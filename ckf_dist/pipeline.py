@@ -21,6 +21,7 @@ import torch
 from ckf_dist.cf.align import save_alignment, train_alignment
 from ckf_dist.cf.baselines import baseline_table_markdown, run_baselines
 from ckf_dist.cf.binarize import save_binarizer, train_binarizer
+from ckf_dist.cf.crossfit import fit_cross_folds
 from ckf_dist.cf.fit import SPLIT_COLUMNS, train_cf
 from ckf_dist.cf.tables import load_cf_tables, save_cf_tables
 from ckf_dist.data.prepare import prepare
@@ -70,10 +71,13 @@ def train_cf_stage(run: Run, force: bool = False) -> dict:
         tables, reports = {}, {}
         for name in names:
             t, report = train_cf(sd, cfg.cf, cfg.seed, name, history_len=cfg.data.history_len)
+            if name == cfg.cf.model and cfg.cf.cross_fit:  # the backbone's out-of-fold tables, for training rows
+                t.cross_fit = fit_cross_folds(sd, cfg.cf, cfg.seed, t, name, history_len=cfg.data.history_len)
             save_cf_tables(  # no timings in the tables: equal inputs give byte-equal files (the stage's lineage)
                 run.cf_table(name), t.user_emb, t.item_emb, t.user_ids, t.item_ids,
                 extra={**t.meta, **{k: v for k, v in report.items() if k not in ("grid", "seconds")}},
                 user_bias=t.user_bias, item_bias=t.item_bias, global_bias=t.global_bias, encoder=t.encoder or None,
+                cross_fit=t.cross_fit or None,
             )
             tables[name], reports[name] = t, report
         results = {split: run_baselines(sd, samples, cfg, cfg.seed, split=split, tables=tables) for split in ("valid", "test")}

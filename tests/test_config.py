@@ -109,7 +109,7 @@ def test_moved_keys_name_their_new_place(tmp_path):
     ("loader.workers=-1", "loader.workers"), ("loader.length_group=-2", "loader.length_group"),
     ("data.split_fractions=[0.5,0.5]", "data.split_fractions"), ("dist.zero_stage=4", "dist.zero_stage"),
     ("lora.task.r=0", "lora.task.r"), ("eval.task_caps={nope: 3}", "eval.task_caps.nope"),
-    ("cf.baselines=[svd]", "cf.baselines"),
+    ("cf.baselines=[svd]", "cf.baselines"), ("cf.cross_fit=1", "cf.cross_fit"), ("cf.cross_fit=-2", "cf.cross_fit"),
 ])
 def test_each_section_checks_its_fields(override, key):
     with pytest.raises(ConfigError, match=rf"command line: key '{re.escape(key)}': "):
@@ -128,6 +128,17 @@ def test_values_that_would_crash_later_fail_up_front(override, key):
     """Each of these used to pass validation and crash (or hang) after data, CF and LLM stages ran."""
     with pytest.raises(ConfigError, match=rf"key '{re.escape(key)}'"):
         load_config(str(ROOT / "configs" / "quickstart.yaml"), [override])
+
+
+@pytest.mark.parametrize("overrides, says", [
+    (["cf.cross_fit=3", "cf.model=sasrec"], "sasrec encodes histories"),
+    (["cf.cross_fit=3", "model.mapping=binllm"], "model.mapping=binllm reads the full model"),
+    (["cf.cross_fit=3", "model.mapping=allmrec"], "model.mapping=allmrec reads the full model"),
+])
+def test_cross_fit_refuses_what_has_no_out_of_fold_tables(overrides, says):
+    with pytest.raises(ConfigError, match=rf"key 'cf.cross_fit': .*{re.escape(says)}"):
+        load_config(None, overrides)
+    assert load_config(None, ["cf.cross_fit=3", "model.mapping=collm"]).cf.cross_fit == 3
 
 
 def test_run_dir_on_a_file_fails_up_front(tmp_path):

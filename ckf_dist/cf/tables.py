@@ -7,6 +7,8 @@ never sees a half-written file) holding
     user_bias    [U]    float32     item_bias    [I]    float32     global_bias [1] float32
     (biases only for models that have them: MF)
     seq.<name>   the weights of a sequential backbone's encoder (SASRec, DIN; see cf/sequential.py)
+    xfit.<name>  with ``cf.cross_fit = K``: the K out-of-fold tables, user_emb [K, U, d], item_emb
+                 [K, I, d] (and user_bias [K, U], item_bias [K, I]; see cf/crossfit.py)
 
     user_ids_utf8 / item_ids_utf8         uint8  the raw id of each row (so a table can be checked
     user_ids_offsets / item_ids_offsets   int64  against a SplitData), UTF-8, row k = bytes
@@ -71,6 +73,9 @@ class CFTables:
     """Global offset (MF-MSE: about the mean training rating)."""
     encoder: dict[str, np.ndarray] = field(default_factory=dict)
     """A sequential backbone's weights (empty for MF / LightGCN); meta["encoder"] holds its shape."""
+    cross_fit: dict[str, np.ndarray] = field(default_factory=dict)
+    """The out-of-fold tables of ``cf.cross_fit`` (empty without): user_emb [K, U, d], item_emb
+    [K, I, d], user_bias [K, U], item_bias [K, I] (biases for MF); see :mod:`ckf_dist.cf.crossfit`."""
 
     @property
     def sequential(self) -> bool:
@@ -92,6 +97,14 @@ class CFTables:
                 f"{len(self.user_ids)} user ids / {len(self.item_ids)} item ids for tables "
                 f"{self.user_emb.shape} / {self.item_emb.shape}"
             )
+        if self.cross_fit:
+            k = self.cross_fit.get("user_emb", np.zeros((0,))).shape[0]
+            want = {"user_emb": (k, *self.user_emb.shape), "item_emb": (k, *self.item_emb.shape),
+                    "user_bias": (k, self.num_users), "item_bias": (k, self.num_items)}
+            bad = {n: a.shape for n, a in self.cross_fit.items() if n not in want or tuple(a.shape) != want[n]}
+            if bad or k < 1 or "item_emb" not in self.cross_fit or (("user_bias" in self.cross_fit) != ("item_bias" in self.cross_fit)):
+                raise ValueError(f"bad cross-fit tables {({n: tuple(a.shape) for n, a in self.cross_fit.items()})} "
+                                 f"for tables {self.user_emb.shape} / {self.item_emb.shape}")
 
     def id_mismatch(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> Optional[str]:
         """None when these tables' rows are exactly the given users and items, in that order (the
@@ -123,19 +136,41 @@ class CFTables:
         return save_cf_tables(
             path, self.user_emb, self.item_emb, self.user_ids, self.item_ids, self.meta,
             user_bias=self.user_bias, item_bias=self.item_bias, global_bias=self.global_bias if has_bias else None,
-            encoder=self.encoder or None,
+            encoder=self.encoder or None, cross_fit=self.cross_fit or None,
         )
 
-    def model_inputs(self, with_biases: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def folds(self) -> int:
+        """The number of out-of-fold tables (0: none)."""
+        return int(self.cross_fit["user_emb"].shape[0]) if self.cross_fit else 0
+
+    def model_inputs(self, with_biases: bool = True, stacked: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(users [U, d'], items [I, d']) float32: the vectors the CKF model is fed. With biases (MF),
         each row gets its bias as one more coordinate (d' = d + 1): the per-user and per-item rating
         offsets are part of what the CF model learned, and e_u . e_i alone would hide them. A row
-        without training data stays all zero (its bias is zero too)."""
-        if not with_biases or self.user_bias is None or self.item_bias is None:
-            return self.user_emb.astype(np.float32), self.item_emb.astype(np.float32)
-        u = np.concatenate([self.user_emb, self.user_bias[:, None]], 1).astype(np.float32)
-        i = np.concatenate([self.item_emb, self.item_bias[:, None]], 1).astype(np.float32)
-        return u, i
+        without training data stays all zero (its bias is zero too).
+
+        `stacked` (tables with ``cross_fit``): the full tables followed by each fold's, ([(K + 1) U, d'],
+        [(K + 1) I, d']); block 0 is the full model, block k + 1 fold k's (what the training collator
+        indexes, :mod:`ckf_dist.data.folds`)."""
+        biases = with_biases and self.user_bias is not None and self.item_bias is not None
+        blocks = [(self.user_emb, self.item_emb, self.user_bias, self.item_bias)]
+        if stacked:
+            xf = self.cross_fit
+            blocks += [(xf["user_emb"][k], xf["item_emb"][k], xf.get("user_bias", [None] * self.folds)[k],
+                        xf.get("item_bias", [None] * self.folds)[k]) for k in range(self.folds)]
+        users, items = [], []
+        for ue, ie, ub, ib in blocks:
+            users.append(np.concatenate([ue, ub[:, None]], 1) if biases else ue)
+            items.append(np.concatenate([ie, ib[:, None]], 1) if biases else ie)
+        return np.concatenate(users).astype(np.float32), np.concatenate(items).astype(np.float32)
+
+    def model_item_bias(self, stacked: bool = False) -> Optional[np.ndarray]:
+        """[I] (or, `stacked`, [(K + 1) I]) float32 item biases in the row order of :meth:`model_inputs`."""
+        if self.item_bias is None:
+            return None
+        parts = [self.item_bias] + ([self.cross_fit["item_bias"][k] for k in range(self.folds)] if stacked else [])
+        return np.concatenate(parts).astype(np.float32)
 
     @property
     def fold_in_ridge(self) -> float:
@@ -244,6 +279,7 @@ def save_cf_tables(
     item_bias: Any = None,
     global_bias: Optional[float] = None,
     encoder: Optional[dict[str, Any]] = None,
+    cross_fit: Optional[dict[str, Any]] = None,
 ) -> Path:
     """Write a table file atomically (see the module docstring); returns its path.
 
@@ -262,6 +298,8 @@ def save_cf_tables(
         tensors["global_bias"] = np.array([global_bias], dtype=np.float32)
     for k, v in (encoder or {}).items():
         tensors[f"seq.{k}"] = _np32(v)
+    for k, v in (cross_fit or {}).items():
+        tensors[f"xfit.{k}"] = _np32(v)
     # Validate before writing anything.
     CFTables(tensors["user_emb"], tensors["item_emb"], list(user_ids), list(item_ids))
     meta = dict(extra or {})
@@ -316,4 +354,5 @@ def load_cf_tables(path: str | Path) -> CFTables:
         item_bias=tensors.get("item_bias"),
         global_bias=float(gb[0]) if gb is not None else 0.0,
         encoder={k[len("seq."):]: v for k, v in tensors.items() if k.startswith("seq.")},
+        cross_fit={k[len("xfit."):]: v for k, v in tensors.items() if k.startswith("xfit.")},
     )

@@ -38,6 +38,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from ckf_dist.config import ALL_TASKS, Config
+from ckf_dist.data.folds import sample_folds
 from ckf_dist.data.samples import history_ratings
 
 KEEP_HEAD = 16
@@ -67,7 +68,8 @@ class Collator:
 
     Batch fields (B rows, L = longest row, M = placeholders after the users', H = longest history):
       keys: list[str]; tasks: list[str]
-      task_ids [B] int64 (position in config.ALL_TASKS); user_ids [B] int64
+      task_ids [B] int64 (position in config.ALL_TASKS); user_ids [B] int64 (rows of the stacked tables
+        with ``cross_fit``, as item_ids and history_ids: see :meth:`_out_of_fold`)
       input_ids [B, L] int64; attention_mask [B, L] int64; labels [B, L] int64 (-100 = no loss)
       prompt_lengths [B] int64: tokens before the first target token
       item_ids [M] int64, item_rows [M] int64: items of all rows in row then prompt order
@@ -90,7 +92,8 @@ class Collator:
     """
 
     def __init__(self, tokenizer, cfg: Config, placeholder_id: int, text_twin: Optional[bool] = None,
-                 num_users: Optional[int] = None, num_items: Optional[int] = None, codes: Any = None):
+                 num_users: Optional[int] = None, num_items: Optional[int] = None, codes: Any = None,
+                 cross_fit: int = 0):
         self.tok = tokenizer
         self.max_length = int(cfg.model.max_length)
         self.prompt_kind = cfg.model.prompt_kind()
@@ -115,6 +118,11 @@ class Collator:
             )
         self.special_ids = set(int(i) for i in getattr(tokenizer, "all_special_ids", [])) - {self.placeholder_id}
         self.num_users, self.num_items = num_users, num_items
+        self.cross_fit = int(cross_fit)
+        """Folds of out-of-fold CF tables after the full ones (0: none): each row's CF ids point into
+        the block of the fold that did not see its target interaction (:mod:`ckf_dist.data.folds`)."""
+        if self.cross_fit and (num_users is None or num_items is None):
+            raise ValueError("cross_fit needs the CF table sizes (num_users, num_items)")
 
     # ------------------------------------------------------------------ truncation
     def _truncate(self, prompt: list[int], budget: int, key: str) -> list[int]:
@@ -199,6 +207,14 @@ class Collator:
                 for i in ids:
                     if not 0 <= int(i) < n:
                         raise ValueError(f"sample {key}: {name} id {int(i)} is outside the CF table ({n} rows)")
+
+    def _out_of_fold(self, batch: dict[str, Any], samples: Sequence[dict[str, Any]]) -> None:
+        """Point each row's user, item and history ids at block 1 + f of the stacked CF tables, f the
+        fold of the row's target interaction: the fit that never saw this row's answer."""
+        block = torch.from_numpy(sample_folds(samples, self.cross_fit) + 1)
+        batch["user_ids"] += block * self.num_users
+        batch["item_ids"] += block[batch["item_rows"]] * self.num_items
+        batch["history_ids"] += block.unsqueeze(1) * self.num_items
 
     @staticmethod
     def _targets(rows) -> tuple[torch.Tensor, torch.Tensor]:
@@ -298,6 +314,8 @@ class Collator:
             "num_tokens": sum(len(p) + len(t) for p, t in rows),
             "padded": len({len(p) + len(t) for p, t in rows}) > 1,
         }
+        if self.cross_fit and self.reads_cf:
+            self._out_of_fold(batch, samples)
         if self.soft_tokens:
             batch["cf_rows"], batch["cf_cols"], batch["cf_slots"] = self._placeholders(rows, samples)
         if self.text_twin and self.prompt_kind != "text":

@@ -44,10 +44,11 @@ def assemble_ckf_model(cfg: Config, llm, tok, user_vecs: torch.Tensor, item_vecs
     """The one CKFModel constructor call: `llm` + `tok` with frozen CF vectors (a sequential
     backbone's encoder, A-LLMRec's aligned items), on `device`. :func:`build_ckf_model` feeds it
     from a run's files; the GPU benchmark from a random LLaMA. `tables` (MF with biases) gives the
-    rating-aware fold-in its biases and ridge."""
+    rating-aware fold-in its biases and ridge; with its out-of-fold tables (``cf.cross_fit``) the
+    vectors are :meth:`CFTables.model_inputs` stacked, and so are the biases."""
     fold = {}
     if tables is not None and tables.item_bias is not None and not tables.sequential:
-        fold = {"item_bias": torch.from_numpy(np.asarray(tables.item_bias, dtype=np.float32)),
+        fold = {"item_bias": torch.from_numpy(tables.model_item_bias(stacked=tables.folds > 0)),
                 "global_bias": tables.global_bias, "fold_in_ridge": tables.fold_in_ridge,
                 "biases_in_vectors": bool(cfg.model.cf_biases and tables.user_bias is not None)}
     return CKFModel(llm, tok, user_vecs, item_vecs, cfg, user_encoder=user_encoder, item_tokens=item_tokens, **fold).to(device)
@@ -66,22 +67,25 @@ def build_ckf_model(cfg: Config, llm_path: str | Path, cf_path: str | Path, devi
     if cfg.model.prompt_kind() == "codes":
         codes = TextCodes(tables, load_binarizer(mode_path), cfg.model.binllm_compress)
     llm, tok = load_llm(llm_path, cfg.model.placeholder_token, dtype=dtype)
-    users, items = tables.model_inputs(cfg.model.cf_biases)
+    # with out-of-fold tables, the model holds them after the full ones; only training rows read them
+    users, items = tables.model_inputs(cfg.model.cf_biases, stacked=tables.folds > 0)
     encoder = build_encoder(tables) if tables.sequential else None
     aligned = None
     if cfg.model.mapping == "allmrec" and cfg.model.needs_mode_stage():
         aligned = torch.from_numpy(load_aligned_items(mode_path, tables.num_items))
     model = assemble_ckf_model(cfg, llm, tok, torch.from_numpy(users), torch.from_numpy(items), device, user_encoder=encoder,
                                item_tokens=aligned, tables=tables)
-    sizes = {"num_users": int(users.shape[0]), "num_items": int(items.shape[0])}
-    return BuiltModel(model=model, tokenizer=tok, collator=make_collator(cfg, tok, codes=codes, **sizes),
+    sizes = {"num_users": tables.num_users, "num_items": tables.num_items}
+    folds = {"cross_fit": tables.folds} if tables.folds else {}
+    return BuiltModel(model=model, tokenizer=tok, collator=make_collator(cfg, tok, codes=codes, **sizes, **folds),
                       eval_collator=make_collator(cfg, tok, text_twin=False, codes=codes, **sizes), tables=tables,
                       codes=codes)
 
 
 def make_collator(cfg: Config, tok, text_twin: Optional[bool] = None, num_users: Optional[int] = None,
-                  num_items: Optional[int] = None, codes: Optional[TextCodes] = None) -> Collator:
+                  num_items: Optional[int] = None, codes: Optional[TextCodes] = None, cross_fit: int = 0) -> Collator:
     """The collator of `tok` for `cfg` (training; evaluation with `text_twin=False`), checking CF ids
-    against the table sizes when given; `codes` for model.mapping=binllm."""
+    against the table sizes when given; `codes` for model.mapping=binllm; `cross_fit` (training
+    with out-of-fold tables): the number of folds whose tables follow the full ones."""
     return Collator(tok, cfg, tok.convert_tokens_to_ids(cfg.model.placeholder_token), text_twin=text_twin,
-                    num_users=num_users, num_items=num_items, codes=codes)
+                    num_users=num_users, num_items=num_items, codes=codes, cross_fit=cross_fit)

@@ -113,3 +113,28 @@ def test_bad_samples_fail_clearly(tok, config, sample):
         _collator(tok, cfg)([s])
     with pytest.raises(ValueError, match="encodes to"):
         Collator(tok, cfg, placeholder_id=tok.eos_token_id)
+
+
+def test_cross_fit_points_each_row_at_the_fold_that_never_saw_its_answer(tok, config, samples):
+    """With cf.cross_fit = K the training collator moves a row's user, item and history ids into block
+    1 + f of the stacked tables (f: the fold of the row's target interaction); evaluation's does not."""
+    from ckf_dist.data.folds import interaction_folds
+
+    cfg = config()
+    u_n = 1 + max(max([s["user"]] + s["history"] + s["items"]) for s in samples)
+    i_n = u_n
+    plain = _collator(tok, cfg, num_users=u_n, num_items=i_n)(samples)
+    batch = _collator(tok, cfg, num_users=u_n, num_items=i_n, cross_fit=3)(samples)
+    targets = [s["candidates"][s["answer"]] if s["task"] == "topk" else s["items"][0] for s in samples]
+    block = interaction_folds([s["user"] for s in samples], targets, 3) + 1
+    assert set(block.tolist()) != {1}  # the rows span several folds: the test tells folds apart
+    assert batch["user_ids"].tolist() == [s["user"] + b * u_n for s, b in zip(samples, block)]
+    assert batch["item_ids"].tolist() == [i + b * i_n for s, b in zip(samples, block) for i in s["items"]]
+    for r, (s, b) in enumerate(zip(samples, block)):
+        k = len(s["history"])
+        assert batch["history_ids"][r, :k].tolist() == [h + b * i_n for h in s["history"]]
+    # everything else is the plain batch
+    for key in ("input_ids", "labels", "cf_slots", "history_mask", "item_rows"):
+        assert torch.equal(batch[key], plain[key])
+    with pytest.raises(ValueError, match="CF table sizes"):
+        _collator(tok, cfg, cross_fit=3)

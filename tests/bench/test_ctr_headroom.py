@@ -1,0 +1,40 @@
+"""benchmarks/ctr_headroom.py: MF's ctr score split into its bias and interaction parts."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+from ckf_dist.cf.baselines import CFBaseline
+from ckf_dist.cf.tables import CFTables
+
+_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "ctr_headroom.py"
+
+
+def _headroom():
+    spec = importlib.util.spec_from_file_location("ctr_headroom", _PATH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _row(user, item, history, ratings):
+    return {"task": "ctr", "split": "test", "user": user, "items": [item], "history": history,
+            "history_ratings": ratings, "candidates": [], "label": 1.0}
+
+
+def test_mf_parts_by_hand_and_they_sum_to_the_cf_baseline_score():
+    rng = np.random.default_rng(0)
+    users = rng.normal(size=(2, 3)).astype(np.float32)
+    users[1] = 0.0  # no training row: folded in from its history
+    items = rng.normal(size=(4, 3)).astype(np.float32)
+    t = CFTables(users, items, ["a", "b"], list("wxyz"), user_bias=np.array([0.5, 0.0], np.float32),
+                 item_bias=np.array([0.1, -0.3, 0.2, 0.0], np.float32), global_bias=3.5)
+    rows = [_row(0, 2, [1], [4.0]), _row(1, 3, [0, 2], [5.0, 2.0])]
+    bias, inter = _headroom().mf_parts(t, rows)
+    # the trained user: its own bias and row, whatever its history
+    np.testing.assert_allclose(bias[0], 3.5 + 0.5 + 0.2, rtol=1e-6)
+    np.testing.assert_allclose(inter[0], float(users[0] @ items[2]), rtol=1e-5)
+    # the folded-in user: the parts add up to the score the CF baseline gives the row
+    np.testing.assert_allclose(bias + inter, CFBaseline("mf", t).predict("ctr", rows), rtol=1e-5)
+    assert abs(inter[1]) > 1e-6  # its fold-in has a vector, not only a bias
