@@ -15,18 +15,19 @@ own ctr score). Two regressions, each scored on every test ctr row:
   test rows. Their difference is the headroom a model that reads the same prompt and CF vectors
   has above its CF backbone without learning anything beyond these statistics.
 
-With MF tables (biases and vectors), MF's score is split into its two parts, the bias part
-b + b_u + b_i (how generous the user is, how liked the item is) and the interaction p_u . q_i
-(this user's taste for this item), and each part's AUC on the test rows is printed: a model
-reading the soft tokens gets the bias part from one coordinate of each token (a linear read-out)
-and the interaction only by multiplying the two tokens.
+With MF tables (biases and vectors), MF's score b + b_u + b_i + p_u . q_i is split into its parts,
+the user bias b_u (how generous the user is), the item bias b_i (how liked the item is), their sum
+("biases") and the interaction p_u . q_i (this user's taste for this item), and each part's AUC on
+the test rows is printed: a model reading the soft tokens gets each bias from one coordinate of one
+token (the user's or the item's) and the interaction only by multiplying the two tokens.
 
 When the run has scored its valid and test rows (`predictions_valid.jsonl`, written by `ckf eval
 --run RUN_DIR --split valid`, and `predictions.jsonl`), the same stacking with the run's own ctr
 score (its log-odds) on the rows both files share: the model alone, the model + the CF score, and
 all five features. What the model + CF regression adds to the CF score alone is what the model
-knows that its CF backbone does not. With MF tables, also the correlation (Spearman) of the
-model's score with MF's bias part and with its interaction part: which of the two it reproduces.
+knows that its CF backbone does not. With MF tables and the test predictions alone, the rank
+correlation (Spearman) of the model's score with MF's score and with each part: which of them the
+model reproduces.
 
 Needs scikit-learn (the dev extra).
 """
@@ -60,14 +61,15 @@ def features(samples: list[dict], pop: Popularity, label_of: dict, prior: float)
     return np.asarray(rows)
 
 
-def mf_parts(tables: CFTables, samples: list[dict]) -> tuple[np.ndarray, np.ndarray]:
-    """MF's ctr score of each row split into (bias part b + b_u + b_i, interaction p_u . q_i), users
-    without a trained row folded in exactly as the CF baseline scores them (their sum is its score)."""
+def mf_parts(tables: CFTables, samples: list[dict]) -> dict[str, np.ndarray]:
+    """MF's ctr score of each row split into its parts: "user bias" b_u, "item bias" b_i and
+    "interaction" p_u . q_i (the score is the global bias plus their sum), users without a trained
+    row folded in exactly as the CF baseline scores them."""
     items = np.asarray([s["items"][0] for s in samples], dtype=np.int64)
     vec, user_bias = tables.fold_in([s["user"] for s in samples], [s["history"] for s in samples],
                                     history_ratings(samples))
-    bias = tables.global_bias + user_bias + tables.item_bias[items]
-    return bias, (vec * tables.item_emb[items]).sum(-1)
+    return {"user bias": user_bias, "item bias": tables.item_bias[items].astype(np.float64),
+            "interaction": (vec * tables.item_emb[items]).sum(-1)}
 
 
 def _fit_auc(x_fit: np.ndarray, y_fit: list, x_test: np.ndarray, y_test: list) -> float:
@@ -104,8 +106,9 @@ def main() -> None:
     parts = None
     if cf.tables.item_bias is not None and not cf.tables.sequential:
         parts = mf_parts(cf.tables, rows["test"])
-        print(f"ctr AUC of {cf.name}'s bias part (b + b_u + b_i) alone: {roc_auc_score(labels['test'], parts[0]):.4f}; "
-              f"of its interaction part (p_u . q_i) alone: {roc_auc_score(labels['test'], parts[1]):.4f}")
+        parts = {"biases": parts["user bias"] + parts["item bias"], **parts}
+        print(f"ctr AUC of {cf.name}'s parts alone: " + ", ".join(
+            f"{name} {roc_auc_score(labels['test'], v):.4f}" for name, v in parts.items()))
     if parts is not None and run.predictions_file("test").is_file():
         _correlate_with_parts(run, rows["test"], cf_score["test"][:, 0], parts, cf.name)
     if run.predictions_file("valid").is_file() and run.predictions_file("test").is_file():
@@ -119,15 +122,15 @@ def _model_log_odds(path) -> dict[str, float]:
     return {k: float(np.log(v / (1 - v))) for k, v in p.items()}
 
 
-def _correlate_with_parts(run: Run, test_rows: list[dict], cf_score: np.ndarray,
-                          parts: tuple[np.ndarray, np.ndarray], cf_name: str) -> None:
+def _correlate_with_parts(run: Run, test_rows: list[dict], cf_score: np.ndarray, parts: dict[str, np.ndarray],
+                          cf_name: str) -> None:
     """Rank correlation of the run's test ctr score with MF's score and with each of its parts."""
     model = _model_log_odds(run.predictions_file("test"))
     keep = [k for k, s in enumerate(test_rows) if s["key"] in model]
     own = np.asarray([model[test_rows[k]["key"]] for k in keep])
     print(f"on the {len(keep)} test rows the run scored, Spearman correlation of its ctr score with {cf_name}'s score "
-          f"{spearmanr(own, cf_score[keep])[0]:.3f}, with its bias part {spearmanr(own, parts[0][keep])[0]:.3f}, "
-          f"with its interaction part {spearmanr(own, parts[1][keep])[0]:.3f}")
+          f"{spearmanr(own, cf_score[keep])[0]:.3f}, with its " + ", ".join(
+              f"{name} {spearmanr(own, v[keep])[0]:.3f}" for name, v in parts.items()))
 
 
 def _stack_with_model(run: Run, rows: dict, x: dict, cf_score: dict, labels: dict, cf_name: str) -> None:
