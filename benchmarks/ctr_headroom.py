@@ -19,7 +19,9 @@ With MF tables (biases and vectors), MF's score b + b_u + b_i + p_u . q_i is spl
 the user bias b_u (how generous the user is), the item bias b_i (how liked the item is), their sum
 ("biases") and the interaction p_u . q_i (this user's taste for this item), and each part's AUC on
 the test rows is printed: a model reading the soft tokens gets each bias from one coordinate of one
-token (the user's or the item's) and the interaction only by multiplying the two tokens.
+token (the user's or the item's) and the interaction only by multiplying the two tokens. The same
+AUCs on the training rows show how far in-sample a training row's CF vectors are (the leak that
+``cf.cross_fit`` removes).
 
 When the run has scored its valid and test rows (`predictions_valid.jsonl`, written by `ckf eval
 --run RUN_DIR --split valid`, and `predictions.jsonl`), the same stacking with the run's own ctr
@@ -109,6 +111,10 @@ def main() -> None:
         parts = {"biases": parts["user bias"] + parts["item bias"], **parts}
         print(f"ctr AUC of {cf.name}'s parts alone: " + ", ".join(
             f"{name} {roc_auc_score(labels['test'], v):.4f}" for name, v in parts.items()))
+        train_parts = mf_parts(cf.tables, rows["train"])
+        print(f"in-sample, on the first {len(rows['train'])} training ctr rows (the ratings {cf.name} was fit on): "
+              f"{cf.name} {roc_auc_score(labels['train'], cf.predict('ctr', rows['train'])):.4f}, " + ", ".join(
+                  f"{name} {roc_auc_score(labels['train'], v):.4f}" for name, v in train_parts.items()))
     if parts is not None and run.predictions_file("test").is_file():
         _correlate_with_parts(run, rows["test"], cf_score["test"][:, 0], parts, cf.name)
     if run.predictions_file("valid").is_file() and run.predictions_file("test").is_file():
