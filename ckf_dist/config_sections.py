@@ -393,6 +393,12 @@ class TrainConfig:
     very interaction being predicted, while at test time a user without one (the `new` group of a
     global time split) gets the fold-in: training on both teaches the LLM how far each can be
     trusted. Like dropout, drawn per row at each step; evaluation always uses the trained row."""
+    user_token_dropout: float = 0.0
+    """Share of training rows whose CF user vector is zeroed (after any fold-in), so their user
+    token says nothing about the user and the answer has to come from the item's token and the text.
+    Why: the LLM learns to read one CF token at a time (on Amazon MI the user's first; the item's
+    bias, half of MF's ranking there, only after many more steps); rows without the user's token
+    make it learn the item's from the start. Drawn per row at each step; evaluation never drops."""
     debug_checks: bool = False
     """Also check batch invariants on the device (CF id ranges, placeholder counts, task ids) in the
     model's forward; each check reads the device from the host (a stall per micro-step on a GPU).
@@ -413,6 +419,8 @@ class TrainConfig:
             ("curriculum_midpoint", 0.0 < self.curriculum_midpoint <= 1.0, self.curriculum_midpoint),
             ("user_fold_in_rate", math.isfinite(self.user_fold_in_rate) and 0.0 <= self.user_fold_in_rate <= 1.0,
              self.user_fold_in_rate),
+            ("user_token_dropout", math.isfinite(self.user_token_dropout) and 0.0 <= self.user_token_dropout < 1.0,
+             self.user_token_dropout),
             ("micro_batch_size", self.micro_batch_size >= 1, self.micro_batch_size),
             ("grad_accum", self.grad_accum >= 1, self.grad_accum),
         ])

@@ -308,15 +308,21 @@ class CKFModel(nn.Module):
 
     def row_users(self, batch: dict[str, Any], e_hist: torch.Tensor) -> torch.Tensor:
         """The CF user vector of every row [B, d]: the sequential backbone's encoding of the row's
-        history (e_hist [B, H, d]) when there is one, else the user's row folded in (:meth:`fold_in`)."""
+        history (e_hist [B, H, d]) when there is one, else the user's row folded in (:meth:`fold_in`).
+        In training, ``train.user_token_dropout`` of the rows get a zero vector instead."""
         mask = batch["history_mask"]
         if self.user_encoder is None:
             e_u = self.user_emb[batch["user_ids"]]
             rate = self.cfg.train.user_fold_in_rate
             if self.training and rate > 0.0:  # train.user_fold_in_rate: these rows see the fold-in a new user gets
                 e_u = e_u * (torch.rand(e_u.shape[0], device=e_u.device) >= rate).unsqueeze(-1).to(e_u.dtype)
-            return self.fold_in(e_u, e_hist, mask, batch.get("history_ratings"), batch["history_ids"])
-        return self.user_encoder(e_hist, mask, self.row_items(batch))
+            users = self.fold_in(e_u, e_hist, mask, batch.get("history_ratings"), batch["history_ids"])
+        else:
+            users = self.user_encoder(e_hist, mask, self.row_items(batch))
+        drop = self.cfg.train.user_token_dropout
+        if self.training and drop > 0.0:
+            users = users * (torch.rand(users.shape[0], device=users.device) >= drop).unsqueeze(-1).to(users.dtype)
+        return users
 
     def row_items(self, batch: dict[str, Any]) -> torch.Tensor:
         """[B, d]: the mean CF vector of each row's items (its target; a topk row's candidates)."""

@@ -160,3 +160,25 @@ def test_training_rows_see_the_fold_in_at_train_user_fold_in_rate(build_model, s
     assert 16 < int(is_folded.sum()) < 48
     model.cfg.train.user_fold_in_rate = 0.0
     torch.testing.assert_close(model.row_users(batch, e_hist), trained)
+
+
+def test_user_token_dropout_zeroes_that_share_of_training_rows_only(build_model, sample):
+    """train.user_token_dropout: in training, that share of rows gets a zero user vector (whatever
+    the row's trained vector or fold-in); evaluation never drops one."""
+    model, tok, cfg = build_model(small_config())
+    rows = [sample("ctr", user=u % 4, n=3, key=f"train/ctr/{u}/1") for u in range(64)]
+    batch = Collator(tok, cfg, model.placeholder_id, text_twin=False)(rows)
+    e_hist = model.item_emb[batch["history_ids"]]
+    full = model.row_users(batch, e_hist)
+    assert (full != 0).any(-1).all()
+    model.cfg.train.user_token_dropout = 0.5
+    model.eval()
+    torch.testing.assert_close(model.row_users(batch, e_hist), full)
+    model.train()
+    torch.manual_seed(0)
+    got = model.row_users(batch, e_hist)
+    zero = (got == 0).all(-1)
+    assert ((got == full).all(-1) | zero).all()
+    assert 16 < int(zero.sum()) < 48
+    model.cfg.train.user_token_dropout = 0.0
+    torch.testing.assert_close(model.row_users(batch, e_hist), full)
