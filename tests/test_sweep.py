@@ -383,3 +383,13 @@ def test_trial_status_ignores_the_cache_folder_but_not_a_real_change(tmp_path):
     assert trial_status(with_cache, check_stages=False) == "done"
     other = load_config("configs/quickstart.yaml", [f"run.dir={tmp_path / 't'}", "train.steps=7"])
     assert trial_status(other, check_stages=False) == "changed"
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs" / "sweeps").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_every_shipped_grid_resolves(path):
+    """Every trial of every shipped grid is a valid config (a grid that sets a key its base config's
+    other settings refuse fails here, not hours into a sweep)."""
+    g = load_grid(str(path))
+    for t in g.trials():
+        g.resolve(t)
