@@ -21,6 +21,7 @@ import logging
 
 import numpy as np
 
+from ckf_dist.cf.fit import train_cf
 from ckf_dist.cf.tables import CFTables
 from ckf_dist.config import CFConfig
 from ckf_dist.config_sections import SEQUENTIAL_CF
@@ -53,8 +54,6 @@ def fit_cross_folds(split_data: SplitData, cfg: CFConfig, seed: int, full: CFTab
     """The K = ``cfg.cross_fit`` out-of-fold tables of `model_name`, aligned with `full` (its tables
     on all training rows): user_emb [K, U, d], item_emb [K, I, d], and for MF user_bias [K, U],
     item_bias [K, I]; the layout :class:`CFTables` stores as ``cross_fit``."""
-    from ckf_dist.cf.fit import train_cf
-
     folds = int(cfg.cross_fit)
     if folds < 2:
         raise ValueError(f"cf.cross_fit must be >= 2 to fit folds, got {folds}")
@@ -65,8 +64,7 @@ def fit_cross_folds(split_data: SplitData, cfg: CFConfig, seed: int, full: CFTab
     for k in range(folds):
         t, report = train_cf(without_fold(split_data, k, folds), one, seed, model_name, progress=False,
                              history_len=history_len)
-        both = np.abs(t.item_emb).sum(1) > 0
-        both &= np.abs(full.item_emb).sum(1) > 0
+        both = (np.abs(t.item_emb).sum(1) > 0) & (np.abs(full.item_emb).sum(1) > 0)  # items with a vector in both fits
         r = procrustes(t.item_emb[both], full.item_emb[both])
         out.setdefault("user_emb", []).append((t.user_emb @ r).astype(np.float32))
         out.setdefault("item_emb", []).append((t.item_emb @ r).astype(np.float32))
