@@ -94,6 +94,11 @@ class DataConfig:
     """Name each item "title, description" (MovieLens: its genres) wherever prompts, answers and
     outputs name it, instead of the title alone: the item knowledge a pre-trained LLM brings to a
     title, spelled out for an LLM that has none."""
+    item_rating_stats: bool = False
+    """ctr and rating prompts state the target item's mean training rating and how many ratings it
+    has ("the item titled "X" (average rating 4.3 from 12 ratings)"): the item side of a rating
+    model's bias, spelled out as text. Training split only; a training row's own rating is left
+    out of its item's numbers, so training rows read what a held-out row reads."""
     shard_multiple: int = 4
     """The number of shards per split is a multiple of this, so many workers each get shards."""
     samples_per_shard: int = 2000

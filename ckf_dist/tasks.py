@@ -30,8 +30,16 @@ def _user(ph: Optional[str]) -> str:
     return f"The user's preferences are encoded in {ph}. " if ph else ""
 
 
-def _item(title: str, ph: Optional[str]) -> str:
-    return f'the item titled "{title}"' + (f" with encoded feature {ph}" if ph else "")
+def _item(title: str, ph: Optional[str], stats: Optional[str] = None) -> str:
+    """The target item; `stats`, when given, in brackets after its title (data.item_rating_stats)."""
+    return f'the item titled "{title}"' + (f" ({stats})" if stats else "") + (f" with encoded feature {ph}" if ph else "")
+
+
+def item_stats_text(total: float, count: int) -> str:
+    """The item's training ratings as the ctr / rating prompts state them: mean (one decimal) and count."""
+    if count <= 0:
+        return "no ratings yet"
+    return f"average rating {total / count:.1f} from {count} rating{'s' if count != 1 else ''}"
 
 
 def _quoted(titles: list[str]) -> str:
@@ -40,14 +48,14 @@ def _quoted(titles: list[str]) -> str:
 
 def ctr_template(f: dict, ph: Optional[str]) -> str:
     """fields: history (liked titles, oldest first), title; with explicit feedback also disliked
-    (disliked titles, oldest first; TALLRec's liked / disliked lists)."""
+    (disliked titles, oldest first; TALLRec's liked / disliked lists); optional item_stats (item_stats_text)."""
     if "disliked" in f:
         hist = "".join(f"The user {verb} these items: {_quoted(f[key])}. "
                        for verb, key in (("liked", "history"), ("disliked", "disliked")) if f[key])
         hist = hist or "The user has no earlier interactions. "
     else:
         hist = f"The user liked these items: {_quoted(f['history'])}. " if f["history"] else "The user has not liked any items yet. "
-    return f"{_user(ph)}{hist}Will the user enjoy {_item(f['title'], ph)}? Answer Yes or No."
+    return f"{_user(ph)}{hist}Will the user enjoy {_item(f['title'], ph, f.get('item_stats'))}? Answer Yes or No."
 
 
 def topk_template(f: dict, ph: Optional[str]) -> str:
@@ -61,14 +69,15 @@ def topk_template(f: dict, ph: Optional[str]) -> str:
 
 
 def rating_template(f: dict, ph: Optional[str]) -> str:
-    """fields: history (list of (title, rating text)), title, scale (RatingScale; default 1..5)."""
+    """fields: history (list of (title, rating text)), title, scale (RatingScale; default 1..5); optional
+    item_stats (item_stats_text)."""
     scale = f.get("scale", DEFAULT_SCALE)
     if f["history"]:
         hist = (f"The user rated these items from {scale.range_text()}: "
                 + "; ".join(f'"{t}", rating: {r}' for t, r in f["history"]) + ". ")
     else:
         hist = "The user has not rated any items yet. "
-    return f"{_user(ph)}{hist}How would the user rate {_item(f['title'], ph)}? {scale.instruction()}"
+    return f"{_user(ph)}{hist}How would the user rate {_item(f['title'], ph, f.get('item_stats'))}? {scale.instruction()}"
 
 
 def review_rating_template(f: dict, ph: Optional[str]) -> str:

@@ -184,6 +184,8 @@ class _Users:
     cold_users: int
     explicit_ctr: bool
     bits: dict[str, int]
+    item_ratings: Optional[np.ndarray] = None
+    """samples.train_item_ratings of every partition, summed (data.item_rating_stats)."""
 
 
 @dataclass
@@ -270,12 +272,14 @@ def _split(ex, cfg: Config, staging: Path, inp: _Input, cuts: Optional[TimeCuts]
     titles = item_names(titles, inp.text, d)
     explicit = ctr_negatives_of(d, inp.kept.has_rating, inp.kept.has_label) == "explicit"
     per_row = len(cfg.tasks) + (0 if explicit else 1)  # sampled ctr adds a negative per row
+    stats = [r["item_ratings"] for r in parts if r["item_ratings"] is not None]
     return _Users(rows, np.r_[0, np.cumsum([r["users"] for r in parts])].tolist(), titles,
-                  sum(r["cold_users"] for r in parts), explicit, {s: _bits_for(rows[s] * per_row) for s in SPLITS})
+                  sum(r["cold_users"] for r in parts), explicit, {s: _bits_for(rows[s] * per_row) for s in SPLITS},
+                  np.sum(stats, axis=0) if d.item_rating_stats else None)
 
 
 def _samples(ex, cfg: Config, staging: Path, split_dir: Path, inp: _Input, users: _Users) -> _Samples:
-    context = SampleContext(users.titles, RatingScale(*inp.scale), users.explicit_ctr)
+    context = SampleContext(users.titles, RatingScale(*inp.scale), users.explicit_ctr, users.item_ratings)
     ctx = SampleCtx(staging, split_dir, cfg, context, users.offsets, users.bits)
     out = _Samples(RowDigest(0, 0, ()), {s: Counter() for s in SPLITS}, {s: [] for s in SPLITS},
                    {s: np.zeros(1 << users.bits[s], dtype=np.int64) for s in SPLITS})

@@ -32,7 +32,7 @@ import pandas as pd
 from ckf_dist.config import Config, DataConfig
 from ckf_dist.data.errors import BadRecords
 from ckf_dist.data.fingerprint import RowDigest
-from ckf_dist.data.samples import SampleContext, UserSampler, users_of
+from ckf_dist.data.samples import SampleContext, UserSampler, train_item_ratings, users_of
 from ckf_dist.data.shards import encode_sample, sample_hashes, shard_path, write_tar
 from ckf_dist.data.source import ReadTask, Source, rows_frame
 from ckf_dist.data.splits import (
@@ -232,12 +232,14 @@ class SplitCtx:
 
 
 def split_partition(ctx: SplitCtx, p: int) -> dict:
-    """Split one user partition; returns users, rows per split, cold users and title word counts."""
+    """Split one user partition; returns users, rows per split, cold users, title word counts and
+    (data.item_rating_stats) its items' training rating sums and counts."""
     import pyarrow as pa
 
     df = _raw_rows(ctx.staging, p, None, ctx.drop_empty_split)
     if not len(df):
-        return {"users": 0, "rows": {s: 0 for s in SPLITS}, "cold_users": 0, "words": {}, "duplicates": 0}
+        return {"users": 0, "rows": {s: 0 for s in SPLITS}, "cold_users": 0, "words": {}, "duplicates": 0,
+                "item_ratings": None}
     df, duplicates = _user_order(df)
     uh, user = df["uh"].to_numpy(dtype=np.uint64), df["user"].to_numpy(dtype=object)
     new_user = np.ones(len(df), dtype=bool)
@@ -260,6 +262,8 @@ def split_partition(ctx: SplitCtx, p: int) -> dict:
         "cold_users": int((train <= ctx.data.cold_threshold).sum()),
         "words": train_word_counts(table, set(need), ctx.banned) if need else {},
         "duplicates": duplicates,
+        "item_ratings": (train_item_ratings(table["i"].to_numpy(), table["rating"].to_numpy(), split, len(ctx.item_index))
+                         if ctx.data.item_rating_stats else None),
     }
 
 

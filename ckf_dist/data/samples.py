@@ -75,6 +75,7 @@ from ckf_dist.tasks import (
     TASKS,
     available_tasks,
     count_placeholders,
+    item_stats_text,
     missing_requirement,
     render,
     yes_no,
@@ -126,6 +127,15 @@ class _User:
         return np.flatnonzero(ok)[-n:] if n > 0 else np.array([], dtype=np.int64)
 
 
+def train_item_ratings(items: np.ndarray, ratings: np.ndarray, split: np.ndarray, num_items: int) -> np.ndarray:
+    """[num_items, 2]: the sum and the count of each item's rated training interactions (what
+    data.item_rating_stats states; summed over partitions by the distributed preparation)."""
+    keep = (np.asarray(split) == "train") & ~np.isnan(np.asarray(ratings, dtype=np.float64))
+    i = np.asarray(items, dtype=np.int64)[keep]
+    r = np.asarray(ratings, dtype=np.float64)[keep]
+    return np.stack([np.bincount(i, weights=r, minlength=num_items), np.bincount(i, minlength=num_items)], axis=1)
+
+
 @dataclass
 class SampleContext:
     """What sample building needs beyond one user's rows: O(items), the same for every user."""
@@ -135,6 +145,8 @@ class SampleContext:
     scale: RatingScale
     explicit_ctr: bool
     """data.ctr_negatives in force is explicit (see resolve_ctr_negatives)."""
+    item_ratings: Optional[np.ndarray] = None
+    """train_item_ratings, when data.item_rating_stats is on."""
 
     @property
     def num_items(self) -> int:
@@ -142,7 +154,12 @@ class SampleContext:
 
     @classmethod
     def of(cls, sd: SplitData, cfg: Config) -> "SampleContext":
-        return cls(list(sd.item_titles), sd.scale, resolve_ctr_negatives(cfg.data, sd) == "explicit")
+        stats = None
+        if cfg.data.item_rating_stats:
+            inter = sd.inter
+            stats = train_item_ratings(inter["i"].to_numpy(), inter["rating"].to_numpy(dtype=np.float64),
+                                       inter["split"].to_numpy(dtype=object).astype(str), len(sd.item_titles))
+        return cls(list(sd.item_titles), sd.scale, resolve_ctr_negatives(cfg.data, sd) == "explicit", stats)
 
 
 class _Builder:
@@ -155,6 +172,23 @@ class _Builder:
         self.num_items = ctx.num_items
         self.counts = counts
         self.explicit_ctr = ctx.explicit_ctr
+        self.item_ratings = ctx.item_ratings
+
+    def item_fields(self, item: int, own_rating: Optional[float] = None) -> dict:
+        """The fields of a target item: its title and, with data.item_rating_stats, its training
+        ratings less `own_rating` (a training row's own: it reads what a held-out row reads)."""
+        out = {"title": self.titles[item]}
+        if self.item_ratings is not None:
+            total, count = self.item_ratings[item]
+            if own_rating is not None:
+                total, count = total - own_rating, count - 1
+            out["item_stats"] = item_stats_text(float(total), int(round(count)))
+        return out
+
+    def target_fields(self, split: str, user: _User, p: int) -> dict:
+        """item_fields of the interaction at position p."""
+        own = float(user.rating[p]) if user.split[p] == "train" and user.rated[p] else None
+        return self.item_fields(int(user.i[p]), own)
 
     # -- sampling helpers ---------------------------------------------------------------
 
@@ -231,17 +265,17 @@ class _Builder:
                 fields = {"history": [self.titles[h] for h, ok in zip(hist, user.liked[at]) if ok],
                           "disliked": [self.titles[h] for h, ok in zip(hist, user.liked[at]) if not ok]}
                 out.append(self.sample(split, "ctr", user, len(out), [item], at,
-                                       {**fields, "title": self.titles[item]}, yes_no(label), label))
+                                       {**fields, **self.target_fields(split, user, p)}, yes_no(label), label))
                 continue
             at = user.history(p, split, self.d.history_len, user.liked)
             fields = {"history": [self.titles[h] for h in user.i[at].tolist()]}
-            out.append(self.sample(split, "ctr", user, len(out), [item], at, {**fields, "title": self.titles[item]},
+            out.append(self.sample(split, "ctr", user, len(out), [item], at, {**fields, **self.target_fields(split, user, p)},
                                    yes_no(label), label))
             neg = self.negatives(rng, user, 1)
             if neg is None:
                 self.counts[f"ctr/{split}/no_unseen_items"] += 1
                 continue
-            out.append(self.sample(split, "ctr", user, len(out), neg, at, {**fields, "title": self.titles[neg[0]]},
+            out.append(self.sample(split, "ctr", user, len(out), neg, at, {**fields, **self.item_fields(neg[0])},
                                    "No", 0.0))
         return out if cap is None else out[:cap]
 
@@ -268,7 +302,7 @@ class _Builder:
             at = user.history(p, split, self.d.history_len, user.rated)
             hist = user.i[at].tolist()
             fields = {"history": [(self.titles[h], d) for h, d in zip(hist, user.rating_text[at].tolist())],
-                      "title": self.titles[int(user.i[p])], "scale": self.scale}
+                      **self.target_fields(split, user, p), "scale": self.scale}
             r = float(user.rating[p])
             out.append(self.sample(split, "rating", user, len(out), [int(user.i[p])], at, fields, self.scale.answer(r), r))
         return out

@@ -92,7 +92,7 @@ def test_global_time_split_cuts_match(tmp_path, ray_cluster):
 
 def test_ml100k_local_and_ray_match(tmp_path, ml100k_dir, ray_cluster):
     over = [f"data.path={ml100k_dir}", "data.samples_per_user=2", "data.samples_per_shard=500",
-            "data.title_description=true"]
+            "data.title_description=true", "data.item_rating_stats=true"]
     config = "configs/ml100k.yaml"
     ref = reference(load_config(config, over), tmp_path / "ref")
     local, _ = staged(config, over, tmp_path / "local", block_mb=0.25)

@@ -125,3 +125,49 @@ def test_csv_split_column_with_new_users_and_items_reports_the_new_group(tmp_pat
     assert len(rated) >= 12
     assert np.corrcoef([np.mean(test[k]["history_ratings"]) for k in rated], bias[rated])[0, 1] > 0.8 and not np.allclose(folded, [
         tables.score_with_history([s["user"]], [s["history"]], np.array([s["items"][0]]))[0] for s in test])
+
+
+def test_item_rating_stats_leave_the_rows_own_rating_out():
+    """data.item_rating_stats: a held-out row reads its item's training ratings; a training row the
+    same numbers less its own rating; an item without training ratings says so."""
+    cfg = config(split="global_time", split_fractions=[0.6, 0.2, 0.2], item_rating_stats=True)
+    sd = split_dataset(handmade(), cfg.data, 0)
+    samples = build_samples(sd, cfg)
+    raw = lambda s: (s["split"], sd.user_ids[s["user"]], sd.item_ids[s["items"][0]])
+    # training rows t1..t6: a rated 5 (u1) and 4 (u2); b 2; c 5 and 1; d 5
+    expected = {
+        ("train", "u1", "a"): "average rating 4.0 from 1 rating", ("train", "u2", "a"): "average rating 5.0 from 1 rating",
+        ("train", "u1", "b"): "no ratings yet", ("train", "u1", "c"): "average rating 1.0 from 1 rating",
+        ("train", "u2", "c"): "average rating 5.0 from 1 rating", ("train", "u2", "d"): "no ratings yet",
+        ("valid", "u1", "d"): "average rating 5.0 from 1 rating", ("valid", "u2", "b"): "average rating 2.0 from 1 rating",
+        ("test", "u3", "a"): "average rating 4.5 from 2 ratings", ("test", "u3", "z"): "no ratings yet",
+    }
+    for task in ("ctr", "rating"):
+        rows = [s for split in ("train", "valid", "test") for s in samples[split] if s["task"] == task]
+        assert len(rows) == len(expected)
+        for s in rows:
+            title = sd.item_titles[s["items"][0]]
+            for prompt in (s["prompt"], s["prompt_text"]):
+                assert f'the item titled "{title}" ({expected[raw(s)]})' in prompt, (task, raw(s), prompt)
+    # other tasks, and the option off, keep their prompts
+    assert not any("average rating" in s["prompt"] for s in samples["test"] if s["task"] == "topk")
+    plain = build_samples(sd, config(split="global_time", split_fractions=[0.6, 0.2, 0.2]))
+    assert not any("average rating" in s["prompt"] or "no ratings yet" in s["prompt"] for s in plain["test"])
+
+
+def test_item_rating_stats_on_sampled_negatives_too():
+    """With sampled ctr a negative's prompt carries its item's training numbers as well (none left
+    out: the user never rated it), so the clause cannot tell a sampled negative from a positive."""
+    cfg = config(split="global_time", split_fractions=[0.6, 0.2, 0.2], ctr_negatives="sampled", item_rating_stats=True)
+    sd = split_dataset(handmade(), cfg.data, 0)
+    full = {"a": "average rating 4.5 from 2 ratings", "b": "average rating 2.0 from 1 rating",
+            "c": "average rating 3.0 from 2 ratings", "d": "average rating 5.0 from 1 rating"}
+    negatives = 0
+    for split in ("train", "test"):
+        for s in build_samples(sd, cfg)[split]:
+            item = sd.item_ids[s["items"][0]]
+            seen = set(sd.inter.loc[sd.inter["u"] == s["user"], "i"])
+            if s["task"] == "ctr" and s["items"][0] not in seen:
+                negatives += 1
+                assert f'"{sd.item_titles[s["items"][0]]}" ({full.get(item, "no ratings yet")})' in s["prompt"]
+    assert negatives == 8
