@@ -272,10 +272,11 @@ def _split(ex, cfg: Config, staging: Path, inp: _Input, cuts: Optional[TimeCuts]
     titles = item_names(titles, inp.text, d)
     explicit = ctr_negatives_of(d, inp.kept.has_rating, inp.kept.has_label) == "explicit"
     per_row = len(cfg.tasks) + (0 if explicit else 1)  # sampled ctr adds a negative per row
-    stats = [r["item_ratings"] for r in parts if r["item_ratings"] is not None]
+    item_ratings = (np.sum([r["item_ratings"] for r in parts if r["item_ratings"] is not None], axis=0)
+                    if d.item_rating_stats else None)
     return _Users(rows, np.r_[0, np.cumsum([r["users"] for r in parts])].tolist(), titles,
                   sum(r["cold_users"] for r in parts), explicit, {s: _bits_for(rows[s] * per_row) for s in SPLITS},
-                  np.sum(stats, axis=0) if d.item_rating_stats else None)
+                  item_ratings)
 
 
 def _samples(ex, cfg: Config, staging: Path, split_dir: Path, inp: _Input, users: _Users) -> _Samples:
