@@ -257,16 +257,21 @@ def rouge_n(references: Sequence[str], hypotheses: Sequence[str], n: int) -> Opt
     """ROUGE-N F1 averaged over samples: overlap = clipped n-gram matches, P = overlap / hyp
     n-grams, R = overlap / ref n-grams. A sample where either side has no n-gram scores 0.
     None for no samples."""
+    def f1(ref: list[str], hyp: list[str]) -> float:
+        hg, rg = _ngrams(hyp, n), _ngrams(ref, n)
+        return _f1(sum(min(cnt, rg[g]) for g, cnt in hg.items()), sum(hg.values()), sum(rg.values()))
+
+    return _mean_over_pairs(references, hypotheses, f1)
+
+
+def _mean_over_pairs(references: Sequence[str], hypotheses: Sequence[str],
+                     score: Callable[[list[str], list[str]], float]) -> Optional[float]:
+    """Mean of score(reference tokens, hypothesis tokens) over the pairs; None for no pairs."""
     if len(references) != len(hypotheses):
         raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
     if not references:
         return None
-    vals = []
-    for ref, hyp in zip(references, hypotheses):
-        hg, rg = _ngrams(tokenize(hyp), n), _ngrams(tokenize(ref), n)
-        overlap = sum(min(cnt, rg[g]) for g, cnt in hg.items())
-        vals.append(_f1(overlap, sum(hg.values()), sum(rg.values())))
-    return float(np.mean(vals))
+    return float(np.mean([score(tokenize(ref), tokenize(hyp)) for ref, hyp in zip(references, hypotheses)]))
 
 
 def _lcs(a: list[str], b: list[str]) -> int:
@@ -284,15 +289,7 @@ def _lcs(a: list[str], b: list[str]) -> int:
 def rouge_l(references: Sequence[str], hypotheses: Sequence[str]) -> Optional[float]:
     """ROUGE-L F1 (beta = 1) averaged over samples: P = LCS / |hyp|, R = LCS / |ref| in tokens.
     None for no samples."""
-    if len(references) != len(hypotheses):
-        raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
-    if not references:
-        return None
-    vals = []
-    for ref, hyp in zip(references, hypotheses):
-        rt, ht = tokenize(ref), tokenize(hyp)
-        vals.append(_f1(_lcs(ht, rt), len(ht), len(rt)))
-    return float(np.mean(vals))
+    return _mean_over_pairs(references, hypotheses, lambda ref, hyp: _f1(_lcs(hyp, ref), len(hyp), len(ref)))
 
 
 # --------------------------------------------------------------------------------------------
