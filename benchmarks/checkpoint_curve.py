@@ -18,19 +18,20 @@ import argparse
 from ckf_dist.data.shards import read_split
 from ckf_dist.eval.serve import load_trained
 from ckf_dist.run import Run
+from ckf_dist.sweep.report import LOWER_IS_BETTER
 
-HIGHER_IS_BETTER = {"ctr": True}
-"""Tasks whose reported metric (auc) grows with quality; the rating tasks report RMSE."""
+HEADLINE = {"ctr": "auc", "rating": "rmse", "review_rating": "rmse"}
+"""The metric each task is judged by here."""
 
 
 def headline(task: str, metrics: dict) -> float:
-    return metrics["auc"] if task == "ctr" else metrics["rmse"]
+    return metrics[HEADLINE[task]]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir")
-    ap.add_argument("--tasks", nargs="+", default=["ctr"], choices=["ctr", "rating", "review_rating"])
+    ap.add_argument("--tasks", nargs="+", default=["ctr"], choices=sorted(HEADLINE))
     args = ap.parse_args()
     run = Run.open(args.run_dir)
     ev = load_trained(run)  # the final weights verified; each checkpoint's replace them below
@@ -51,7 +52,7 @@ def main() -> None:
             f"{t} valid {headline(t, scores['valid'][t]):.4f} test {headline(t, scores['test'][t]):.4f}" for t in args.tasks),
             flush=True)
     for t in args.tasks:
-        sign = 1.0 if HIGHER_IS_BETTER.get(t, False) else -1.0
+        sign = -1.0 if HEADLINE[t] in LOWER_IS_BETTER else 1.0
         step, scores = max(curve, key=lambda c: sign * headline(t, c[1]["valid"][t]))
         last_step, last = curve[-1]
         print(f"  {t}: best valid at step {step} (test {headline(t, scores['test'][t]):.4f}); "
