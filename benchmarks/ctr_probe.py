@@ -1,0 +1,86 @@
+"""Where along a trained run's path MF's two biases survive: linear probes on its test ctr rows.
+
+    python benchmarks/ctr_probe.py RUN_DIR [--folds 5]
+
+Why: MF's ctr ranking on Amazon MI is the sum of the user's and the item's bias (see
+`ctr_headroom.py`), and a run that reads one of them only cannot reach MF. Each bias is one
+coordinate of one CF vector; this says where the other is lost. For every test ctr row it takes
+the user's and the item's soft token (the mapping's output, what is spliced into the prompt), the
+LLM's last hidden state at the answer position, and the run's ctr log-odds, and fits a ridge
+regression from each onto MF's user bias b_u and item bias b_i (users without a trained row folded
+in, as the CF baseline scores them). It prints the cross-validated R² of each probe: a bias that
+the token carries (high R² from the token) but the answer position does not has not been read by
+the LLM's attention; one that the token already lacks was dropped by the mapping.
+
+Needs scikit-learn (the dev extra) and a run trained with MF tables (`cf.model=mf`, `model.cf_biases`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.linear_model import RidgeCV
+from sklearn.model_selection import KFold, cross_val_score
+
+from ckf_dist.cf.tables import load_cf_tables
+from ckf_dist.data.shards import read_split
+from ckf_dist.eval.serve import load_trained
+from ckf_dist.run import Run
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ctr_headroom import mf_parts  # noqa: E402  (a sibling script: MF's score split into its parts)
+
+
+@torch.no_grad()
+def representations(ev, samples: list[dict], batch_size: int = 32) -> dict[str, np.ndarray]:
+    """Per row: user token [D], item token [D], answer-position hidden state [D], ctr log-odds [1]."""
+    model = ev.model
+    out: dict[str, list] = {"user token": [], "item token": [], "answer hidden state": [], "ctr log-odds": []}
+    for start in range(0, len(samples), batch_size):
+        batch = ev._batch(samples[start:start + batch_size])
+        users, items = model.cf_vectors(batch)
+        plen = batch["prompt_lengths"]
+        width = int(plen.max())
+        ids = batch["input_ids"][:, :width]
+        hidden = model._decoder_hidden(model.embed(ids, batch), batch["attention_mask"][:, :width], batch["task_ids"])
+        last = hidden[torch.arange(ids.shape[0]), plen - 1]
+        p = model.yes_probability(batch, ev.yes_id, ev.no_id).clamp(1e-6, 1 - 1e-6)
+        out["user token"].append(users.float())
+        out["item token"].append(items.float())
+        out["answer hidden state"].append(last.float())
+        out["ctr log-odds"].append(torch.log(p / (1 - p)).float().unsqueeze(-1))
+    return {name: torch.cat(parts).numpy().astype(np.float64) for name, parts in out.items()}
+
+
+def probe_r2(x: np.ndarray, y: np.ndarray, folds: int) -> float:
+    """Cross-validated R² of a ridge regression x -> y (its penalty chosen inside each fold)."""
+    ridge = RidgeCV(alphas=np.logspace(-3, 3, 13))
+    return float(np.mean(cross_val_score(ridge, x, y, cv=KFold(folds, shuffle=True, random_state=0), scoring="r2")))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run_dir")
+    ap.add_argument("--folds", type=int, default=5)
+    args = ap.parse_args()
+    run = Run.open(args.run_dir)
+    tables = load_cf_tables(run.cf_table(run.cfg.cf.model))
+    if tables.item_bias is None or tables.sequential:
+        raise SystemExit(f"{run.cf_table(run.cfg.cf.model)}: no MF biases to probe for (cf.model=mf, model.cf_biases=true)")
+    ev = load_trained(run)
+    ev.model.eval()
+    rows = [s for s in read_split(run.shards_dir, "test") if s["task"] == "ctr"]
+    parts = mf_parts(tables, rows)
+    reps = representations(ev, rows)
+    print(f"{run.dir}: {len(rows)} test ctr rows; cross-validated R² ({args.folds} folds) of a ridge probe onto MF's biases")
+    print(f"  {'representation':<22} {'b_u':>7} {'b_i':>7}")
+    for name, x in reps.items():
+        print(f"  {name:<22} " + " ".join(f"{probe_r2(x, parts[b], args.folds):7.3f}" for b in ("user bias", "item bias")))
+
+
+if __name__ == "__main__":
+    main()
