@@ -1,21 +1,9 @@
 """benchmarks/ctr_headroom.py: MF's ctr score split into its bias and interaction parts."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
 from ckf_dist.cf.baselines import CFBaseline
 from ckf_dist.cf.tables import CFTables
-
-_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "ctr_headroom.py"
-
-
-def _headroom():
-    spec = importlib.util.spec_from_file_location("ctr_headroom", _PATH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _row(user, item, history, ratings):
@@ -23,7 +11,7 @@ def _row(user, item, history, ratings):
             "history_ratings": ratings, "candidates": [], "label": 1.0}
 
 
-def test_mf_parts_by_hand_and_they_sum_to_the_cf_baseline_score():
+def test_mf_parts_by_hand_and_they_sum_to_the_cf_baseline_score(benchmark_script):
     rng = np.random.default_rng(0)
     users = rng.normal(size=(2, 3)).astype(np.float32)
     users[1] = 0.0  # no training row: folded in from its history
@@ -31,7 +19,7 @@ def test_mf_parts_by_hand_and_they_sum_to_the_cf_baseline_score():
     t = CFTables(users, items, ["a", "b"], list("wxyz"), user_bias=np.array([0.5, 0.0], np.float32),
                  item_bias=np.array([0.1, -0.3, 0.2, 0.0], np.float32), global_bias=3.5)
     rows = [_row(0, 2, [1], [4.0]), _row(1, 3, [0, 2], [5.0, 2.0])]
-    parts = _headroom().mf_parts(t, rows)
+    parts = benchmark_script("ctr_headroom").mf_parts(t, rows)
     assert list(parts) == ["user bias", "item bias", "interaction"]
     # the trained user: its own bias and row, whatever its history
     np.testing.assert_allclose(parts["user bias"][0], 0.5, rtol=1e-6)

@@ -1,25 +1,13 @@
 """benchmarks/ctr_probe.py: the cross-validated R² of a ridge probe."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
-_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "ctr_probe.py"
 
-
-def _probe():
-    spec = importlib.util.spec_from_file_location("ctr_probe", _PATH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_probe_finds_a_linear_signal_and_nothing_in_noise():
+def test_probe_finds_a_linear_signal_and_nothing_in_noise(benchmark_script):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(400, 16))
     w = rng.normal(size=16)
-    probe = _probe()
+    probe = benchmark_script("ctr_probe")
     assert probe.probe_r2(x, x @ w + 0.01 * rng.normal(size=400), folds=5) > 0.99
     # a target independent of x: out-of-fold R² at or below 0, never a fitted-in-sample 1
     assert probe.probe_r2(x, rng.normal(size=400), folds=5) < 0.05
