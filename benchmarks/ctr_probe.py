@@ -48,11 +48,11 @@ def representations(ev, samples: list[dict], batch_size: int = 32) -> dict[str, 
         ids = batch["input_ids"][:, :width]
         hidden = model._decoder_hidden(model.embed(ids, batch), batch["attention_mask"][:, :width], batch["task_ids"])
         last = hidden[torch.arange(ids.shape[0]), plen - 1]
-        p = model.yes_probability(batch, ev.yes_id, ev.no_id).clamp(1e-6, 1 - 1e-6)
+        logits = model._lm_logits(last)  # the same forward pass: log-odds of P(Yes) / (P(Yes) + P(No))
         out["user token"].append(users.float())
         out["item token"].append(items.float())
         out["answer hidden state"].append(last.float())
-        out["ctr log-odds"].append(torch.log(p / (1 - p)).float().unsqueeze(-1))
+        out["ctr log-odds"].append((logits[:, ev.yes_id] - logits[:, ev.no_id]).unsqueeze(-1))
     return {name: torch.cat(parts).numpy().astype(np.float64) for name, parts in out.items()}
 
 
