@@ -99,6 +99,11 @@ class DataConfig:
     has ("the item titled "X" (average rating 4.3 from 12 ratings)"): the item side of a rating
     model's bias, spelled out as text. Training split only; a training row's own rating is left
     out of its item's numbers, so training rows read what a held-out row reads."""
+    features_first: bool = False
+    """One-item prompts (ctr, rating, review_rating, explanation) state the target item's encoded
+    feature at the prompt's start, beside the user's ("The user's preferences are encoded in <u>.
+    The item's feature is encoded in <i>. ..."), instead of after its title near the question.
+    topk's candidates keep their features after their titles. The text-only twin is unchanged."""
     shard_multiple: int = 4
     """The number of shards per split is a multiple of this, so many workers each get shards."""
     samples_per_shard: int = 2000

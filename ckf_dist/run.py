@@ -133,7 +133,7 @@ switching them keeps a finished run fresh (and the keys of runs made before they
 
 
 ADDED_KEYS = {
-    "data": ("title_description", "item_rating_stats"),
+    "data": ("title_description", "item_rating_stats", "features_first"),
     "cf": ("sasrec_blocks", "sasrec_heads", "seq_dropout", "fold_in_ridge", "cross_fit"),
     "model": ("binllm_bits", "binllm_compress", "allmrec_dim", "align_epochs"),
     "train": ("user_fold_in_rate", "user_token_dropout"),

@@ -30,9 +30,20 @@ def _user(ph: Optional[str]) -> str:
     return f"The user's preferences are encoded in {ph}. " if ph else ""
 
 
-def _item(title: str, ph: Optional[str], stats: Optional[str] = None) -> str:
-    """The target item; `stats`, when given, in brackets after its title (data.item_rating_stats)."""
-    return f'the item titled "{title}"' + (f" ({stats})" if stats else "") + (f" with encoded feature {ph}" if ph else "")
+def _opening(f: dict, ph: Optional[str]) -> str:
+    """The opening clause of a one-item prompt: the user's encoded preferences and, with
+    data.features_first (field ``features_first``), the target item's encoded feature beside them."""
+    if ph and f.get("features_first"):
+        return f"The user's preferences are encoded in {ph}. The item's feature is encoded in {ph}. "
+    return _user(ph)
+
+
+def _item(f: dict, ph: Optional[str]) -> str:
+    """The target item, named by its title; field ``item_stats``, when given, in brackets after it
+    (data.item_rating_stats); its encoded feature after it unless :func:`_opening` stated it."""
+    stats = f" ({f['item_stats']})" if f.get("item_stats") else ""
+    feature = f" with encoded feature {ph}" if ph and not f.get("features_first") else ""
+    return f'the item titled "{f["title"]}"{stats}{feature}'
 
 
 def item_stats_text(total: float, count: int) -> str:
@@ -55,7 +66,7 @@ def ctr_template(f: dict, ph: Optional[str]) -> str:
         hist = hist or "The user has no earlier interactions. "
     else:
         hist = f"The user liked these items: {_quoted(f['history'])}. " if f["history"] else "The user has not liked any items yet. "
-    return f"{_user(ph)}{hist}Will the user enjoy {_item(f['title'], ph, f.get('item_stats'))}? Answer Yes or No."
+    return f"{_opening(f, ph)}{hist}Will the user enjoy {_item(f, ph)}? Answer Yes or No."
 
 
 def topk_template(f: dict, ph: Optional[str]) -> str:
@@ -77,19 +88,19 @@ def rating_template(f: dict, ph: Optional[str]) -> str:
                 + "; ".join(f'"{t}", rating: {r}' for t, r in f["history"]) + ". ")
     else:
         hist = "The user has not rated any items yet. "
-    return f"{_user(ph)}{hist}How would the user rate {_item(f['title'], ph, f.get('item_stats'))}? {scale.instruction()}"
+    return f"{_opening(f, ph)}{hist}How would the user rate {_item(f, ph)}? {scale.instruction()}"
 
 
 def review_rating_template(f: dict, ph: Optional[str]) -> str:
     """fields: title, review (already cut to data.review_words words), scale (RatingScale; default 1..5)."""
     scale = f.get("scale", DEFAULT_SCALE)
-    return (f"{_user(ph)}The user wrote this review of {_item(f['title'], ph)}: \"{f['review']}\". "
+    return (f"{_opening(f, ph)}The user wrote this review of {_item(f, ph)}: \"{f['review']}\". "
             f"What rating from {scale.range_text()} did the user give? {scale.instruction()}")
 
 
 def explanation_template(f: dict, ph: Optional[str]) -> str:
     """fields: title."""
-    return f"{_user(ph)}In one short sentence, explain what the user thinks of {_item(f['title'], ph)}."
+    return f"{_opening(f, ph)}In one short sentence, explain what the user thinks of {_item(f, ph)}."
 
 
 @dataclass(frozen=True)

@@ -232,6 +232,8 @@ class _Builder:
                fields: dict, target: str, label: Optional[float], candidates: Optional[list[int]] = None,
                answer: int = -1) -> dict:
         """One sample; `at`: the positions of its history among the user's interactions."""
+        if self.d.features_first:
+            fields = {**fields, "features_first": True}
         prompt, prompt_text = render(task, fields, self.ph)
         u = user.u
         return {

@@ -171,3 +171,30 @@ def test_item_rating_stats_on_sampled_negatives_too():
                 negatives += 1
                 assert f'"{sd.item_titles[s["items"][0]]}" ({full.get(item, "no ratings yet")})' in s["prompt"]
     assert negatives == 8
+
+
+def test_features_first_moves_the_item_feature_beside_the_users():
+    """data.features_first: the one-item prompts open with the user's and the target item's soft
+    tokens (placeholder order unchanged: user first, then the item); the item's title no longer
+    carries it; topk and every text-only twin are unchanged."""
+    cfg = Config(tasks=["ctr", "topk", "rating"])
+    cfg.data.topk_candidates = 3
+    cfg.data.split, cfg.data.split_fractions, cfg.data.features_first = "global_time", [0.6, 0.2, 0.2], True
+    cfg.validate()
+    sd = split_dataset(handmade(), cfg.data, 0)
+    moved = build_samples(sd, cfg)
+    plain = build_samples(sd, config(split="global_time", split_fractions=[0.6, 0.2, 0.2]))
+    ph = cfg.model.placeholder_token
+    opening = f"The user's preferences are encoded in {ph}. The item's feature is encoded in {ph}. "
+    for split in ("train", "test"):
+        assert [s["key"] for s in moved[split]] == [s["key"] for s in plain[split]]
+        for s, p in zip(moved[split], plain[split]):
+            assert s["prompt_text"] == p["prompt_text"] and s["items"] == p["items"]
+            assert s["prompt"].count(ph) == p["prompt"].count(ph) == 1 + len(s["items"])
+            if s["task"] == "topk":
+                assert s["prompt"] == p["prompt"]
+                continue
+            title = f'the item titled "{sd.item_titles[s["items"][0]]}"'
+            assert s["prompt"].startswith(opening) and f"{title}?" in s["prompt"], s["prompt"]
+            assert p["prompt"].startswith(f"The user's preferences are encoded in {ph}. The user ")
+            assert f"{title} with encoded feature {ph}?" in p["prompt"]
