@@ -43,11 +43,7 @@ def representations(ev, samples: list[dict], batch_size: int = 32) -> dict[str, 
     for start in range(0, len(samples), batch_size):
         batch = ev._batch(samples[start:start + batch_size])
         users, items = model.cf_vectors(batch)
-        plen = batch["prompt_lengths"]
-        width = int(plen.max())
-        ids = batch["input_ids"][:, :width]
-        hidden = model._decoder_hidden(model.embed(ids, batch), batch["attention_mask"][:, :width], batch["task_ids"])
-        last = hidden[torch.arange(ids.shape[0]), plen - 1]
+        last = model.answer_hidden(batch)
         logits = model._lm_logits(last)  # the same forward pass: log-odds of P(Yes) / (P(Yes) + P(No))
         out["user token"].append(users.float())
         out["item token"].append(items.float())

@@ -475,16 +475,20 @@ class CKFModel(nn.Module):
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def answer_logits(self, batch: dict[str, Any]) -> torch.Tensor:
-        """float32 logits [B, V] at the first answer position (predicting the first target token)."""
+    def answer_hidden(self, batch: dict[str, Any]) -> torch.Tensor:
+        """[B, D] the decoder's last hidden state at the first answer position (the prompt's last
+        token, whose logits predict the first target token); the prompt only runs."""
         plen = batch["prompt_lengths"]
         width = int(plen.max())
         ids = batch["input_ids"][:, :width]
         embeds = self.embed(ids, batch)
         hidden = self._decoder_hidden(embeds, batch["attention_mask"][:, :width], batch["task_ids"],
                                       codes=self.row_codes(batch))
-        last = hidden[torch.arange(ids.shape[0], device=ids.device), plen - 1]  # [B, D]
-        return self._lm_logits(last)
+        return hidden[torch.arange(ids.shape[0], device=ids.device), plen - 1]
+
+    def answer_logits(self, batch: dict[str, Any]) -> torch.Tensor:
+        """float32 logits [B, V] at the first answer position (predicting the first target token)."""
+        return self._lm_logits(self.answer_hidden(batch))
 
     @torch.no_grad()
     def yes_probability(self, batch: dict[str, Any], yes_id: int, no_id: int) -> torch.Tensor:
