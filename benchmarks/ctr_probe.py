@@ -12,6 +12,10 @@ in, as the CF baseline scores them). It prints the cross-validated R² of each p
 the token carries (high R² from the token) but the answer position does not has not been read by
 the LLM's attention; one that the token already lacks was dropped by the mapping.
 
+It also prints, per decoder layer, the attention weight the answer position gives the user's token
+and the item's token (mean over heads and rows): whether the LLM looks at a token at all, beside
+what it takes from it.
+
 Needs scikit-learn (the dev extra) and a run trained with MF tables (`cf.model=mf`, `model.cf_biases`).
 """
 
@@ -52,6 +56,34 @@ def representations(ev, samples: list[dict], batch_size: int = 32) -> dict[str, 
     return {name: torch.cat(parts).numpy().astype(np.float64) for name, parts in out.items()}
 
 
+@torch.no_grad()
+def attention_shares(ev, samples: list[dict], batch_size: int = 32) -> np.ndarray:
+    """[layers, 2]: mean attention weight (over heads and rows) from the answer position to the
+    user's token and the item's token (eager attention, read by forward hooks)."""
+    model = ev.model
+    model.llm.set_attn_implementation("eager")
+    layers = model.llm.get_decoder().layers
+    weights: list = []
+    hooks = [layer.self_attn.register_forward_hook(lambda mod, args, out: weights.append(out[1])) for layer in layers]
+    total, rows_seen = np.zeros((len(layers), 2)), 0
+    try:
+        for start in range(0, len(samples), batch_size):
+            batch = ev._batch(samples[start:start + batch_size])
+            weights.clear()
+            model.answer_hidden(batch)
+            rows = torch.arange(batch["input_ids"].shape[0])
+            answer = batch["prompt_lengths"] - 1
+            cols = batch["cf_cols"].view(len(rows), -1)  # per row: the user's placeholder, then the item's
+            for k, w in enumerate(weights):  # w [B, H, L, L]
+                at = w.float().mean(1)[rows, answer]  # [B, L]: the answer position's attention
+                total[k] += [float(at[rows, cols[:, 0]].sum()), float(at[rows, cols[:, 1]].sum())]
+            rows_seen += len(rows)
+    finally:
+        for h in hooks:
+            h.remove()
+    return total / max(rows_seen, 1)
+
+
 def probe_r2(x: np.ndarray, y: np.ndarray, folds: int) -> float:
     """Cross-validated R² of a ridge regression x -> y (its penalty chosen inside each fold)."""
     ridge = RidgeCV(alphas=np.logspace(-3, 3, 13))
@@ -76,6 +108,10 @@ def main() -> None:
     print(f"  {'representation':<22} {'b_u':>7} {'b_i':>7}")
     for name, x in reps.items():
         print(f"  {name:<22} " + " ".join(f"{probe_r2(x, parts[b], args.folds):7.3f}" for b in ("user bias", "item bias")))
+    print("attention from the answer position (mean over heads and rows)")
+    print(f"  {'layer':<8} {'user token':>11} {'item token':>11}")
+    for k, (user, item) in enumerate(attention_shares(ev, rows)):
+        print(f"  {k:<8} {user:11.3f} {item:11.3f}")
 
 
 if __name__ == "__main__":

@@ -54,6 +54,23 @@ def shared_data_dir() -> Path:
     return Path(os.environ.get("CKF_DATA_DIR", PROJECT_ROOT.parent / "shared" / "data"))
 
 
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def benchmark_script():
+    """Loads `benchmarks/<name>.py` (a script, not a package module) under its own name."""
+    import importlib.util
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     return shared_data_dir()
