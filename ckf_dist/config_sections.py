@@ -409,6 +409,10 @@ class TrainConfig:
     Why: the LLM learns to read one CF token at a time (on Amazon MI the user's first; the item's
     bias, half of MF's ranking there, only after many more steps); rows without the user's token
     make it learn the item's from the start. Drawn per row at each step; evaluation never drops."""
+    item_first_until: float = 0.0
+    """Fraction of train.steps during which every training row's CF user vector is zeroed
+    (user_token_dropout at 1), after which train.user_token_dropout applies: the LLM learns to read
+    the item's token before the user's becomes informative. 0 = off."""
     debug_checks: bool = False
     """Also check batch invariants on the device (CF id ranges, placeholder counts, task ids) in the
     model's forward; each check reads the device from the host (a stall per micro-step on a GPU).
@@ -431,6 +435,8 @@ class TrainConfig:
              self.user_fold_in_rate),
             ("user_token_dropout", math.isfinite(self.user_token_dropout) and 0.0 <= self.user_token_dropout < 1.0,
              self.user_token_dropout),
+            ("item_first_until", math.isfinite(self.item_first_until) and 0.0 <= self.item_first_until < 1.0,
+             self.item_first_until),
             ("micro_batch_size", self.micro_batch_size >= 1, self.micro_batch_size),
             ("grad_accum", self.grad_accum >= 1, self.grad_accum),
         ])

@@ -136,7 +136,7 @@ ADDED_KEYS = {
     "data": ("title_description", "item_rating_stats", "features_first"),
     "cf": ("sasrec_blocks", "sasrec_heads", "seq_dropout", "fold_in_ridge", "cross_fit"),
     "model": ("binllm_bits", "binllm_compress", "allmrec_dim", "align_epochs"),
-    "train": ("user_fold_in_rate", "user_token_dropout"),
+    "train": ("user_fold_in_rate", "user_token_dropout", "item_first_until"),
 }
 """Keys added to a section after runs were made: left out of the stage keys while at their default,
 so those runs stay fresh."""

@@ -110,7 +110,7 @@ def test_moved_keys_name_their_new_place(tmp_path):
     ("data.split_fractions=[0.5,0.5]", "data.split_fractions"), ("dist.zero_stage=4", "dist.zero_stage"),
     ("lora.task.r=0", "lora.task.r"), ("eval.task_caps={nope: 3}", "eval.task_caps.nope"),
     ("cf.baselines=[svd]", "cf.baselines"), ("cf.cross_fit=1", "cf.cross_fit"), ("cf.cross_fit=-2", "cf.cross_fit"),
-    ("train.user_token_dropout=1.0", "train.user_token_dropout"),
+    ("train.user_token_dropout=1.0", "train.user_token_dropout"), ("train.item_first_until=1.0", "train.item_first_until"),
 ])
 def test_each_section_checks_its_fields(override, key):
     with pytest.raises(ConfigError, match=rf"command line: key '{re.escape(key)}': "):

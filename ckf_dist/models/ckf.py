@@ -309,7 +309,9 @@ class CKFModel(nn.Module):
     def row_users(self, batch: dict[str, Any], e_hist: torch.Tensor) -> torch.Tensor:
         """The CF user vector of every row [B, d]: the sequential backbone's encoding of the row's
         history (e_hist [B, H, d]) when there is one, else the user's row folded in (:meth:`fold_in`).
-        In training, ``train.user_token_dropout`` of the rows get a zero vector instead."""
+        In training, ``train.user_token_dropout`` of the rows (all of them while
+        ``train.item_first_until`` holds: :meth:`user_dropout`, passed as ``batch["user_dropout"]``)
+        get a zero vector instead."""
         mask = batch["history_mask"]
         if self.user_encoder is None:
             e_u = self.user_emb[batch["user_ids"]]
@@ -319,7 +321,7 @@ class CKFModel(nn.Module):
             users = self.fold_in(e_u, e_hist, mask, batch.get("history_ratings"), batch["history_ids"])
         else:
             users = self.user_encoder(e_hist, mask, self.row_items(batch))
-        drop = self.cfg.train.user_token_dropout
+        drop = batch.get("user_dropout", self.cfg.train.user_token_dropout)
         if self.training and drop > 0.0:
             users = users * (torch.rand(users.shape[0], device=users.device) >= drop).unsqueeze(-1).to(users.dtype)
         return users
@@ -443,6 +445,14 @@ class CKFModel(nn.Module):
         return {ALL_TASKS[t]: sums[t] / cnt[t] for t in present}
 
     # ------------------------------------------------------------------ training
+    def user_dropout(self, step: Optional[int], total_steps: Optional[int]) -> float:
+        """Share of training rows whose CF user vector is zeroed at `step`: all of them before
+        train.item_first_until of the steps, train.user_token_dropout after (and without a step)."""
+        t = self.cfg.train
+        if step is not None and total_steps and step < t.item_first_until * total_steps:
+            return 1.0
+        return t.user_token_dropout
+
     def forward(self, batch: dict[str, Any], step: Optional[int] = None, total_steps: Optional[int] = None) -> CKFOutput:
         """Causal-LM loss on target tokens (mean over the batch's target tokens).
 
@@ -450,6 +460,7 @@ class CKFModel(nn.Module):
         must hold the text-only twin and loss = w L_text + (1 - w) L_cf, w = curriculum_weight.
         """
         use_curriculum = self.curriculum and step is not None and bool(total_steps)
+        batch = {**batch, "user_dropout": self.user_dropout(step, total_steps)}
         if use_curriculum and "text_input_ids" not in batch:
             raise ValueError("train.curriculum needs the text-only twin in the batch (Collator(text_twin=True))")
         w = curriculum_weight(step, total_steps, self.cfg.train.curriculum_midpoint) if use_curriculum else 0.0

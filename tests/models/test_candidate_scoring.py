@@ -182,3 +182,28 @@ def test_user_token_dropout_zeroes_that_share_of_training_rows_only(build_model,
     assert 16 < int(zero.sum()) < 48
     model.cfg.train.user_token_dropout = 0.0
     torch.testing.assert_close(model.row_users(batch, e_hist), full)
+
+
+def test_item_first_until_trains_without_user_vectors_first(build_model, sample):
+    """train.item_first_until: before that fraction of the steps the training loss does not depend
+    on the user table (every user vector is zeroed), after it it does; without a step the
+    configured dropout (0) applies."""
+    cfg = small_config()
+    cfg.train.item_first_until = 0.25
+    model, tok, cfg = build_model(cfg)
+    assert [model.user_dropout(s, 100) for s in (0, 24, 25, 99)] == [1.0, 1.0, 0.0, 0.0]
+    assert model.user_dropout(None, None) == 0.0
+    rows = [sample("ctr", user=u % 4, n=3, key=f"train/ctr/{u}/1") for u in range(8)]
+    batch = Collator(tok, cfg, model.placeholder_id, text_twin=False)(rows)
+    model.curriculum = False
+    model.train()
+
+    def losses():
+        return [float(model(batch, step=s, total_steps=100).loss) for s in (10, 50)]
+
+    before = losses()
+    with torch.no_grad():
+        model.user_emb.mul_(-3.0).add_(0.5)
+    after = losses()
+    assert after[0] == pytest.approx(before[0], abs=1e-6)  # step 10 < 25: the user table is not read
+    assert abs(after[1] - before[1]) > 1e-4  # step 50: it is
