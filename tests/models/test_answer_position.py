@@ -3,7 +3,7 @@ the soft tokens (benchmarks/ctr_probe.py's attention_shares)."""
 
 import torch
 
-from conftest import PH, make_sample, title
+from model_samples import PH, make_sample, title
 from ckf_dist.data.collate import Collator
 from ckf_dist.eval.loop import Evaluator
 

@@ -8,7 +8,7 @@ from ckf_dist.cf.tables import CFTables
 from ckf_dist.models.ckf import CKFModel
 from ckf_dist.data.collate import Collator, target_token_ids
 
-from conftest import small_config, title
+from model_samples import small_config, title
 
 
 @pytest.mark.parametrize("mapping", ["ckf", "cora", "allmrec"])

@@ -9,7 +9,7 @@ from ckf_dist.config import ALL_TASKS
 from ckf_dist.models.ckf import CKFModel, curriculum_weight
 from ckf_dist.data.collate import Collator, target_token_ids
 from ckf_dist.modules.multi_lora import MultiLoRALinear
-from conftest import small_config
+from model_samples import small_config
 
 PH = "<|cf|>"
 

@@ -8,7 +8,7 @@ import torch
 from ckf_dist.cf.binarize import TextCodes, encode_code
 from ckf_dist.cf.tables import CFTables
 from ckf_dist.data.collate import Collator
-from conftest import CF_DIM, NUM_ITEMS, NUM_USERS, PH, small_config
+from model_samples import CF_DIM, NUM_ITEMS, NUM_USERS, PH, small_config
 
 
 def _train_steps(model, batch, steps=3, lr=1e-2):
