@@ -497,6 +497,7 @@ class CKFModel(nn.Module):
                                       codes=self.row_codes(batch))
         return hidden[torch.arange(ids.shape[0], device=ids.device), plen - 1]
 
+    @torch.no_grad()
     def answer_logits(self, batch: dict[str, Any]) -> torch.Tensor:
         """float32 logits [B, V] at the first answer position (predicting the first target token)."""
         return self._lm_logits(self.answer_hidden(batch))
