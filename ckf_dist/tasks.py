@@ -34,7 +34,7 @@ def _opening(f: dict, ph: Optional[str]) -> str:
     """The opening clause of a one-item prompt: the user's encoded preferences and, with
     data.features_first (field ``features_first``), the target item's encoded feature beside them."""
     if ph and f.get("features_first"):
-        return f"The user's preferences are encoded in {ph}. The item's feature is encoded in {ph}. "
+        return f"{_user(ph)}The item's feature is encoded in {ph}. "
     return _user(ph)
 
 
