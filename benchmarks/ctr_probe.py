@@ -40,37 +40,33 @@ from ctr_headroom import mf_parts  # noqa: E402  (a sibling script: MF's score s
 
 
 @torch.no_grad()
-def representations(ev, samples: list[dict], batch_size: int = 32) -> dict[str, np.ndarray]:
-    """Per row: user token [D], item token [D], answer-position hidden state [D], ctr log-odds [1]."""
-    model = ev.model
-    out: dict[str, list] = {"user token": [], "item token": [], "answer hidden state": [], "ctr log-odds": []}
-    for start in range(0, len(samples), batch_size):
-        batch = ev._batch(samples[start:start + batch_size])
-        users, items = model.cf_vectors(batch)
-        last = model.answer_hidden(batch)
-        logits = model._lm_logits(last)  # the same forward pass: log-odds of P(Yes) / (P(Yes) + P(No))
-        out["user token"].append(users.float())
-        out["item token"].append(items.float())
-        out["answer hidden state"].append(last.float())
-        out["ctr log-odds"].append((logits[:, ev.yes_id] - logits[:, ev.no_id]).unsqueeze(-1))
-    return {name: torch.cat(parts).numpy().astype(np.float64) for name, parts in out.items()}
+def probe_pass(ev, samples: list[dict], batch_size: int = 32) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """One pass of the LLM over the rows' prompts, read two ways.
 
-
-@torch.no_grad()
-def attention_shares(ev, samples: list[dict], batch_size: int = 32) -> np.ndarray:
-    """[layers, 2]: mean attention weight (over heads and rows) from the answer position to the
-    user's token and the item's token (eager attention, read by forward hooks)."""
+    Returns the representations per row (user token [D], item token [D], answer-position hidden
+    state [D], ctr log-odds [1]) and the attention shares [layers, 2]: the mean attention weight
+    (over heads and rows) from the answer position to the user's token and the item's token. The
+    weights are read by forward hooks, so the pass runs with eager attention; the model's attention
+    implementation is restored afterwards."""
     model = ev.model
+    before = model.llm.config._attn_implementation
     model.llm.set_attn_implementation("eager")
     layers = model.llm.get_decoder().layers
     weights: list = []
     hooks = [layer.self_attn.register_forward_hook(lambda mod, args, out: weights.append(out[1])) for layer in layers]
+    reps: dict[str, list] = {"user token": [], "item token": [], "answer hidden state": [], "ctr log-odds": []}
     total, rows_seen = np.zeros((len(layers), 2)), 0
     try:
         for start in range(0, len(samples), batch_size):
             batch = ev._batch(samples[start:start + batch_size])
             weights.clear()
-            model.answer_hidden(batch)
+            users, items = model.cf_vectors(batch)
+            last = model.answer_hidden(batch)
+            logits = model._lm_logits(last)  # log-odds of P(Yes) / (P(Yes) + P(No)), as the evaluator scores
+            reps["user token"].append(users.float())
+            reps["item token"].append(items.float())
+            reps["answer hidden state"].append(last.float())
+            reps["ctr log-odds"].append((logits[:, ev.yes_id] - logits[:, ev.no_id]).unsqueeze(-1))
             rows = torch.arange(batch["input_ids"].shape[0])
             answer = batch["prompt_lengths"] - 1
             cols = batch["cf_cols"].view(len(rows), -1)  # per row: the user's placeholder, then the item's
@@ -81,7 +77,9 @@ def attention_shares(ev, samples: list[dict], batch_size: int = 32) -> np.ndarra
     finally:
         for h in hooks:
             h.remove()
-    return total / max(rows_seen, 1)
+        model.llm.set_attn_implementation(before)
+    arrays = {name: torch.cat(parts).numpy().astype(np.float64) for name, parts in reps.items()}
+    return arrays, total / max(rows_seen, 1)
 
 
 def probe_r2(x: np.ndarray, y: np.ndarray, folds: int) -> float:
@@ -103,14 +101,14 @@ def main() -> None:
     ev.model.eval()
     rows = [s for s in read_split(run.shards_dir, "test") if s["task"] == "ctr"]
     parts = mf_parts(tables, rows)
-    reps = representations(ev, rows)
+    reps, shares = probe_pass(ev, rows)
     print(f"{run.dir}: {len(rows)} test ctr rows; cross-validated R² ({args.folds} folds) of a ridge probe onto MF's biases")
     print(f"  {'representation':<22} {'b_u':>7} {'b_i':>7}")
     for name, x in reps.items():
         print(f"  {name:<22} " + " ".join(f"{probe_r2(x, parts[b], args.folds):7.3f}" for b in ("user bias", "item bias")))
     print("attention from the answer position (mean over heads and rows)")
     print(f"  {'layer':<8} {'user token':>11} {'item token':>11}")
-    for k, (user, item) in enumerate(attention_shares(ev, rows)):
+    for k, (user, item) in enumerate(shares):
         print(f"  {k:<8} {user:11.3f} {item:11.3f}")
 
 

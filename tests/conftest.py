@@ -54,7 +54,7 @@ def shared_data_dir() -> Path:
     return Path(os.environ.get("CKF_DATA_DIR", PROJECT_ROOT.parent / "shared" / "data"))
 
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARKS = PROJECT_ROOT / "benchmarks"
 
 
 @pytest.fixture

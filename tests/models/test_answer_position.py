@@ -1,5 +1,5 @@
 """The answer position: CKFModel.answer_hidden, the logits read from it, and the attention it gives
-the soft tokens (benchmarks/ctr_probe.py's attention_shares)."""
+the soft tokens (benchmarks/ctr_probe.py's probe_pass)."""
 
 import torch
 
@@ -36,7 +36,7 @@ def test_attention_shares_under_uniform_attention_are_one_over_the_prompt_length
             layer.self_attn.q_proj.base_layer.weight.zero_()  # the MultiLoRALinear's frozen layer
     ev = _evaluator(model, tok, cfg)
     samples = [make_sample("ctr", user=u, n=u) for u in range(6)]
-    shares = benchmark_script("ctr_probe").attention_shares(ev, samples, batch_size=4)
+    reps, shares = benchmark_script("ctr_probe").probe_pass(ev, samples, batch_size=4)
     plen = ev._batch(samples)["prompt_lengths"].double()
     expected = float((1.0 / plen).mean())
     assert shares.shape == (cfg.tiny.num_layers, 2)
@@ -49,11 +49,22 @@ def test_attention_shares_read_the_placeholders_positions(build_model, benchmark
     model, tok, cfg = build_model()
     ev = _evaluator(model, tok, cfg)
     samples = [make_sample("ctr", user=u, n=u) for u in range(4)]
-    shares = benchmark_script("ctr_probe").attention_shares(ev, samples, batch_size=4)
+    attn_before = model.llm.config._attn_implementation
+    reps, shares = benchmark_script("ctr_probe").probe_pass(ev, samples, batch_size=3)
+    assert model.llm.config._attn_implementation == attn_before  # the eager pass is undone
     batch = ev._batch(samples)
+    with torch.no_grad():  # the same pass's representations, against the model's own readings
+        torch.testing.assert_close(torch.from_numpy(reps["answer hidden state"]).float(), model.answer_hidden(batch),
+                                   atol=1e-5, rtol=1e-4)
+        p_yes = model.yes_probability(batch, ev.yes_id, ev.no_id).double()
+        torch.testing.assert_close(torch.from_numpy(reps["ctr log-odds"][:, 0]), torch.log(p_yes / (1 - p_yes)),
+                                   atol=1e-4, rtol=1e-4)
+        users, items = model.cf_vectors(batch)
+        torch.testing.assert_close(torch.from_numpy(reps["item token"]).float(), items.float())
     plen = batch["prompt_lengths"]
     width = int(plen.max())
     ids = batch["input_ids"][:, :width]
+    model.llm.set_attn_implementation("eager")  # the reference maps: output_attentions needs eager attention
     with torch.no_grad(), model._adapters(batch["task_ids"], width, None):
         out = model.llm.get_decoder()(inputs_embeds=model.embed(ids, batch), attention_mask=batch["attention_mask"][:, :width],
                                       output_attentions=True)
