@@ -60,6 +60,7 @@ def test_attention_shares_read_the_placeholders_positions(build_model, benchmark
         torch.testing.assert_close(torch.from_numpy(reps["ctr log-odds"][:, 0]), torch.log(p_yes / (1 - p_yes)),
                                    atol=1e-4, rtol=1e-4)
         users, items = model.cf_vectors(batch)
+        torch.testing.assert_close(torch.from_numpy(reps["user token"]).float(), users.float())
         torch.testing.assert_close(torch.from_numpy(reps["item token"]).float(), items.float())
     plen = batch["prompt_lengths"]
     width = int(plen.max())
